@@ -1,0 +1,1 @@
+"""The live window (pyqtgraph). The only package that imports Qt."""

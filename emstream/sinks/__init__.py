@@ -1,0 +1,1 @@
+"""Consumers of the processing results: ledger, publisher, exports, report (and the GUI)."""

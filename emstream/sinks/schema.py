@@ -1,0 +1,95 @@
+"""The session ledger's SQLite schema: a public contract (users query ``SESSION/ledger.sqlite``).
+
+Tables
+------
+session    key/value (JSON) facts about the session: source, backend, config, versions, times.
+files      one row per (path, content version) the folder source has seen; drives exactly-once.
+frames     one row per frame, exactly one terminal ``status``: ok | quarantined | skipped.
+particles  one row per particle of every ``ok`` frame; columns = ``results.PARTICLE_COLUMNS``.
+alerts     every alert: the frame's ``seq`` and the rule's ``name``.
+events     log-worthy happenings: sequence gaps, calibration changes, stalls, restarts.
+"""
+
+from __future__ import annotations
+
+from emstream.results import PARTICLE_COLUMNS
+
+SCHEMA_VERSION = 1
+
+_SQL_TYPES = {"int32": "INTEGER", "float64": "REAL", "bool": "INTEGER"}
+
+#: Particle columns stored in the ledger, in order (``seq`` first, then the table's columns).
+PARTICLE_DB_COLUMNS: list[str] = ["seq", *PARTICLE_COLUMNS]
+
+_particle_cols = ",\n  ".join(
+    f"{name} {_SQL_TYPES[dt]}{' NOT NULL' if name == 'label' else ''}"
+    for name, (dt, _) in PARTICLE_COLUMNS.items()
+)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS session (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL              -- JSON
+);
+CREATE TABLE IF NOT EXISTS files (
+  path TEXT NOT NULL,
+  version TEXT NOT NULL,           -- content version, "<size>:<mtime_ns>"
+  status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'quarantined')),
+  reason TEXT,
+  frames_done INTEGER NOT NULL DEFAULT 0,   -- slices already turned into frames (growing stacks)
+  t_discovered REAL,
+  t_terminal REAL,
+  PRIMARY KEY (path, version)
+);
+CREATE TABLE IF NOT EXISTS frames (
+  seq INTEGER PRIMARY KEY,
+  source TEXT NOT NULL,            -- file path, "path#index" for a stack slice, "stream/series/index"
+  status TEXT NOT NULL CHECK (status IN ('ok', 'quarantined', 'skipped')),
+  reason TEXT,
+  file_version TEXT,               -- files.version for folder frames, NULL for streams
+  t_acq REAL,
+  t_arrival REAL,
+  t_done REAL,
+  height INTEGER,
+  width INTEGER,
+  nm_per_px_y REAL,                -- NULL when uncalibrated
+  nm_per_px_x REAL,
+  calibration_source TEXT,         -- file | stream | override | none
+  calibration_detail TEXT,
+  unit TEXT,                       -- nm | px: the unit of every *_nm column of this frame
+  count INTEGER,
+  coverage REAL,
+  mean_diameter REAL,
+  d10 REAL,
+  d50 REAL,
+  d90 REAL,
+  backend TEXT,
+  timings_json TEXT,               -- per-stage milliseconds
+  UNIQUE (source, file_version)
+);
+CREATE TABLE IF NOT EXISTS particles (
+  seq INTEGER NOT NULL REFERENCES frames(seq),
+  {_particle_cols},
+  PRIMARY KEY (seq, label)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  seq INTEGER,                     -- triggering frame; NULL for stall / disk alerts
+  name TEXT NOT NULL,              -- the rule's name
+  severity TEXT NOT NULL,
+  t REAL NOT NULL,
+  message TEXT,
+  particles_json TEXT,             -- matching particle labels
+  builtin INTEGER NOT NULL DEFAULT 0,
+  snapshot TEXT                    -- snapshot PNG, relative to the session folder
+);
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  t REAL NOT NULL,
+  kind TEXT NOT NULL,
+  message TEXT,
+  data_json TEXT
+);
+CREATE INDEX IF NOT EXISTS frames_status ON frames(status);
+CREATE INDEX IF NOT EXISTS alerts_seq ON alerts(seq);
+"""

@@ -1,0 +1,1 @@
+"""Synthetic E-TEM microscope (see scene, training, writers, stream)."""

@@ -1,0 +1,356 @@
+"""Training samples for the learned segmenter: one random synthetic micrograph + exact instance truth.
+
+``training_sample(rng, size=256)`` draws a new imaging condition and a new particle field every
+call (wide domain randomisation) through the same renderer as the time-series microscope
+(:mod:`emstream.sources.simulate.render`). Returns ``(image, labels, meta)``:
+
+- ``image``: float32 raw detector counts, shape ``(size, size)`` (not normalised: normalise as
+  the deployed segmenter does, e.g. :func:`emstream.process.prepare.prepare`).
+- ``labels``: int32 instance labels, 0 = background; every instance is one 8-connected region;
+  burned-in data bars, scale bars and their text are background.
+- ``meta``: JSON-able dict (see keys below).
+
+Parameter ranges (per sample unless "per particle"; U = uniform, LU = log-uniform):
+
+============================  =====================================================================
+mode                          ``bf`` (60 %: dark particles on bright carbon) / ``haadf`` (40 %)
+nm_per_px                     LU 0.05 – 2 (recorded only; sizes are drawn in px)
+particle diameter (median)    78 %: LU 6 – 60 px; 11 %: LU 3.5 – 8 px; 11 %: LU 40 – 200 px
+                              (capped at 0.8·size); per particle log-normal, sigma U 0.08 – 0.45;
+                              diameters clipped to 3.5 px – 0.9·size
+coverage (target)             LU 0.3 % – 55 %; 15 % of samples packed monolayers U 45 – 70 %
+                              (realised coverage is lower when placement fails; in ``meta``)
+touching                      fraction U 0 – 0.6 of particles placed touching/overlapping a
+                              neighbour (centre distance 0.78 – 1.0 × sum of radii); of those,
+                              U 0 – 0.8 get a sintering neck (width 0.3 – 0.8 × smaller radius)
+shapes                        Dirichlet mix over round (with Fourier roughness ≤ 6 %), ellipse
+                              (aspect 1.1 – 1.9), faceted polygon (4/5/6/8 sides, facet jitter
+                              ±12 %, corner sharpness p 6 – 30), triangle (incl. truncated), rod
+                              (aspect 2 – 6); round is favoured
+thickness profile             per particle gamma U 0.15 – 0.6 (flat plate … sphere)
+contrast  BF                  centre contrast 1 − exp(−A): sample level LU max(0.06, 1.2/√dose) –
+                              0.75, per particle ×U 0.6 – 1.4 (capped 0.95)
+contrast  HAADF               particle/carbon signal ratio − 1: LU max(0.3, 1.5/√dose) – 8,
+                              per particle ×U 0.6 – 1.4
+lattice fringes               40 % of particles ≥ 8 px: period U 2.5 – 8 px, amplitude U 0.05 – 0.35
+Fresnel fringe (BF)           amplitude U −0.08 – 0.25 (> 0 bright halo outside), width U 1 – 4 px
+amorphous carbon              grain: amplitude U 0.03 – 0.25 (HAADF 0.05 – 0.35), correlation
+                              U 0.6 – 1.8 px; mottle: amplitude U 0 – 0.08, scale U 6 – 30 px
+holey-carbon edge             22 %: circle radius U 0.5 – 3 × size crossing the frame, edge width
+                              U 0.5 – 3 px; 70 % vacuum hole (BF ×U 1.15 – 1.8, HAADF ×U 0.02 – 0.4,
+                              no particles inside), 30 % thicker film (BF ×U 0.6 – 0.85, HAADF
+                              ×U 1.3 – 2); always background
+illumination                  linear gradient amplitude U 0 – 0.35, vignette U 0 – 0.3
+blur (optics + gas)           Gaussian sigma LU 0.4 – 2.5 px; 10 % gas-blurred U 2.5 – 3.5 px
+dose                          LU 10 – 1000 counts/px (background BF / carbon HAADF), Poisson
+read noise, bias              read noise U 0 – 6 counts rms; bias 0 (50 %) or U 0 – 100 counts
+data bar                      25 %: bottom strip 6 – 12 % of the height, black or white, with
+                              text-like glyph blocks
+scale bar                     35 %: in the data bar if any, else burned into a bottom corner
+                              (solid bar 10 – 25 % of the width, 2 – 5 px thick, glyph label)
+============================  =====================================================================
+
+``meta`` keys: ``mode``, ``polarity`` (``dark``/``bright``), ``nm_per_px``, ``dose``,
+``read_noise``, ``bias``, ``blur_sigma``, ``halo_amp``, ``n_particles``, ``coverage``,
+``median_diameter_px``, ``shapes`` (count per shape), ``hole`` (bool), ``banner_rows``
+(``[first, stop]`` or ``None``), ``scale_bar`` (``[y0, y1, x0, x1]`` incl. its label, or
+``None``), ``invalid_px`` (pixels covered by overlays).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .render import (
+    SHAPES,
+    Neck,
+    Optics,
+    Overlays,
+    Particle,
+    burn_overlays,
+    draw_particles,
+    form_image,
+    keep_connected,
+    support_film,
+)
+
+__all__ = ["training_sample", "random_particle", "random_optics", "place_particles"]
+
+
+def _lu(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def random_particle(
+    rng: np.random.Generator, y: float, x: float, r: float, shape: str, strength: float
+) -> Particle:
+    """One particle of the given kind with randomised facets, roughness, profile and fringes."""
+    p = Particle(y=y, x=x, r=r, shape=shape, angle=float(rng.uniform(0, math.pi)),
+                 strength=strength, gamma=float(rng.uniform(0.15, 0.6)))
+    if shape == "round":
+        ks = np.arange(2, 6)
+        p.rough = np.stack([ks, rng.uniform(0, 0.06, ks.size) / ks * 2,
+                            rng.uniform(0, 2 * math.pi, ks.size)], axis=1)
+    elif shape == "ellipse":
+        p.aspect = float(rng.uniform(1.1, 1.9))
+        p.rough = np.array([[3, rng.uniform(0, 0.03), rng.uniform(0, 6.3)]])
+    elif shape == "polygon":
+        p.n_sides = int(rng.choice([4, 5, 6, 6, 8]))
+        p.side_jitter = rng.uniform(0.88, 1.12, p.n_sides)
+        p.corner_p = float(rng.uniform(6, 30))
+        p.aspect = float(rng.uniform(1.0, 1.3))
+    elif shape == "triangle":
+        if rng.random() < 0.5:
+            p.n_sides = 3
+            p.side_jitter = rng.uniform(0.92, 1.08, 3)
+        else:  # truncated triangle: alternate long and short facets
+            p.n_sides = 6
+            t = rng.uniform(1.15, 1.7)
+            p.side_jitter = np.array([1, t, 1, t, 1, t]) * rng.uniform(0.95, 1.05, 6)
+        p.corner_p = float(rng.uniform(8, 30))
+    elif shape == "rod":
+        p.aspect = float(rng.uniform(2.0, 6.0))
+        p.gamma = float(rng.uniform(0.3, 0.6))
+    if r >= 4 and rng.random() < 0.4:
+        p.fringe = (float(rng.uniform(2.5, 8.0)), float(rng.uniform(0, math.pi)),
+                    float(rng.uniform(0.05, 0.35)), float(rng.uniform(0, 2 * math.pi)))
+    return p
+
+
+def place_particles(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    radii: np.ndarray,
+    *,
+    touch_frac: float = 0.2,
+    neck_frac: float = 0.3,
+    tries: int = 6,
+) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Place discs of the given radii (largest first) without unintended overlap.
+
+    Returns ``(centres[n, 2], placed_index_list, touching_pairs)``; particles that found no room
+    are dropped. A fraction ``touch_frac`` is placed against an already placed neighbour.
+    """
+    H, W = shape
+    order = np.argsort(-radii)
+    n = radii.size
+    cy = np.empty(n, np.float64)
+    cx = np.empty(n, np.float64)
+    cr = np.empty(n, np.float64)
+    idx: list[int] = []
+    pairs: list[tuple[int, int]] = []
+    m = 0
+    for i in order:
+        r = float(radii[i])
+        touch = m > 0 and rng.random() < touch_frac
+        ok = False
+        partner = -1
+        for _ in range(tries):
+            if touch:
+                partner = int(rng.integers(m))
+                ang = rng.uniform(0, 2 * math.pi)
+                d = (r + cr[partner]) * rng.uniform(0.78, 1.0)
+                y, x = cy[partner] + d * math.sin(ang), cx[partner] + d * math.cos(ang)
+                if not (-r * 0.5 <= y <= H + r * 0.5 and -r * 0.5 <= x <= W + r * 0.5):
+                    continue
+            else:
+                y = rng.uniform(-r * 0.5, H + r * 0.5)
+                x = rng.uniform(-r * 0.5, W + r * 0.5)
+            if m:
+                dist = np.hypot(cy[:m] - y, cx[:m] - x)
+                need = (cr[:m] + r) * 1.02
+                if touch:
+                    need[partner] = 0.0
+                if np.any(dist < need):
+                    continue
+            ok = True
+            break
+        if not ok:
+            continue
+        cy[m], cx[m], cr[m] = y, x, r
+        if touch and partner >= 0:
+            pairs.append((partner, m))
+        idx.append(int(i))
+        m += 1
+    return np.stack([cy[:m], cx[:m]], axis=1), idx, pairs
+
+
+def random_optics(rng: np.random.Generator, size: int, mode: str | None = None) -> Optics:
+    """Random imaging conditions (ranges in the module docstring)."""
+    if mode is None:
+        mode = "bf" if rng.random() < 0.6 else "haadf"
+    o = Optics(mode=mode)
+    o.dose = _lu(rng, 10, 1000)
+    o.read_noise = float(rng.uniform(0, 6))
+    o.bias = 0.0 if rng.random() < 0.5 else float(rng.uniform(0, 100))
+    o.blur_sigma = _lu(rng, 0.4, 2.5) if rng.random() > 0.1 else float(rng.uniform(2.5, 3.5))
+    if mode == "bf":
+        o.grain_amp = float(rng.uniform(0.03, 0.25))
+        o.halo_amp = float(rng.uniform(-0.08, 0.25))
+    else:
+        o.grain_amp = float(rng.uniform(0.05, 0.35))
+        o.halo_amp = 0.0
+        o.haadf_carbon = 0.25
+    o.grain_sigma = float(rng.uniform(0.6, 1.8))
+    o.mottle_amp = float(rng.uniform(0, 0.08))
+    o.mottle_sigma = float(rng.uniform(6, 30))
+    o.halo_sigma = float(rng.uniform(1, 4))
+    o.gradient = (float(rng.uniform(0, 0.35)), float(rng.uniform(0, 2 * math.pi)))
+    o.vignette = float(rng.uniform(0, 0.3))
+    if rng.random() < 0.22:
+        rad = float(rng.uniform(0.5, 3.0)) * size
+        py, px = rng.uniform(0.15, 0.85, 2) * size
+        ang = rng.uniform(0, 2 * math.pi)
+        vacuum = rng.random() < 0.7
+        if mode == "bf":
+            level = rng.uniform(1.15, 1.8) if vacuum else rng.uniform(0.6, 0.85)
+        else:
+            level = rng.uniform(0.02, 0.4) if vacuum else rng.uniform(1.3, 2.0)
+        o.hole = (float(py + rad * math.sin(ang)), float(px + rad * math.cos(ang)), rad,
+                  float(level), float(rng.uniform(0.5, 3.0)), bool(vacuum))
+    return o
+
+
+def _diameters(rng: np.random.Generator, size: int) -> tuple[float, float]:
+    u = rng.random()
+    if u < 0.78:
+        med = _lu(rng, 6, 60)
+    elif u < 0.89:
+        med = _lu(rng, 3.5, 8)
+    else:
+        med = _lu(rng, 40, 200)
+    return min(med, 0.8 * size), float(rng.uniform(0.08, 0.45))
+
+
+def training_sample(
+    rng: np.random.Generator, size: int = 256
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One randomised synthetic micrograph with exact instance truth.
+
+    Parameters
+    ----------
+    rng : source of all randomness (same generator state → same sample).
+    size : side of the square image in px.
+
+    Returns
+    -------
+    image : float32 ``(size, size)`` detector counts.
+    labels : int32 ``(size, size)`` instance labels (0 = background, overlays are background).
+    meta : JSON-able description of the sample (keys in the module docstring).
+    """
+    shape = (size, size)
+    optics = random_optics(rng, size)
+    mode = optics.mode
+
+    # --- particle field -------------------------------------------------------------------
+    med_d, sig = _diameters(rng, size)
+    coverage = _lu(rng, 0.003, 0.55) if rng.random() > 0.15 else float(rng.uniform(0.45, 0.7))
+    mean_area = math.pi * (med_d / 2) ** 2 * math.exp(2 * sig * sig)
+    n = int(np.clip(round(coverage * size * size / mean_area), 1, 1500))
+    if coverage < 0.01 and rng.random() < 0.5:
+        n = max(n, 1)
+    diam = np.clip(med_d * np.exp(sig * rng.standard_normal(n)), 3.5, 0.9 * size)
+    touch_frac = float(rng.uniform(0, 0.6))
+    centres, placed, pairs = place_particles(rng, shape, diam / 2, touch_frac=touch_frac)
+
+    weights = rng.dirichlet(np.array([2.5, 1.0, 1.0, 0.6, 0.5]))
+    kinds = rng.choice(len(SHAPES), size=len(placed), p=weights)
+
+    if mode == "bf":
+        c_lo = max(0.06, 1.2 / math.sqrt(optics.dose))
+        c_level = _lu(rng, c_lo, max(0.75, c_lo * 1.2))
+    else:
+        c_lo = max(0.3, 1.5 / math.sqrt(optics.dose))
+        c_level = _lu(rng, c_lo, max(8.0, c_lo * 1.2))
+
+    hole_fn = None
+    if optics.hole is not None and optics.hole[5]:
+        hcy, hcx, hrad = optics.hole[:3]
+
+        def hole_fn(y: float, x: float) -> bool:
+            return math.hypot(y - hcy, x - hcx) < hrad
+
+    particles: list[Particle] = []
+    new_index = {}
+    for k, (i, (y, x), kind) in enumerate(zip(placed, centres, kinds, strict=True)):
+        if hole_fn is not None and hole_fn(y, x):
+            continue
+        c = c_level * rng.uniform(0.6, 1.4)
+        if mode == "bf":
+            strength = -math.log(1.0 - min(c, 0.95))
+        else:
+            strength = c * optics.haadf_carbon
+        new_index[k] = len(particles)
+        particles.append(random_particle(rng, float(y), float(x), float(diam[i] / 2),
+                                         SHAPES[int(kind)], strength))
+    neck_frac = float(rng.uniform(0, 0.8))
+    necks = [Neck(new_index[a], new_index[b], float(rng.uniform(0.3, 0.8)))
+             for a, b in pairs
+             if a in new_index and b in new_index and rng.random() < neck_frac]
+
+    absorb, thick, labels = draw_particles(particles, shape, necks)
+
+    # --- support, optics, detector ----------------------------------------------------------
+    carbon, illum, hole_mask = support_film(optics, shape, rng)
+    image = form_image(absorb, thick, carbon, illum, optics, rng, hole_mask=hole_mask)
+
+    # --- burned-in overlays ---------------------------------------------------------------
+    ov = Overlays()
+    hi = float(np.percentile(image[:: 4, :: 4], 99.5)) * rng.uniform(1.05, 1.6) + 1.0
+    lo = float(optics.bias)
+    banner_rows = None
+    if rng.random() < 0.25:
+        ov.banner = int(round(size * rng.uniform(0.06, 0.12)))
+        dark_bar = rng.random() < 0.6
+        ov.banner_value = lo if dark_bar else hi
+        ov.text_value = hi if dark_bar else lo
+        banner_rows = [size - ov.banner, size]
+    else:
+        ov.text_value = hi if rng.random() < 0.7 else lo
+    sb_box = None
+    if rng.random() < 0.35:
+        length = int(size * rng.uniform(0.1, 0.25))
+        thick_px = int(rng.integers(2, 6))
+        if ov.banner:
+            y = size - ov.banner + max((ov.banner - thick_px) // 2, 1)
+            x = int(size * rng.uniform(0.03, 0.08))
+        else:
+            y = size - int(size * rng.uniform(0.04, 0.1)) - thick_px
+            x = (int(size * rng.uniform(0.03, 0.08)) if rng.random() < 0.5
+                 else size - length - int(size * rng.uniform(0.03, 0.08)))
+        ov.scale_bar = (y, x, length, thick_px)
+    drawn = np.bincount(labels.ravel())
+    valid = burn_overlays(image, labels, ov, rng)
+    if ov.scale_bar is not None:
+        inval = ~valid
+        if banner_rows is not None:
+            inval[banner_rows[0]:, :] = False
+        if inval.any():
+            ys, xs = np.nonzero(inval)
+            sb_box = [int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1]
+    keep_connected(labels, {i: int(c) for i, c in enumerate(drawn) if i and c})
+
+    n_inst = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    eq_d = 2 * np.sqrt(counts / math.pi) if counts.size else np.zeros(0)
+    meta = {
+        "mode": mode,
+        "polarity": "dark" if mode == "bf" else "bright",
+        "nm_per_px": _lu(rng, 0.05, 2.0),
+        "dose": optics.dose,
+        "read_noise": optics.read_noise,
+        "bias": optics.bias,
+        "blur_sigma": optics.blur_sigma,
+        "halo_amp": optics.halo_amp,
+        "n_particles": n_inst,
+        "coverage": float(np.count_nonzero(labels)) / labels.size,
+        "median_diameter_px": float(np.median(eq_d)) if eq_d.size else 0.0,
+        "shapes": {s: int(np.sum(kinds == j)) for j, s in enumerate(SHAPES)},
+        "hole": optics.hole is not None,
+        "banner_rows": banner_rows,
+        "scale_bar": sb_box,
+        "invalid_px": int(np.count_nonzero(~valid)),
+    }
+    return image, labels, meta

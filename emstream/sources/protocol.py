@@ -67,6 +67,7 @@ __all__ = [
     "decode_v1",
     "encode_v1",
     "parse_dtype",
+    "parse_json_object",
 ]
 
 PROTOCOL_VERSION = 1
@@ -182,7 +183,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _parse_header(raw: bytes | memoryview, max_header_bytes: int) -> dict[str, Any]:
+def parse_json_object(raw: bytes | memoryview, max_header_bytes: int) -> dict[str, Any]:
+    """Parse a size-capped UTF-8 JSON object (standard JSON only: no NaN / Infinity).
+
+    Raises
+    ------
+    RejectedMessage
+        ``header-size`` when larger than ``max_header_bytes``, ``header-json`` when it is not
+        UTF-8 JSON or not an object.
+    """
     if len(raw) > max_header_bytes:
         raise RejectedMessage("header-size", f"header is {len(raw)} bytes > {max_header_bytes}")
     try:
@@ -231,7 +240,7 @@ def decode_v1(
         t_arrival = time.time()
     if len(parts) != 2:
         raise RejectedMessage("parts", f"expected 2 parts [header, payload], got {len(parts)}")
-    header = _parse_header(parts[0], max_header_bytes)
+    header = parse_json_object(parts[0], max_header_bytes)
 
     v = header.get("v")
     if not _is_int(v) or v != PROTOCOL_VERSION:

@@ -1,0 +1,865 @@
+"""The ``emstream`` command line.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error (bad flag, bad rules file, missing file).
+Commands owned by other parts of the code base are imported lazily inside each command, so a
+missing optional piece gives a clear message instead of breaking the whole command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from emstream import __version__
+from emstream.errors import ConfigError, EmstreamError
+
+app = typer.Typer(
+    name="emstream",
+    help="Real-time nanoparticle monitor for (environmental) TEM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+engine_app = typer.Typer(help="Build or inspect the TensorRT engine / model.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
+
+out = Console()
+err = Console(stderr=True)
+log = logging.getLogger("emstream")
+
+
+class Policy(str, Enum):
+    all = "all"
+    latest = "latest"
+
+
+class SegmenterKind(str, Enum):
+    auto = "auto"
+    learned = "learned"
+    classical = "classical"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+class Protocol(str, Enum):
+    emstream = "emstream"
+    dectris = "dectris"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _missing(what: str, exc: BaseException) -> typer.Exit:
+    return _fail(f"{what} is not available in this installation ({exc})", 1)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if version:
+        out.print(f"emstream {__version__}")
+        raise typer.Exit(0)
+
+
+# --------------------------------------------------------------------------- shared options
+SessionDirOpt = Annotated[
+    Path | None,
+    typer.Option("--session-dir", help="Session folder (default ./sessions/<timestamp>/); reused to resume."),
+]
+ExitIdleOpt = Annotated[
+    float | None,
+    typer.Option("--exit-when-idle", metavar="SECONDS", min=0.0,
+                 help="Stop once no new frame has come for this long and every frame is terminal."),
+]
+PixelSizeOpt = Annotated[
+    float | None,
+    typer.Option("--pixel-size", metavar="NM", min=0.0, help="Override the pixel size (nm/px)."),
+]
+SegmenterOpt = Annotated[SegmenterKind, typer.Option("--segmenter", help="Segmenter to use.")]
+BackendOpt = Annotated[Backend, typer.Option("--backend", help="Inference backend (learned segmenter).")]
+RulesOpt = Annotated[
+    Path | None, typer.Option("--rules", exists=True, dir_okay=False, help="Alert rules (TOML).")
+]
+PublishOpt = Annotated[
+    str | None, typer.Option("--publish", metavar="ENDPOINT", help="Publish summaries and alerts (ZMQ PUB).")
+]
+PolicyOpt = Annotated[Policy, typer.Option("--policy", help="Live streams: process all or only the latest.")]
+GuiOpt = Annotated[
+    bool | None,
+    typer.Option("--gui/--headless", help="Force the window or the terminal view (default: window if a display exists)."),
+]
+ScreenshotOpt = Annotated[
+    Path | None, typer.Option("--screenshot", help="Save the window as PNG when the run ends.")
+]
+ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")]
+
+
+@dataclass
+class RunOptions:
+    """Everything the monitoring commands share."""
+
+    session_dir: Path | None = None
+    exit_when_idle: float | None = None
+    pixel_size: float | None = None
+    segmenter: str = "auto"
+    backend: str = "auto"
+    rules: Path | None = None
+    publish: str | None = None
+    policy: str = "all"
+    gui: bool | None = None
+    screenshot: Path | None = None
+    report: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_config(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+# --------------------------------------------------------------------------- running a session
+def _build_segmenter(opts: RunOptions) -> Any:
+    from emstream.pipeline import make_segmenter
+
+    try:
+        return make_segmenter(kind=opts.segmenter, backend=opts.backend)
+    except EmstreamError as exc:
+        raise _fail(f"segmenter: {exc}") from exc
+
+
+def _build_rules(opts: RunOptions) -> Any:
+    if opts.rules is None:
+        return None
+    try:
+        from emstream.rules_file import RulesFile
+    except ImportError as exc:
+        raise _missing("--rules", exc) from exc
+    try:
+        return RulesFile(opts.rules)
+    except ConfigError as exc:
+        raise _fail(f"rules: {exc}", 2) from exc
+
+
+def _build_watchdog() -> Any:
+    try:
+        from emstream.process.watchdog import Watchdog
+    except ImportError:
+        return None
+    return Watchdog()
+
+
+def _extra_sinks(opts: RunOptions, session_dir: Path) -> list[Any]:
+    sinks: list[Any] = []
+    if opts.publish:
+        try:
+            from emstream.sinks.publish import Publisher
+        except ImportError as exc:
+            raise _missing("--publish", exc) from exc
+        try:
+            sinks.append(Publisher(opts.publish))
+        except EmstreamError as exc:
+            raise _fail(f"--publish: {exc}", 2) from exc
+    try:
+        from emstream.sinks.actions import ActionsSink
+    except ImportError:
+        pass
+    else:
+        try:
+            sinks.append(ActionsSink(session_dir))
+        except Exception as exc:  # noqa: BLE001 - actions are optional
+            log.warning("alert actions disabled: %s", exc)
+    return sinks
+
+
+def _want_gui(opts: RunOptions) -> bool:
+    if opts.gui is False:
+        return False
+    try:
+        from emstream.gui import display_available
+    except ImportError as exc:
+        if opts.gui:
+            raise _missing("the live window (--gui)", exc) from exc
+        return False
+    if opts.gui:
+        return True
+    return bool(display_available())
+
+
+def _write_report(session_dir: Path) -> None:
+    try:
+        from emstream.sinks.report import write_report
+    except ImportError:
+        return
+    try:
+        path = write_report(session_dir)
+        err.print(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - the session is recorded either way
+        err.print(f"[yellow]report not written:[/] {exc}")
+
+
+class _Handle:
+    """What the GUI gets back from ``start(sinks)``."""
+
+    def __init__(self, pipeline: Any):
+        self.pipeline = pipeline
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    @property
+    def stats(self) -> Any:
+        return self.pipeline.stats
+
+    @property
+    def finished(self) -> bool:
+        return self.pipeline.finished
+
+    def wait_idle(self, seconds: float) -> bool:
+        return self.pipeline.wait_idle(seconds)
+
+
+def run_session(
+    make_source: Any,
+    opts: RunOptions,
+    *,
+    command: str,
+    until: Any = None,
+    title: str = "emstream",
+) -> int:
+    """Open a session, run a source through the pipeline until done, print the summary.
+
+    ``make_source(ledger)`` builds the source; ``until(pipeline)`` (optional) blocks until the
+    run should end (default: ``--exit-when-idle``, the source's end, or Ctrl+C).
+    """
+    from emstream.config import new_session_dir, versions, write_config
+    from emstream.console import LiveView, print_summary
+    from emstream.pipeline import Pipeline
+    from emstream.sinks.base import Session
+    from emstream.sinks.ledger import Ledger
+
+    session_dir = new_session_dir(opts.session_dir)
+    opts.session_dir = session_dir
+    segmenter = _build_segmenter(opts)
+    rules = _build_rules(opts)
+    ledger = Ledger(session_dir)
+    try:
+        source = make_source(ledger)
+    except EmstreamError as exc:
+        ledger.close()
+        raise _fail(str(exc)) from exc
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        ledger.close()
+        raise _fail(str(exc), 2) from exc
+    sinks = [ledger, *_extra_sinks(opts, session_dir)]
+    desc = source.describe() if hasattr(source, "describe") else str(source)
+    backend = getattr(segmenter, "name", "?")
+    vers = versions()
+    config = {
+        "command": command,
+        "source": desc,
+        "segmenter": backend,
+        "model": getattr(segmenter, "model_path", None) or getattr(segmenter, "model", None),
+        "backend": backend,
+        "t_start": time.time(),
+        "versions": vers,
+        **opts.as_config(),
+    }
+    write_config(session_dir, config)
+    session = Session(session_dir=session_dir, source=desc, backend=backend, config=config,
+                      versions=vers, t_start=time.time())
+    gui = _want_gui(opts)
+    err.print(f"session: {session_dir}   source: {desc}   segmenter: {backend}")
+
+    def build(extra: list[Any]) -> Any:
+        return Pipeline(
+            source, segmenter, [*sinks, *extra], session=session, rules=rules,
+            watchdog=_build_watchdog(), policy=opts.policy, pixel_size_nm=opts.pixel_size,
+        )
+
+    pipeline_box: list[Any] = []
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
+        stop_requested.set()
+        for p in pipeline_box:
+            p.stop()
+
+    old = None
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        old = signal.signal(signal.SIGTERM, on_signal)
+
+    def wait_done(p: Any) -> None:
+        if until is not None:
+            until(p)
+        elif opts.exit_when_idle is not None:
+            p.wait_idle(opts.exit_when_idle)
+        else:
+            while not p.finished and not stop_requested.is_set():
+                time.sleep(0.2)
+
+    rc = 0
+    try:
+        if gui:
+            from emstream.gui.app import run_monitor_window
+
+            def start(extra_sinks: list[Any]) -> _Handle:
+                p = build(list(extra_sinks))
+                pipeline_box.append(p)
+                p.start()
+                if opts.exit_when_idle is not None or until is not None:
+                    threading.Thread(target=lambda: (wait_done(p), p.stop()), daemon=True).start()
+                return _Handle(p)
+
+            rc = int(run_monitor_window(
+                start,
+                stats=lambda: pipeline_box[0].stats if pipeline_box else None,
+                screenshot=opts.screenshot, title=title,
+            ) or 0)
+            for p in pipeline_box:
+                p.stop()
+                p.join(timeout=60)
+        else:
+            p = build([])
+            pipeline_box.append(p)
+            p.start()
+            try:
+                with LiveView(lambda: p.stats, title=title):
+                    wait_done(p)
+            except KeyboardInterrupt:
+                err.print("interrupted: finishing the frames already read …")
+            p.stop()
+            p.join(timeout=120)
+        p = pipeline_box[0] if pipeline_box else None
+        if p is not None and p.error is not None:
+            err.print(f"[red]source failed:[/] {p.error}")
+            rc = 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+        ledger.close()  # idempotent; normally closed by its sink thread
+    if pipeline_box:
+        from emstream.sinks.ledger import connect_readonly
+
+        try:
+            con = connect_readonly(session_dir)
+            counts = dict(con.execute("SELECT status, COUNT(*) FROM frames GROUP BY status").fetchall())
+            con.close()
+        except Exception:  # noqa: BLE001
+            counts = None
+        print_summary(pipeline_box[0].stats, session_dir=session_dir, t_start=session.t_start,
+                      counts=counts, console=err)
+    if opts.report and pipeline_box:
+        _write_report(session_dir)
+    return rc
+
+
+# --------------------------------------------------------------------------- commands
+@app.command()
+def watch(
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder to watch.")],
+    session_dir: SessionDirOpt = None,
+    exit_when_idle: ExitIdleOpt = None,
+    pixel_size: PixelSizeOpt = None,
+    segmenter: SegmenterOpt = SegmenterKind.auto,
+    backend: BackendOpt = Backend.auto,
+    rules: RulesOpt = None,
+    publish: PublishOpt = None,
+    policy: PolicyOpt = Policy.all,
+    gui: GuiOpt = None,
+    screenshot: ScreenshotOpt = None,
+    report: ReportOpt = True,
+    recursive: Annotated[bool, typer.Option(help="Also watch sub-folders.")] = False,
+    poll: Annotated[float, typer.Option(min=0.05, help="Rescan interval, s.")] = 0.5,
+    min_age: Annotated[float, typer.Option(min=0.0, help="A file must be unchanged this long, s.")] = 1.0,
+    quarantine_after: Annotated[
+        float, typer.Option(min=0.0, help="Quarantine a file still incomplete after this long, s.")
+    ] = 30.0,
+) -> None:
+    """Process every image saved into DIRECTORY (exactly once per file version)."""
+    from emstream.sources.folder import FolderSource
+
+    opts = RunOptions(session_dir, exit_when_idle, pixel_size, segmenter.value, backend.value, rules,
+                      publish, policy.value, gui, screenshot, report,
+                      extra={"watch": str(directory), "poll_s": poll, "min_age_s": min_age,
+                             "quarantine_after_s": quarantine_after, "recursive": recursive})
+
+    def make(ledger: Any) -> Any:
+        return FolderSource(directory, ledger, poll_s=poll, min_age_s=min_age,
+                            quarantine_after_s=quarantine_after, recursive=recursive)
+
+    raise typer.Exit(run_session(make, opts, command="watch", title=f"emstream watch {directory}"))
+
+
+@app.command()
+def listen(
+    endpoint: Annotated[str, typer.Argument(help="ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555.")],
+    session_dir: SessionDirOpt = None,
+    exit_when_idle: ExitIdleOpt = None,
+    pixel_size: PixelSizeOpt = None,
+    segmenter: SegmenterOpt = SegmenterKind.auto,
+    backend: BackendOpt = Backend.auto,
+    rules: RulesOpt = None,
+    publish: PublishOpt = None,
+    policy: PolicyOpt = Policy.all,
+    protocol: Annotated[Protocol, typer.Option("--protocol", help="Wire protocol.")] = Protocol.emstream,
+    sub: Annotated[bool, typer.Option("--sub", help="SUB socket instead of PULL (gaps counted).")] = False,
+    bind: Annotated[bool, typer.Option("--bind", help="Bind instead of connect.")] = False,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Permit a non-loopback endpoint.")] = False,
+    gui: GuiOpt = None,
+    screenshot: ScreenshotOpt = None,
+    report: ReportOpt = True,
+) -> None:
+    """Process frames arriving over ZeroMQ (emstream v1 or DECTRIS SIMPLON)."""
+    try:
+        from emstream.sources.zmq import StreamSource
+    except ImportError as exc:
+        raise _missing("the ZeroMQ source", exc) from exc
+    opts = RunOptions(session_dir, exit_when_idle, pixel_size, segmenter.value, backend.value, rules,
+                      publish, policy.value, gui, screenshot, report,
+                      extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind})
+
+    def make(ledger: Any) -> Any:  # noqa: ARG001
+        return StreamSource(endpoint, protocol=protocol.value, pattern="sub" if sub else "pull",
+                            bind=bind, allow_remote=allow_remote)
+
+    raise typer.Exit(run_session(make, opts, command="listen", title=f"emstream listen {endpoint}"))
+
+
+@app.command()
+def replay(
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Recorded folder.")],
+    speed: Annotated[float, typer.Option(min=0.0, help="Pace relative to acquisition (2 = twice as fast).")] = 1.0,
+    as_fast_as_possible: Annotated[bool, typer.Option("--as-fast-as-possible", help="No pacing.")] = False,
+    session_dir: SessionDirOpt = None,
+    exit_when_idle: ExitIdleOpt = None,
+    pixel_size: PixelSizeOpt = None,
+    segmenter: SegmenterOpt = SegmenterKind.auto,
+    backend: BackendOpt = Backend.auto,
+    rules: RulesOpt = None,
+    publish: PublishOpt = None,
+    policy: PolicyOpt = Policy.all,
+    gui: GuiOpt = None,
+    screenshot: ScreenshotOpt = None,
+    report: ReportOpt = True,
+) -> None:
+    """Feed a recorded folder through the pipeline at its original pace (or faster)."""
+    from emstream.sources.replay import ReplaySource
+
+    opts = RunOptions(session_dir, exit_when_idle, pixel_size, segmenter.value, backend.value, rules,
+                      publish, policy.value, gui, screenshot, report,
+                      extra={"replay": str(directory), "speed": None if as_fast_as_possible else speed})
+
+    def make(ledger: Any) -> Any:  # noqa: ARG001
+        return ReplaySource(directory, speed=None if as_fast_as_possible or speed == 0 else speed)
+
+    raise typer.Exit(run_session(make, opts, command="replay", title=f"emstream replay {directory}"))
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder to write frames into.")] = None,
+    zmq: Annotated[str | None, typer.Option("--zmq", metavar="ENDPOINT", help="Send over ZeroMQ instead.")] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Number of frames.")] = 100,
+    fps: Annotated[float, typer.Option(min=0.01, help="Frames per second.")] = 2.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    inject_bad: Annotated[bool, typer.Option("--inject-bad", help="Also write zero-byte, truncated and corrupt files.")] = False,
+    modes: Annotated[str | None, typer.Option(help="Comma-separated write modes (whole,chunked,temp_rename,mrc_stack).")] = None,
+) -> None:
+    """Run the synthetic E-TEM microscope (writes files with a manifest, or sends frames)."""
+    if (out_dir is None) == (zmq is None):
+        raise _fail("give exactly one of --out DIR or --zmq ENDPOINT", 2)
+    try:
+        from emstream.sources.simulate import run_simulate
+    except ImportError as exc:
+        raise _missing("the simulator", exc) from exc
+    kwargs: dict[str, Any] = {"out": out_dir, "zmq": zmq, "frames": frames, "fps": fps, "seed": seed,
+                              "inject_bad": inject_bad}
+    if modes:
+        kwargs["modes"] = tuple(m.strip() for m in modes.split(",") if m.strip())
+    try:
+        result = run_simulate(**kwargs)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except (ValueError, ConfigError) as exc:
+        raise _fail(str(exc), 2) from exc
+    if result is not None:
+        err.print(f"simulated {frames} frames → {result}")
+
+
+@app.command()
+def demo(
+    frames: Annotated[int, typer.Option(min=1, help="Frames the simulator writes before the demo ends.")] = 120,
+    fps: Annotated[float, typer.Option(min=0.1, help="Simulated frames per second.")] = 3.0,
+    seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Keep the simulated frames here (default: a temporary folder).")] = None,
+    session_dir: SessionDirOpt = None,
+    segmenter: SegmenterOpt = SegmenterKind.auto,
+    backend: BackendOpt = Backend.auto,
+    rules: RulesOpt = None,
+    publish: PublishOpt = None,
+    gui: GuiOpt = None,
+    screenshot: ScreenshotOpt = None,
+    report: ReportOpt = True,
+) -> None:
+    """Simulated microscope + folder monitor in one process, with a live view."""
+    try:
+        from emstream.sources.simulate import run_simulate
+    except ImportError as exc:
+        raise _missing("the simulator", exc) from exc
+    from emstream.sources.folder import FolderSource
+
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="emstream-demo-")
+        acq = Path(tmp.name)
+    else:
+        acq = Path(out_dir)
+        acq.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    sim_error: list[BaseException] = []
+
+    def simulate_thread() -> None:
+        try:
+            run_simulate(out=acq, frames=frames, fps=fps, seed=seed, stop=stop)
+        except BaseException as exc:  # noqa: BLE001
+            sim_error.append(exc)
+
+    sim = threading.Thread(target=simulate_thread, name="simulator", daemon=True)
+    opts = RunOptions(session_dir, None, None, segmenter.value, backend.value, rules, publish, "all",
+                      gui, screenshot, report,
+                      extra={"demo": {"frames": frames, "fps": fps, "seed": seed, "folder": str(acq)}})
+
+    def make(ledger: Any) -> Any:
+        sim.start()
+        return FolderSource(acq, ledger, poll_s=0.2, min_age_s=0.3, quarantine_after_s=5.0)
+
+    def until(p: Any) -> None:
+        try:
+            while sim.is_alive():
+                if p.finished:
+                    return
+                sim.join(0.2)
+            p.wait_idle(1.5)
+        finally:
+            stop.set()
+
+    try:
+        rc = run_session(make, opts, command="demo", until=until, title="emstream demo")
+    finally:
+        stop.set()
+        sim.join(timeout=10)
+    if sim_error:
+        err.print(f"[red]simulator failed:[/] {sim_error[0]!r}")
+        rc = rc or 1
+    rc = max(rc, _check_demo_counts(acq, opts.session_dir))
+    if tmp is not None:
+        tmp.cleanup()
+    raise typer.Exit(rc)
+
+
+def _manifest_frames(folder: Path) -> int | None:
+    """Number of frames the simulator says it wrote (from its manifest), if it left one."""
+    m = folder / "simulator-manifest.jsonl"
+    if not m.exists():
+        return None
+    n = 0
+    for line in m.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind", "frame") == "frame" and not rec.get("bad"):
+            n += 1
+    return n
+
+
+def _check_demo_counts(acq: Path, session_dir: Path | None) -> int:
+    if session_dir is None:
+        return 0
+    from emstream.sinks.ledger import connect_readonly
+
+    want = _manifest_frames(acq)
+    try:
+        con = connect_readonly(session_dir)
+        ok = con.execute("SELECT COUNT(*) FROM frames WHERE status='ok'").fetchone()[0]
+        con.close()
+    except Exception:  # noqa: BLE001
+        return 0
+    if want is None:
+        return 0
+    if ok == want:
+        err.print(f"[green]ledger matches the simulator:[/] {ok} frames ok")
+        return 0
+    err.print(f"[red]ledger does not match the simulator:[/] {ok} ok vs {want} written")
+    return 1
+
+
+@app.command()
+def analyze(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Image files.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON here ('-' = stdout).")] = None,
+    pixel_size: PixelSizeOpt = None,
+    segmenter: SegmenterOpt = SegmenterKind.auto,
+    backend: BackendOpt = Backend.auto,
+) -> None:
+    """Segment and measure files once and write the particle table as JSON."""
+    from emstream.frame import Calibration
+    from emstream.pipeline import make_segmenter, process_frame
+
+    try:
+        from emstream.sources.readers import read_frames
+    except ImportError as exc:
+        raise _missing("the file readers", exc) from exc
+    try:
+        seg = make_segmenter(kind=segmenter.value, backend=backend.value)
+    except EmstreamError as exc:
+        raise _fail(f"segmenter: {exc}") from exc
+    override = None
+    if pixel_size is not None:
+        override = Calibration((pixel_size, pixel_size), "override", f"--pixel-size {pixel_size:g} nm")
+    result: dict[str, Any] = {}
+    failures = 0
+    names = [f.name for f in files]
+    for path in files:
+        key = path.name if names.count(path.name) == 1 else str(path)
+        try:
+            frames = read_frames(path, t_arrival=time.time())
+        except EmstreamError as exc:
+            failures += 1
+            result[key] = {"error": getattr(exc, "reason", str(exc))}
+            err.print(f"[yellow]{path}:[/] {getattr(exc, 'reason', exc)}")
+            continue
+        for k, frame in enumerate(frames):
+            if override is not None:
+                frame.calibration = override
+            fkey = key if len(frames) == 1 else f"{key}#{k}"
+            try:
+                res = process_frame(frame, seg, keep_labels=False)
+            except Exception as exc:  # noqa: BLE001
+                failures += 1
+                result[fkey] = {"error": f"processing failed: {exc!r}"}
+                continue
+            result[fkey] = frame_json(res)
+    text = json.dumps(result, indent=1, allow_nan=False)
+    if json_out is None or str(json_out) == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        tmp = json_out.with_name(f".{json_out.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, json_out)
+        err.print(f"wrote {json_out} ({len(result)} images, {failures} failed)")
+    raise typer.Exit(1 if failures else 0)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    return v
+
+
+def frame_json(res: Any) -> dict[str, Any]:
+    """The ``analyze --json`` object for one frame (contract in DESIGN.md)."""
+    cal = res.frame.calibration
+    p = res.particles
+    n = len(p["label"])
+    cols = {k: v.tolist() for k, v in p.items()}
+    particles = []
+    for i in range(n):
+        d = {"centroid_yx_px": [cols["centroid_y_px"][i], cols["centroid_x_px"][i]]}
+        for k, vals in cols.items():
+            d[k] = _clean(vals[i])
+        particles.append(d)
+    s = res.summary
+    return {
+        "shape": list(res.frame.shape),
+        "nm_per_px": list(cal.nm_per_px) if cal.nm_per_px is not None else None,
+        "calibration": cal.source,
+        "calibration_detail": cal.detail,
+        "unit": res.unit,
+        "backend": res.backend,
+        "count": int(s.count),
+        "summary": {k: _clean(v) for k, v in s.as_dict().items()},
+        "particles": particles,
+    }
+
+
+@app.command()
+def report(
+    session: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Session folder.")],
+) -> None:
+    """Write the HTML report (and CSV/Parquet exports) of a session."""
+    from emstream.sinks.ledger import ledger_path
+
+    if not ledger_path(session).exists():
+        raise _fail(f"{session} is not a session folder (no ledger.sqlite)", 2)
+    try:
+        from emstream.sinks.report import write_report
+    except ImportError as exc:
+        raise _missing("the report", exc) from exc
+    try:
+        from emstream.sinks.export import export_session
+    except ImportError:
+        export_session = None
+    try:
+        path = write_report(session)
+        out.print(f"report: {path}")
+        if export_session is not None:
+            for p in export_session(session):
+                out.print(f"export: {p}")
+    except EmstreamError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def view(
+    session: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Session folder.")],
+    screenshot: ScreenshotOpt = None,
+) -> None:
+    """Re-open a finished session in the window for review."""
+    try:
+        from emstream.gui.app import view_session
+    except ImportError as exc:
+        raise _missing("the window (install emstream[gui])", exc) from exc
+    raise typer.Exit(int(view_session(session, screenshot=screenshot) or 0))
+
+
+@engine_app.command("info")
+def engine_info_cmd(
+    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the shipped one).")] = None,
+) -> None:
+    """Model, hash and cached engines."""
+    try:
+        from emstream.backends import engine_info
+    except ImportError as exc:
+        raise _missing("engine tools", exc) from exc
+    try:
+        info = engine_info(model)
+    except EmstreamError as exc:
+        raise _fail(str(exc)) from exc
+    out.print_json(json.dumps(info, default=str))
+
+
+@engine_app.command("build")
+def engine_build_cmd(
+    model: Annotated[Path | None, typer.Option(help="ONNX model (default: the shipped one).")] = None,
+) -> None:
+    """Build (or rebuild) the TensorRT engine for this GPU."""
+    try:
+        from emstream.backends import engine_build
+    except ImportError as exc:
+        raise _missing("engine tools", exc) from exc
+    try:
+        path = engine_build(model)
+    except EmstreamError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"engine: {path}")
+
+
+@app.command()
+def doctor() -> None:
+    """What is installed and usable here, with reasons."""
+    from rich.table import Table
+
+    from emstream.config import versions
+
+    t = Table(title=f"emstream {__version__} doctor")
+    t.add_column("component")
+    t.add_column("status")
+    t.add_column("detail")
+
+    def row(name: str, ok: bool | None, detail: str) -> None:
+        mark = "[green]ok[/]" if ok else ("[yellow]–[/]" if ok is None else "[red]no[/]")
+        t.add_row(name, mark, detail)
+
+    for k, v in versions().items():
+        row(k, True, v)
+    try:
+        import psutil
+
+        row("cpu", True, f"{os.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM")
+    except ImportError:
+        row("cpu", True, f"{os.cpu_count()} logical cores")
+    try:
+        from emstream.backends import backend_report
+
+        for b in backend_report():
+            row(f"backend {b.get('name')}", bool(b.get("available")), str(b.get("detail", "")))
+    except ImportError as exc:
+        row("backends", False, f"backend report unavailable: {exc}")
+    except Exception as exc:  # noqa: BLE001
+        row("backends", False, f"backend report failed: {exc!r}")
+    try:
+        from emstream.gui import display_available
+
+        row("display", bool(display_available()), "window available" if display_available()
+            else "no display: the terminal view is used (--gui with QT_QPA_PLATFORM=offscreen renders anyway)")
+    except ImportError as exc:
+        row("display", False, f"GUI not installed: {exc}")
+    for mod, why in (("ncempy", "DM3/DM4, SER/EMI, Berkeley EMD"), ("rsciio", "Velox EMD, JEOL, TVIPS (rosettasciio)")):
+        try:
+            __import__(mod)
+            row(f"reader {mod}", True, why)
+        except ImportError as exc:
+            row(f"reader {mod}", False, f"{why}: install emstream[formats] ({exc})")
+    try:
+        from emstream.sources.readers import SUPPORTED_SUFFIXES
+
+        row("file formats", True, " ".join(sorted(SUPPORTED_SUFFIXES)))
+    except ImportError as exc:
+        row("file formats", False, str(exc))
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+
+        row("tensorrt", True, tensorrt.__version__)
+    except ImportError:
+        row("tensorrt", False, "TensorRT Python package not installed (comes from NVIDIA); other backends are used")
+    out.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    try:
+        app(args=argv, prog_name="emstream")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        err.print(str(code))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

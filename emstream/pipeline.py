@@ -1,0 +1,603 @@
+"""The pipeline: source → prepare → segment → measure → rules → sinks, concurrently.
+
+Threads and queues::
+
+    reader ──(bounded work queue)──► worker ──► dispatcher: one bounded queue + thread per sink
+    (source.frames)                  prepare, segment, measure, summarize, rules
+
+* Backpressure: the work queue is small; when it is full the reader blocks, so a folder source
+  stops reading (the folder is the buffer) and a stream source falls behind (policy ``all``) —
+  or, with policy ``latest``, the oldest waiting frame is dropped and recorded as ``skipped``.
+* Every frame reaches exactly one terminal :class:`FrameRecord` (ok / quarantined / skipped),
+  delivered to every sink in ``seq`` order.
+* Each sink runs in its own thread with its own bounded queue; a ``latest_only`` sink (the GUI)
+  only ever gets the newest record; an exception in a sink is logged and never stops processing.
+* Per-stage timings (read, prepare, segment, measure, rules, total; ms) ride on every result.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from emstream.frame import Calibration, Frame
+from emstream.results import Alert, Event, FrameRecord, FrameResult
+from emstream.sinks.base import Session, Sink
+from emstream.sources.base import TrackedRecord, drain_events, file_version_of
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def make_segmenter(kind: str = "auto", backend: str = "auto", device: str = "auto", model: Any = None):
+    """The one place that chooses a segmenter.
+
+    Uses engineer E's :func:`emstream.backends.make_segmenter` when it is available; until then
+    (or when it cannot run here and ``kind`` is not ``"learned"``) the classical baseline.
+    """
+    try:
+        from emstream.backends import make_segmenter as _make  # type: ignore[attr-defined]
+    except ImportError:
+        _make = None
+    if _make is not None:
+        try:
+            return _make(kind=kind, backend=backend, device=device, model=model)
+        except Exception as exc:
+            if kind == "learned":
+                raise
+            log.warning("learned segmenter unavailable (%s): using the classical baseline", exc)
+    elif kind == "learned":
+        from emstream.errors import BackendUnavailable
+
+        raise BackendUnavailable("no learned segmenter is installed in this build")
+    from emstream.process.classical import ClassicalSegmenter
+
+    return ClassicalSegmenter()
+
+
+def process_frame(
+    frame: Frame,
+    segmenter: Any,
+    *,
+    polarity: str = "auto",
+    read_ms: float = 0.0,
+    keep_labels: bool = True,
+) -> FrameResult:
+    """Prepare, segment, measure and summarise one frame (no rules); raises on failure.
+
+    ``timings_ms`` holds ``read`` (given), ``prepare``, ``segment``, ``measure`` and ``total``.
+    """
+    from emstream.process import measure as _measure
+    from emstream.process import prepare as _prepare
+    from emstream.process import stats as _stats
+
+    timings: dict[str, float] = {"read": float(read_ms)}
+    t0 = time.perf_counter()
+    prepared = _prepare.prepare(frame.pixels, polarity=polarity)
+    t1 = time.perf_counter()
+    timings["prepare"] = (t1 - t0) * 1e3
+    labels = segmenter.segment(prepared)
+    t2 = time.perf_counter()
+    timings["segment"] = (t2 - t1) * 1e3
+    particles = _measure.measure(labels, frame.pixels, frame.calibration, valid=prepared.valid)
+    valid_area = int(prepared.valid.sum()) if prepared.valid is not None else int(labels.size)
+    summary = _stats.summarize(particles, valid_area_px=valid_area, unit=frame.calibration.unit)
+    t3 = time.perf_counter()
+    timings["measure"] = (t3 - t2) * 1e3
+    timings["total"] = (t3 - t0) * 1e3 + float(read_ms)
+    return FrameResult(
+        frame=frame,
+        particles=particles,
+        summary=summary,
+        backend=getattr(segmenter, "name", "?"),
+        timings_ms=timings,
+        labels=labels if keep_labels else None,
+        valid=prepared.valid,
+    )
+
+
+@dataclass
+class PipelineStats:
+    """A snapshot for the terminal view and the GUI status bar."""
+
+    frames_in: int = 0
+    processed: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+    fps: float = 0.0
+    lag_s: float = float("nan")
+    queue_depth: int = 0
+    backend: str = ""
+    source: str = ""
+    particles: int = 0
+    d50: float = float("nan")
+    unit: str = "px"
+    alerts: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    running: bool = False
+    t_last_frame: float | None = None
+
+    @property
+    def terminal(self) -> int:
+        return self.processed + self.quarantined + self.skipped
+
+
+class _SinkRunner:
+    """One sink, one thread, one bounded queue."""
+
+    def __init__(self, sink: Sink, maxsize: int = 256):
+        self.sink = sink
+        self.latest_only = bool(getattr(sink, "latest_only", False))
+        self.q: queue.Queue = queue.Queue(maxsize=1 if self.latest_only else maxsize)
+        self.thread = threading.Thread(
+            target=self._run, name=f"sink-{getattr(sink, 'name', 'sink')}", daemon=True
+        )
+        self.errors = 0
+        self.dropped = 0
+
+    def _call(self, method: str, arg: Any = None) -> None:
+        fn = getattr(self.sink, method, None)
+        if fn is None:
+            return
+        try:
+            fn() if arg is None else fn(arg)
+        except Exception:
+            self.errors += 1
+            if self.errors <= 5 or self.errors % 100 == 0:
+                log.exception("sink %s failed in %s (error #%d)", self.sink.name, method, self.errors)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self.q.get(timeout=0.2)
+            except queue.Empty:
+                self._call("flush")
+                continue
+            if item is _STOP:
+                self._call("flush")
+                self._call("close")
+                return
+            method, arg = item
+            self._call(method, arg)
+
+    def put(self, method: str, arg: Any) -> None:
+        if self.latest_only and method == "frame_done":
+            while True:
+                try:
+                    self.q.put_nowait((method, arg))
+                    return
+                except queue.Full:
+                    try:
+                        self.q.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+        # Alerts and events must reach even latest-only sinks: wait a little for room.
+        while self.thread.is_alive():
+            try:
+                self.q.put((method, arg), timeout=0.5)
+                return
+            except queue.Full:
+                if self.latest_only:
+                    try:
+                        self.q.get_nowait()
+                    except queue.Empty:
+                        pass
+                continue
+        self.dropped += 1
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.q.put(_STOP)
+
+
+class Pipeline:
+    """Runs a source through processing into sinks.
+
+    Parameters
+    ----------
+    source : a :class:`~emstream.sources.base.Source`.
+    segmenter : a :class:`~emstream.process.segmenter.Segmenter`.
+    sinks : consumers of records, alerts and events (each gets its own thread).
+    session : what the sinks learn on ``open``.
+    rules : an object with ``evaluate(result) -> list[Alert]`` (``RuleEngine``), or one with
+        ``.engine`` and ``maybe_reload()`` (``RulesFile``); ``None`` for no rules.
+    watchdog : an object with ``on_frame(record, now)`` and ``tick(now, stats)`` returning alerts.
+    policy : ``"all"`` (never drop; fall behind) or ``"latest"`` (skip the oldest waiting frame).
+    pixel_size_nm : overrides every frame's calibration (source ``"override"``).
+    first_seq : seq of the first frame; default: the ledger's next seq (restart resumes).
+    queue_size : frames waiting for the worker.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        segmenter: Any,
+        sinks: Sequence[Sink],
+        *,
+        session: Session,
+        rules: Any = None,
+        watchdog: Any = None,
+        policy: str = "all",
+        pixel_size_nm: float | None = None,
+        first_seq: int | None = None,
+        queue_size: int = 2,
+        keep_labels: bool = True,
+        polarity: str = "auto",
+    ):
+        if policy not in ("all", "latest"):
+            raise ValueError(f"policy must be 'all' or 'latest', got {policy!r}")
+        self.source = source
+        self.segmenter = segmenter
+        self.sinks = list(sinks)
+        self.session = session
+        self.rules = rules
+        self.watchdog = watchdog
+        self.policy = policy
+        self.polarity = polarity
+        self.keep_labels = keep_labels
+        self.override: Calibration | None = None
+        if pixel_size_nm is not None:
+            p = float(pixel_size_nm)
+            self.override = Calibration((p, p), "override", f"--pixel-size {p:g} nm")
+        if first_seq is None:
+            first_seq = 0
+            for s in self.sinks:
+                fn = getattr(s, "next_seq", None)
+                if fn is not None:
+                    first_seq = max(first_seq, int(fn()))
+        self._seq = first_seq
+        self._work: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._skip_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._runners = [_SinkRunner(s) for s in self.sinks]
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._stats = PipelineStats(
+            backend=getattr(segmenter, "name", type(segmenter).__name__),
+            source=source.describe() if hasattr(source, "describe") else str(source),
+        )
+        self._done_times: deque[float] = deque(maxlen=64)
+        self._in_flight = 0
+        self._last_activity = time.monotonic()
+        self._source_done = threading.Event()
+        self._finished = threading.Event()
+        self._started = False
+        self._listeners: list[Callable[[FrameRecord], None]] = []
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Pipeline:
+        if self._started:
+            return self
+        self._started = True
+        self.session.backend = self.session.backend or self._stats.backend
+        self.session.source = self.session.source or self._stats.source
+        if not self.session.t_start:
+            self.session.t_start = time.time()
+        for r in self._runners:
+            r.thread.start()
+            r.put("open", self.session)
+        self._stats.running = True
+        for name, target in (("reader", self._read_loop), ("worker", self._work_loop),
+                             ("monitor", self._monitor_loop)):
+            t = threading.Thread(target=target, name=f"emstream-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        """Ask every stage to finish: frames already read are still processed and recorded."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the pipeline has finished and every sink is closed. True when it has."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for r in self._runners:
+            r.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self._finished.is_set() and not any(r.thread.is_alive() for r in self._runners)
+
+    def run(self) -> None:
+        """Start and block until the source is exhausted (or :meth:`stop`)."""
+        self.start()
+        self.join()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def add_listener(self, fn: Callable[[FrameRecord], None]) -> None:
+        """Call ``fn(record)`` in the worker thread for every terminal record (cheap callables only)."""
+        self._listeners.append(fn)
+
+    @property
+    def stats(self) -> PipelineStats:
+        with self._lock:
+            s = PipelineStats(**{k: getattr(self._stats, k) for k in self._stats.__dataclass_fields__})
+            s.timings_ms = dict(self._stats.timings_ms)
+        now = time.monotonic()
+        recent = [t for t in self._done_times if now - t <= 10.0]
+        if len(recent) >= 2:
+            span = max(now - recent[0], 1e-6)
+            s.fps = (len(recent) - 1) / span if now - recent[-1] < 5.0 else 0.0
+        s.queue_depth = self._work.qsize()
+        return s
+
+    def idle_for(self) -> float:
+        """Seconds since the last frame entered or left, 0 while anything is in flight."""
+        with self._lock:
+            if self._in_flight > 0:
+                return 0.0
+            last = self._last_activity
+        if getattr(self.source, "busy", False):
+            return 0.0
+        return time.monotonic() - last
+
+    def wait_idle(self, seconds: float, *, poll: float = 0.2) -> bool:
+        """Block until no frame has come for ``seconds`` and every frame read is terminal.
+
+        Returns True when idle, False if the pipeline finished (source exhausted) first.
+        """
+        while not self._finished.is_set():
+            if self.idle_for() >= seconds:
+                return True
+            time.sleep(poll)
+        return False
+
+    # ------------------------------------------------------------------ stages
+    def _next_seq(self) -> int:
+        with self._lock:
+            s = self._seq
+            self._seq += 1
+            return s
+
+    def _read_loop(self) -> None:
+        it = None
+        try:
+            it = iter(self.source.frames(self._stop))
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                read_ms = (time.perf_counter() - t0) * 1e3
+                with self._lock:
+                    self._in_flight += 1
+                    self._last_activity = time.monotonic()
+                    self._stats.frames_in += 1
+                    self._stats.t_last_frame = time.time()
+                if isinstance(item, Frame):
+                    item.seq = self._next_seq()
+                    if self.override is not None:
+                        item.calibration = self.override
+                elif isinstance(item, FrameRecord):
+                    item.seq = self._next_seq()
+                self._enqueue((item, read_ms))
+        except Exception as exc:
+            self.error = exc
+            log.exception("source %s failed", self._stats.source)
+        finally:
+            self._source_done.set()
+            self._work.put(_STOP)
+            if it is not None and hasattr(it, "close"):
+                try:
+                    it.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            try:
+                self.source.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing the source failed")
+
+    def _enqueue(self, entry: tuple[Any, float]) -> None:
+        item = entry[0]
+        if self.policy == "latest" and isinstance(item, Frame):
+            with self._skip_lock:
+                while True:
+                    try:
+                        self._work.put_nowait(entry)
+                        return
+                    except queue.Full:
+                        try:
+                            old, _ = self._work.get_nowait()
+                        except queue.Empty:
+                            continue
+                        if isinstance(old, Frame):
+                            self._skip(old, "policy latest: a newer frame arrived")
+                        else:  # keep records; there is always room for them eventually
+                            self._work.put(( old, 0.0))
+                            self._work.put(entry)
+                            return
+        while True:
+            try:
+                self._work.put(entry, timeout=0.5)
+                return
+            except queue.Full:
+                if self._stop.is_set() and not self._worker_alive():
+                    return
+
+    def _worker_alive(self) -> bool:
+        return len(self._threads) > 1 and self._threads[1].is_alive()
+
+    def _skip(self, frame: Frame, reason: str) -> None:
+        rec = TrackedRecord(
+            seq=frame.seq,
+            source_id=frame.source_id,
+            status="skipped",
+            t_arrival=frame.t_arrival,
+            reason=reason,
+            t_acq=frame.t_acq,
+            calibration=frame.calibration,
+            file_version=file_version_of(frame),
+        )
+        self._finish(rec)
+
+    def _work_loop(self) -> None:
+        try:
+            while True:
+                entry = self._work.get()
+                if entry is _STOP:
+                    break
+                item, read_ms = entry
+                if isinstance(item, FrameRecord):
+                    self._finish(item)
+                    continue
+                self._finish(self._process(item, read_ms))
+        except Exception as exc:  # pragma: no cover - _process never raises
+            self.error = exc
+            log.exception("worker failed")
+        finally:
+            self._stop.set()
+            self._close_sinks()
+
+    def _process(self, frame: Frame, read_ms: float) -> FrameRecord:
+        """One frame through prepare, segment, measure and rules; never raises."""
+        try:
+            result = process_frame(
+                frame, self.segmenter, polarity=self.polarity, read_ms=read_ms,
+                keep_labels=self.keep_labels,
+            )
+            t3 = time.perf_counter()
+            alerts = self._evaluate_rules(result)
+            t4 = time.perf_counter()
+            result.timings_ms["rules"] = (t4 - t3) * 1e3
+            result.timings_ms["total"] += result.timings_ms["rules"]
+            result.t_done = time.time()
+            record = TrackedRecord(
+                seq=frame.seq,
+                source_id=frame.source_id,
+                status="ok",
+                t_arrival=frame.t_arrival,
+                result=result,
+                t_acq=frame.t_acq,
+                calibration=frame.calibration,
+                file_version=file_version_of(frame),
+            )
+            record._alerts = alerts  # type: ignore[attr-defined]
+            return record
+        except Exception as exc:
+            log.exception("processing frame %s (%s) failed", frame.seq, frame.source_id)
+            return TrackedRecord(
+                seq=frame.seq,
+                source_id=frame.source_id,
+                status="quarantined",
+                t_arrival=frame.t_arrival,
+                reason=f"processing failed: {type(exc).__name__}: {exc}",
+                t_acq=frame.t_acq,
+                calibration=frame.calibration,
+                file_version=file_version_of(frame),
+            )
+
+    def _rule_engine(self) -> Any:
+        r = self.rules
+        if r is None:
+            return None
+        if hasattr(r, "maybe_reload"):
+            try:
+                r.maybe_reload()
+            except Exception:  # noqa: BLE001 - a bad edit keeps the old rules
+                log.exception("reloading rules failed")
+            return getattr(r, "engine", None)
+        return r
+
+    def _evaluate_rules(self, result: FrameResult) -> list[Alert]:
+        engine = self._rule_engine()
+        if engine is None:
+            return []
+        try:
+            return list(engine.evaluate(result))
+        except Exception:
+            log.exception("rule evaluation failed on frame %s", result.seq)
+            return []
+
+    def _finish(self, record: FrameRecord) -> None:
+        """Count, notify, and hand the terminal record (then its alerts) to every sink."""
+        alerts: list[Alert] = list(getattr(record, "_alerts", []))
+        if self.watchdog is not None:
+            try:
+                alerts += list(self.watchdog.on_frame(record, time.time()))
+            except Exception:
+                log.exception("watchdog failed")
+        with self._lock:
+            st = self._stats
+            if record.status == "ok":
+                st.processed += 1
+                res = record.result
+                if res is not None:
+                    st.lag_s = res.lag_s
+                    st.particles = int(res.summary.count)
+                    st.d50 = float(res.summary.d50)
+                    st.unit = res.unit
+                    st.timings_ms = dict(res.timings_ms)
+                    st.backend = res.backend
+            elif record.status == "quarantined":
+                st.quarantined += 1
+            else:
+                st.skipped += 1
+            st.alerts += len(alerts)
+            self._in_flight = max(0, self._in_flight - 1)
+            self._last_activity = time.monotonic()
+            self._done_times.append(time.monotonic())
+        for r in self._runners:
+            r.put("frame_done", record)
+        for a in alerts:
+            self._send_alert(a)
+        for ev in drain_events(self.source):
+            self._send_event(ev)
+        for fn in self._listeners:
+            try:
+                fn(record)
+            except Exception:  # noqa: BLE001
+                log.exception("listener failed")
+
+    def _send_alert(self, alert: Alert) -> None:
+        log.warning("ALERT [%s] %s: %s", alert.severity, alert.rule, alert.message)
+        for r in self._runners:
+            r.put("alert", alert)
+
+    def _send_event(self, event: Event) -> None:
+        for r in self._runners:
+            r.put("event", event)
+
+    def _monitor_loop(self) -> None:
+        """Once a second: watchdog tick (stall, falling behind) and source events."""
+        disk: dict[str, int] = {}
+        last_disk = 0.0
+        while not self._finished.wait(1.0):
+            if self.watchdog is not None:
+                if time.monotonic() - last_disk > 10.0:
+                    last_disk = time.monotonic()
+                    try:
+                        du = shutil.disk_usage(self.session.session_dir)
+                        disk = {"disk_free_bytes": du.free, "disk_total_bytes": du.total}
+                    except OSError:
+                        disk = {}
+                try:
+                    for a in self.watchdog.tick(time.time(), self.stats, **disk):
+                        with self._lock:
+                            self._stats.alerts += 1
+                        self._send_alert(a)
+                except Exception:
+                    log.exception("watchdog tick failed")
+            for ev in drain_events(self.source):
+                self._send_event(ev)
+
+    def _close_sinks(self) -> None:
+        for ev in drain_events(self.source):
+            self._send_event(ev)
+        for r in self._runners:
+            r.stop()
+        with self._lock:
+            self._stats.running = False
+        self._finished.set()

@@ -1,0 +1,431 @@
+"""The session ledger: ``SESSION/ledger.sqlite`` (WAL), the record that nothing was lost.
+
+One connection does all writing, guarded by a lock, so the folder source (bookkeeping of the
+files it has seen) and the pipeline's ledger-sink thread (frames, particles, alerts, events)
+share one writer; other processes may read concurrently thanks to WAL. Writes are batched into
+transactions that commit every ``batch`` records or ``flush_s`` seconds, whichever comes first.
+
+Exactly-once: a frame row and the ``files`` row of the file it came from are updated in the same
+transaction, so after a crash either both are there or neither is, and a restarted monitor
+re-reads exactly what was not recorded (``UNIQUE (source, file_version)`` guards the rest).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emstream.results import PARTICLE_COLUMNS, Alert, Event, FrameRecord
+from emstream.sinks.base import Session, Sink
+from emstream.sinks.schema import PARTICLE_DB_COLUMNS, SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = "ledger.sqlite"
+
+_FRAME_COLS = (
+    "seq, source, status, reason, file_version, t_acq, t_arrival, t_done, height, width, "
+    "nm_per_px_y, nm_per_px_x, calibration_source, calibration_detail, unit, count, coverage, "
+    "mean_diameter, d10, d50, d90, backend, timings_json"
+)
+_PARTICLE_INSERT = (
+    f"INSERT OR REPLACE INTO particles ({', '.join(PARTICLE_DB_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in PARTICLE_DB_COLUMNS)})"
+)
+
+
+def _num(v: Any) -> float | None:
+    """A float for SQLite, ``None`` for NaN/inf (SQLite has no NaN)."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def ledger_path(session_dir: str | Path) -> Path:
+    return Path(session_dir) / LEDGER_NAME
+
+
+def connect_readonly(session_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection to a session's ledger (for reports, views and tests)."""
+    p = ledger_path(session_dir).resolve()
+    con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=10.0)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+class Ledger(Sink):
+    """SQLite session record; a :class:`Sink` and the folder source's bookkeeping.
+
+    Parameters
+    ----------
+    session_dir : folder of the session; ``ledger.sqlite`` is created (or reopened) in it.
+    batch : commit after this many frame records.
+    flush_s : commit at least this often while records arrive (and on :meth:`flush`).
+    """
+
+    name = "ledger"
+    latest_only = False
+
+    def __init__(self, session_dir: str | Path, *, batch: int = 32, flush_s: float = 0.5):
+        self.session_dir = Path(session_dir)
+        self.session_dir.mkdir(parents=True, exist_ok=True)
+        self.path = ledger_path(self.session_dir)
+        self.batch = int(batch)
+        self.flush_s = float(flush_s)
+        self._lock = threading.RLock()
+        self._con = sqlite3.connect(
+            str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None
+        )
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute("PRAGMA foreign_keys=OFF")
+        self._con.executescript(SCHEMA)
+        self._in_tx = False
+        self._uncommitted = 0
+        self._last_commit = time.monotonic()
+        # (path, version) -> total frames expected from that content version
+        self._expected: dict[tuple[str, str], int] = {}
+        self._closed = False
+        self.set_fact("schema_version", SCHEMA_VERSION, commit=True)
+
+    # ---------------------------------------------------------------- transactions
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._con.execute("BEGIN")
+            self._in_tx = True
+
+    def _maybe_commit(self, force: bool = False) -> None:
+        if not self._in_tx:
+            return
+        if (
+            force
+            or self._uncommitted >= self.batch
+            or time.monotonic() - self._last_commit >= self.flush_s
+        ):
+            self._con.execute("COMMIT")
+            self._in_tx = False
+            self._uncommitted = 0
+            self._last_commit = time.monotonic()
+
+    def flush(self) -> None:
+        """Commit whatever is pending (the pipeline calls this when the sink is idle)."""
+        with self._lock:
+            if not self._closed:
+                self._maybe_commit(force=True)
+
+    @property
+    def journal_mode(self) -> str:
+        with self._lock:
+            return str(self._con.execute("PRAGMA journal_mode").fetchone()[0])
+
+    # ---------------------------------------------------------------- session facts
+    def set_fact(self, key: str, value: Any, *, commit: bool = False) -> None:
+        """Store one JSON-able session fact (``session`` table)."""
+        with self._lock:
+            self._begin()
+            self._con.execute(
+                "INSERT OR REPLACE INTO session (key, value) VALUES (?, ?)",
+                (key, json.dumps(value, default=str)),
+            )
+            self._uncommitted += 1
+            self._maybe_commit(force=commit)
+
+    def facts(self) -> dict[str, Any]:
+        with self._lock:
+            rows = self._con.execute("SELECT key, value FROM session").fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    # ---------------------------------------------------------------- Sink API
+    def open(self, session: Session) -> None:
+        starts = self.facts().get("starts", [])
+        starts = list(starts) + [session.t_start or time.time()]
+        with self._lock:
+            self.set_fact("source", session.source)
+            self.set_fact("backend", session.backend)
+            self.set_fact("config", session.config)
+            self.set_fact("versions", session.versions)
+            if "t_start" not in self.facts():
+                self.set_fact("t_start", starts[0])
+            self.set_fact("starts", starts)
+            self.set_fact("session_dir", str(session.session_dir), commit=True)
+        if len(starts) > 1:
+            self.event(Event("restart", f"session resumed (start #{len(starts)})"))
+            self.flush()
+
+    def frame_done(self, record: FrameRecord) -> None:
+        file_version = getattr(record, "file_version", None)
+        res = record.result
+        cal = record.calibration
+        height = width = None
+        summary = None
+        backend = None
+        timings = None
+        t_done = time.time()
+        unit = None
+        if res is not None:
+            cal = res.frame.calibration
+            height, width = res.frame.shape
+            summary = res.summary
+            backend = res.backend
+            timings = json.dumps({k: round(float(v), 3) for k, v in res.timings_ms.items()})
+            t_done = res.t_done
+            unit = res.unit
+            if file_version is None:
+                file_version = res.frame.metadata.get("file_version")
+        if cal is not None and unit is None:
+            unit = cal.unit
+        row = (
+            record.seq,
+            record.source_id,
+            record.status,
+            record.reason or None,
+            file_version,
+            _num(record.t_acq if record.t_acq is not None else (res.frame.t_acq if res else None)),
+            _num(record.t_arrival),
+            t_done,
+            height,
+            width,
+            _num(cal.nm_per_px[0]) if cal is not None and cal.nm_per_px else None,
+            _num(cal.nm_per_px[1]) if cal is not None and cal.nm_per_px else None,
+            cal.source if cal is not None else None,
+            cal.detail if cal is not None else None,
+            unit,
+            summary.count if summary else None,
+            _num(summary.coverage) if summary else None,
+            _num(summary.mean_diameter) if summary else None,
+            _num(summary.d10) if summary else None,
+            _num(summary.d50) if summary else None,
+            _num(summary.d90) if summary else None,
+            backend,
+            timings,
+        )
+        with self._lock:
+            if self._closed:
+                log.warning("ledger closed; frame %s not recorded", record.seq)
+                return
+            self._begin()
+            try:
+                self._con.execute(
+                    f"INSERT INTO frames ({_FRAME_COLS}) VALUES ({', '.join('?' * 23)})", row
+                )
+            except sqlite3.IntegrityError as exc:
+                # Same (source, file_version) already recorded: a duplicate must never appear.
+                log.error("frame %s (%s) not recorded twice: %s", record.seq, record.source_id, exc)
+                self._maybe_commit()
+                return
+            if res is not None and record.status == "ok":
+                self._insert_particles(record.seq, res.particles)
+            if file_version is not None:
+                self._file_progress(record, file_version)
+            self._uncommitted += 1
+            self._maybe_commit()
+
+    def _insert_particles(self, seq: int, particles: dict[str, np.ndarray]) -> None:
+        n = len(particles["label"]) if "label" in particles else 0
+        if n == 0:
+            return
+        cols = []
+        for name, (dt, _) in PARTICLE_COLUMNS.items():
+            a = np.asarray(particles[name])
+            if dt == "float64":
+                a = a.astype(np.float64)
+                cols.append([None if not math.isfinite(v) else v for v in a.tolist()])
+            elif dt == "bool":
+                cols.append([int(v) for v in a.astype(bool).tolist()])
+            else:
+                cols.append(a.astype(np.int64).tolist())
+        rows = [(seq, *vals) for vals in zip(*cols, strict=True)]
+        self._con.executemany(_PARTICLE_INSERT, rows)
+
+    def _file_progress(self, record: FrameRecord, version: str) -> None:
+        path, _, idx = record.source_id.partition("#")
+        if record.status == "quarantined" and not idx:
+            self._con.execute(
+                "UPDATE files SET status='quarantined', reason=?, t_terminal=? "
+                "WHERE path=? AND version=?",
+                (record.reason, time.time(), path, version),
+            )
+            return
+        k = int(idx) + 1 if idx.isdigit() else 1
+        self._con.execute(
+            "UPDATE files SET frames_done = MAX(frames_done, ?) WHERE path=? AND version=?",
+            (k, path, version),
+        )
+        expected = self._expected.get((path, version))
+        if expected is not None and k >= expected:
+            self._con.execute(
+                "UPDATE files SET status='done', t_terminal=? "
+                "WHERE path=? AND version=? AND status='pending'",
+                (time.time(), path, version),
+            )
+            self._expected.pop((path, version), None)
+
+    def alert(self, alert: Alert) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._begin()
+            self._con.execute(
+                "INSERT INTO alerts (seq, name, severity, t, message, particles_json, builtin, "
+                "snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    alert.seq,
+                    alert.rule,
+                    alert.severity,
+                    alert.t,
+                    alert.message,
+                    json.dumps([int(x) for x in alert.particle_labels]),
+                    int(alert.builtin),
+                    getattr(alert, "snapshot", None),
+                ),
+            )
+            self._uncommitted += 1
+            self._maybe_commit(force=True)
+
+    def event(self, event: Event) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._begin()
+            self._con.execute(
+                "INSERT INTO events (t, kind, message, data_json) VALUES (?, ?, ?, ?)",
+                (event.t, event.kind, event.message, json.dumps(event.data, default=str)),
+            )
+            self._uncommitted += 1
+            self._maybe_commit()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self.set_fact("t_stop", time.time())
+            self._maybe_commit(force=True)
+            try:
+                self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:  # pragma: no cover - a reader holding the WAL is fine
+                pass
+            self._con.close()
+            self._closed = True
+
+    # ---------------------------------------------------------------- folder bookkeeping
+    def file_state(self, path: str, version: str) -> tuple[str, int] | None:
+        """``(status, frames_done)`` of one content version of a file, or ``None`` if unseen."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT status, frames_done FROM files WHERE path=? AND version=?", (path, version)
+            ).fetchone()
+        return (row[0], int(row[1])) if row else None
+
+    def file_pending(self, path: str, version: str, *, t_discovered: float | None = None) -> None:
+        """Record a complete, not yet processed content version (idempotent).
+
+        Older ``pending`` versions of the same path (a growing stack) are closed as ``done``:
+        the slices they held are either recorded or will be read from the new version.
+        """
+        now = time.time()
+        with self._lock:
+            self._begin()
+            self._con.execute(
+                "INSERT OR IGNORE INTO files (path, version, status, t_discovered) "
+                "VALUES (?, ?, 'pending', ?)",
+                (path, version, t_discovered or now),
+            )
+            self._con.execute(
+                "UPDATE files SET status='done', reason=?, t_terminal=? "
+                "WHERE path=? AND version<>? AND status='pending'",
+                (f"superseded by {version}", now, path, version),
+            )
+            self._uncommitted += 1
+            self._maybe_commit()
+
+    def file_expect(self, path: str, version: str, total_frames: int) -> None:
+        """The version holds ``total_frames`` frames; it becomes ``done`` once all are recorded."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT frames_done FROM files WHERE path=? AND version=?", (path, version)
+            ).fetchone()
+            done = int(row[0]) if row else 0
+            if done >= total_frames:
+                self._begin()
+                self._con.execute(
+                    "UPDATE files SET status='done', frames_done=MAX(frames_done, ?), "
+                    "t_terminal=? WHERE path=? AND version=? AND status='pending'",
+                    (total_frames, time.time(), path, version),
+                )
+                self._uncommitted += 1
+                self._maybe_commit()
+            else:
+                self._expected[(path, version)] = total_frames
+
+    def file_quarantined_version(self, path: str, version: str, reason: str) -> None:
+        """Mark a version quarantined directly (used when no frame row is written for it)."""
+        with self._lock:
+            self._begin()
+            self._con.execute(
+                "INSERT OR IGNORE INTO files (path, version, status, t_discovered) "
+                "VALUES (?, ?, 'pending', ?)",
+                (path, version, time.time()),
+            )
+            self._con.execute(
+                "UPDATE files SET status='quarantined', reason=?, t_terminal=? "
+                "WHERE path=? AND version=?",
+                (reason, time.time(), path, version),
+            )
+            self._uncommitted += 1
+            self._maybe_commit()
+
+    def terminal_versions(self) -> dict[str, set[str]]:
+        """Every path's content versions that are finished (``done`` or ``quarantined``)."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT path, version FROM files WHERE status IN ('done', 'quarantined')"
+            ).fetchall()
+        out: dict[str, set[str]] = {}
+        for p, v in rows:
+            out.setdefault(p, set()).add(v)
+        return out
+
+    def recorded_sources(self, path: str) -> dict[str, set[str | None]]:
+        """Frames already recorded for a file: ``{source_id: {file_version, ...}}``."""
+        like = path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "#%"
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT source, file_version FROM frames WHERE source=? OR source LIKE ? ESCAPE '\\'",
+                (path, like),
+            ).fetchall()
+        out: dict[str, set[str | None]] = {}
+        for s, v in rows:
+            out.setdefault(s, set()).add(v)
+        return out
+
+    def next_slice(self, path: str) -> int:
+        """Index of the first slice of a stack not yet recorded (0 when none is)."""
+        best = -1
+        for src in self.recorded_sources(path):
+            _, _, idx = src.partition("#")
+            if idx.isdigit():
+                best = max(best, int(idx))
+        return best + 1
+
+    def next_seq(self) -> int:
+        """The seq the next frame gets: one past the largest recorded (restart resumes)."""
+        with self._lock:
+            row = self._con.execute("SELECT MAX(seq) FROM frames").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def counts(self) -> dict[str, int]:
+        """Frames per terminal status."""
+        with self._lock:
+            rows = self._con.execute("SELECT status, COUNT(*) FROM frames GROUP BY status").fetchall()
+        out = {"ok": 0, "quarantined": 0, "skipped": 0}
+        out.update({s: int(n) for s, n in rows})
+        return out

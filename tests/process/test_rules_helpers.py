@@ -48,3 +48,14 @@ def result(
     return FrameResult(
         frame=frame, particles=particles, summary=s, backend="test", t_done=frame.t_acq
     )
+
+
+def disk_labels(centres_radii, shape=(200, 200)) -> np.ndarray:
+    """An int32 label image with one disk per ``(cy, cx, r)``, labels 1..N."""
+    from skimage.draw import disk
+
+    labels = np.zeros(shape, np.int32)
+    for k, (cy, cx, r) in enumerate(centres_radii, start=1):
+        rr, cc = disk((cy, cx), r, shape=shape)
+        labels[rr, cc] = k
+    return labels

@@ -17,7 +17,7 @@ mode                          ``bf`` (60 %: dark particles on bright carbon) / `
 nm_per_px                     LU 0.05 – 2 (recorded only; sizes are drawn in px)
 particle diameter (median)    78 %: LU 6 – 60 px; 11 %: LU 3.5 – 8 px; 11 %: LU 40 – 200 px
                               (capped at 0.8·size); per particle log-normal, sigma U 0.08 – 0.45;
-                              diameters clipped to 3.5 px – 0.9·size
+                              diameters clipped to 3.5 px – 0.9·size; at most 0.015·size² particles
 coverage (target)             LU 0.3 % – 55 %; 15 % of samples packed monolayers U 45 – 70 %
                               (realised coverage is lower when placement fails; in ``meta``)
 touching                      fraction U 0 – 0.6 of particles placed touching/overlapping a
@@ -28,10 +28,11 @@ shapes                        Dirichlet mix over round (with Fourier roughness �
                               ±12 %, corner sharpness p 6 – 30), triangle (incl. truncated), rod
                               (aspect 2 – 6); round is favoured
 thickness profile             per particle gamma U 0.15 – 0.6 (flat plate … sphere)
-contrast  BF                  centre contrast 1 − exp(−A): sample level LU max(0.06, 1.2/√dose) –
-                              0.75, per particle ×U 0.6 – 1.4 (capped 0.95)
-contrast  HAADF               particle/carbon signal ratio − 1: LU max(0.3, 1.5/√dose) – 8,
-                              per particle ×U 0.6 – 1.4
+contrast  BF                  centre contrast 1 − exp(−A): sample level LU c_lo – 0.75 with
+                              c_lo = max(0.08, 1.5/√dose, 0.8·grain, 2·mottle) (weak … strong but
+                              visible to an expert), per particle ×U 0.75 – 1.3 (capped 0.95)
+contrast  HAADF               particle/carbon signal ratio − 1: LU max(0.3, 1.5/√dose,
+                              1.6·grain, 4·mottle) – 8, per particle ×U 0.75 – 1.3
 lattice fringes               40 % of particles ≥ 8 px: period U 2.5 – 8 px, amplitude U 0.05 – 0.35
 Fresnel fringe (BF)           amplitude U −0.08 – 0.25 (> 0 bright halo outside), width U 1 – 4 px
 amorphous carbon              grain: amplitude U 0.03 – 0.25 (HAADF 0.05 – 0.35), correlation
@@ -41,7 +42,8 @@ holey-carbon edge             22 %: circle radius U 0.5 – 3 × size crossing t
                               no particles inside), 30 % thicker film (BF ×U 0.6 – 0.85, HAADF
                               ×U 1.3 – 2); always background
 illumination                  linear gradient amplitude U 0 – 0.35, vignette U 0 – 0.3
-blur (optics + gas)           Gaussian sigma LU 0.4 – 2.5 px; 10 % gas-blurred U 2.5 – 3.5 px
+blur (optics + gas)           Gaussian sigma LU 0.4 – 2.5 px; 10 % gas-blurred U 2.5 – 3.5 px;
+                              capped at 0.3 × the median diameter (particles stay visible)
 dose                          LU 10 – 1000 counts/px (background BF / carbon HAADF), Poisson
 read noise, bias              read noise U 0 – 6 counts rms; bias 0 (50 %) or U 0 – 100 counts
 data bar                      25 %: bottom strip 6 – 12 % of the height, black or white, with
@@ -61,6 +63,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from .render import (
@@ -84,38 +87,44 @@ def _lu(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def random_particle(
-    rng: np.random.Generator, y: float, x: float, r: float, shape: str, strength: float
+    rng: np.random.Generator | np.ndarray, y: float, x: float, r: float, shape: str,
+    strength: float,
 ) -> Particle:
-    """One particle of the given kind with randomised facets, roughness, profile and fringes."""
-    p = Particle(y=y, x=x, r=r, shape=shape, angle=float(rng.uniform(0, math.pi)),
-                 strength=strength, gamma=float(rng.uniform(0.15, 0.6)))
+    """One particle of the given kind with randomised facets, roughness, profile and fringes.
+
+    ``rng`` may be a generator or a pre-drawn row of >= 24 uniforms in [0, 1) (fast path used
+    when thousands of particles are drawn).
+    """
+    u = rng.random(24) if isinstance(rng, np.random.Generator) else rng
+    p = Particle(y=y, x=x, r=r, shape=shape, angle=float(u[0] * math.pi),
+                 strength=strength, gamma=float(0.15 + 0.45 * u[1]))
     if shape == "round":
-        ks = np.arange(2, 6)
-        p.rough = np.stack([ks, rng.uniform(0, 0.06, ks.size) / ks * 2,
-                            rng.uniform(0, 2 * math.pi, ks.size)], axis=1)
+        if r >= 3:
+            ks = np.arange(2.0, 6.0)
+            p.rough = np.stack([ks, u[2:6] * 0.12 / ks, u[6:10] * 2 * math.pi], axis=1)
     elif shape == "ellipse":
-        p.aspect = float(rng.uniform(1.1, 1.9))
-        p.rough = np.array([[3, rng.uniform(0, 0.03), rng.uniform(0, 6.3)]])
+        p.aspect = float(1.1 + 0.8 * u[2])
+        p.rough = np.array([[3.0, 0.03 * u[3], 6.3 * u[4]]])
     elif shape == "polygon":
-        p.n_sides = int(rng.choice([4, 5, 6, 6, 8]))
-        p.side_jitter = rng.uniform(0.88, 1.12, p.n_sides)
-        p.corner_p = float(rng.uniform(6, 30))
-        p.aspect = float(rng.uniform(1.0, 1.3))
+        p.n_sides = (4, 5, 6, 6, 8)[int(u[2] * 5)]
+        p.side_jitter = 0.88 + 0.24 * u[10:10 + p.n_sides]
+        p.corner_p = float(6 + 24 * u[3])
+        p.aspect = float(1.0 + 0.3 * u[4])
     elif shape == "triangle":
-        if rng.random() < 0.5:
+        if u[2] < 0.5:
             p.n_sides = 3
-            p.side_jitter = rng.uniform(0.92, 1.08, 3)
+            p.side_jitter = 0.92 + 0.16 * u[10:13]
         else:  # truncated triangle: alternate long and short facets
             p.n_sides = 6
-            t = rng.uniform(1.15, 1.7)
-            p.side_jitter = np.array([1, t, 1, t, 1, t]) * rng.uniform(0.95, 1.05, 6)
-        p.corner_p = float(rng.uniform(8, 30))
+            t = 1.15 + 0.55 * u[3]
+            p.side_jitter = np.array([1, t, 1, t, 1, t]) * (0.95 + 0.1 * u[10:16])
+        p.corner_p = float(8 + 22 * u[4])
     elif shape == "rod":
-        p.aspect = float(rng.uniform(2.0, 6.0))
-        p.gamma = float(rng.uniform(0.3, 0.6))
-    if r >= 4 and rng.random() < 0.4:
-        p.fringe = (float(rng.uniform(2.5, 8.0)), float(rng.uniform(0, math.pi)),
-                    float(rng.uniform(0.05, 0.35)), float(rng.uniform(0, 2 * math.pi)))
+        p.aspect = float(2.0 + 4.0 * u[2])
+        p.gamma = float(0.3 + 0.3 * u[3])
+    if r >= 4 and u[18] < 0.4:
+        p.fringe = (float(2.5 + 5.5 * u[19]), float(u[20] * math.pi),
+                    float(0.05 + 0.3 * u[21]), float(u[22] * 2 * math.pi))
     return p
 
 
@@ -125,56 +134,61 @@ def place_particles(
     radii: np.ndarray,
     *,
     touch_frac: float = 0.2,
-    neck_frac: float = 0.3,
     tries: int = 6,
-) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+) -> tuple[np.ndarray, list[int], list[tuple[int, int]]]:
     """Place discs of the given radii (largest first) without unintended overlap.
 
-    Returns ``(centres[n, 2], placed_index_list, touching_pairs)``; particles that found no room
-    are dropped. A fraction ``touch_frac`` is placed against an already placed neighbour.
+    Returns ``(centres[n, 2], placed, touching)``: centres of the placed discs, the index into
+    ``radii`` of each, and pairs (positions in the placed list) put deliberately in contact.
+    Discs that found no room are dropped. A fraction ``touch_frac`` is placed against an already
+    placed neighbour (centre distance 0.78 – 1.0 × the sum of radii). Occupancy is kept in a
+    raster (cheap for thousands of particles).
     """
     H, W = shape
     order = np.argsort(-radii)
-    n = radii.size
-    cy = np.empty(n, np.float64)
-    cx = np.empty(n, np.float64)
-    cr = np.empty(n, np.float64)
-    idx: list[int] = []
+    occ = np.zeros((H, W), np.int32)
+    cy: list[float] = []
+    cx: list[float] = []
+    cr: list[float] = []
+    placed: list[int] = []
     pairs: list[tuple[int, int]] = []
-    m = 0
+    u = rng.random((radii.size, tries, 4))
     for i in order:
         r = float(radii[i])
-        touch = m > 0 and rng.random() < touch_frac
-        ok = False
-        partner = -1
-        for _ in range(tries):
+        m = len(placed)
+        touch = m > 0 and u[i, 0, 3] < touch_frac
+        s = r * 0.9 + 0.5
+        for t in range(tries):
+            a, b, c = u[i, t, 0], u[i, t, 1], u[i, t, 2]
+            partner = -1
             if touch:
-                partner = int(rng.integers(m))
-                ang = rng.uniform(0, 2 * math.pi)
-                d = (r + cr[partner]) * rng.uniform(0.78, 1.0)
+                partner = int(a * m)
+                ang = b * 2 * math.pi
+                d = (r + cr[partner]) * (0.78 + 0.22 * c)
                 y, x = cy[partner] + d * math.sin(ang), cx[partner] + d * math.cos(ang)
                 if not (-r * 0.5 <= y <= H + r * 0.5 and -r * 0.5 <= x <= W + r * 0.5):
                     continue
             else:
-                y = rng.uniform(-r * 0.5, H + r * 0.5)
-                x = rng.uniform(-r * 0.5, W + r * 0.5)
-            if m:
-                dist = np.hypot(cy[:m] - y, cx[:m] - x)
-                need = (cr[:m] + r) * 1.02
-                if touch:
-                    need[partner] = 0.0
-                if np.any(dist < need):
+                y = -r * 0.5 + a * (H + r)
+                x = -r * 0.5 + b * (W + r)
+            y0, y1 = max(int(y - s), 0), min(int(y + s) + 1, H)
+            x0, x1 = max(int(x - s), 0), min(int(x + s) + 1, W)
+            patch = occ[y0:y1, x0:x1]
+            if touch:
+                if np.any((patch != 0) & (patch != partner + 1)):
                     continue
-            ok = True
+            elif patch.any():
+                continue
+            cv2.circle(occ, (int(round(x)), int(round(y))), int(round(r * 1.02)), m + 1, -1)
+            cy.append(y)
+            cx.append(x)
+            cr.append(r)
+            placed.append(int(i))
+            if partner >= 0:
+                pairs.append((partner, m))
             break
-        if not ok:
-            continue
-        cy[m], cx[m], cr[m] = y, x, r
-        if touch and partner >= 0:
-            pairs.append((partner, m))
-        idx.append(int(i))
-        m += 1
-    return np.stack([cy[:m], cx[:m]], axis=1), idx, pairs
+    centres = np.stack([np.asarray(cy), np.asarray(cx)], axis=1) if placed else np.zeros((0, 2))
+    return centres, placed, pairs
 
 
 def random_optics(rng: np.random.Generator, size: int, mode: str | None = None) -> Optics:
@@ -248,9 +262,7 @@ def training_sample(
     med_d, sig = _diameters(rng, size)
     coverage = _lu(rng, 0.003, 0.55) if rng.random() > 0.15 else float(rng.uniform(0.45, 0.7))
     mean_area = math.pi * (med_d / 2) ** 2 * math.exp(2 * sig * sig)
-    n = int(np.clip(round(coverage * size * size / mean_area), 1, 1500))
-    if coverage < 0.01 and rng.random() < 0.5:
-        n = max(n, 1)
+    n = int(np.clip(round(coverage * size * size / mean_area), 1, 0.015 * size * size))
     diam = np.clip(med_d * np.exp(sig * rng.standard_normal(n)), 3.5, 0.9 * size)
     touch_frac = float(rng.uniform(0, 0.6))
     centres, placed, pairs = place_particles(rng, shape, diam / 2, touch_frac=touch_frac)
@@ -258,11 +270,15 @@ def training_sample(
     weights = rng.dirichlet(np.array([2.5, 1.0, 1.0, 0.6, 0.5]))
     kinds = rng.choice(len(SHAPES), size=len(placed), p=weights)
 
+    # an expert must be able to see the particles: the blur may not wipe out the typical
+    # particle, and the contrast floor rises with shot noise and with the carbon texture
+    optics.blur_sigma = min(optics.blur_sigma, max(0.4, 0.3 * med_d))
+    texture = max(0.8 * optics.grain_amp, 2.0 * optics.mottle_amp)
     if mode == "bf":
-        c_lo = max(0.06, 1.2 / math.sqrt(optics.dose))
+        c_lo = max(0.08, 1.5 / math.sqrt(optics.dose), texture)
         c_level = _lu(rng, c_lo, max(0.75, c_lo * 1.2))
     else:
-        c_lo = max(0.3, 1.5 / math.sqrt(optics.dose))
+        c_lo = max(0.3, 1.5 / math.sqrt(optics.dose), 2 * texture)
         c_level = _lu(rng, c_lo, max(8.0, c_lo * 1.2))
 
     hole_fn = None
@@ -274,16 +290,17 @@ def training_sample(
 
     particles: list[Particle] = []
     new_index = {}
+    uni = rng.random((len(placed), 24))
     for k, (i, (y, x), kind) in enumerate(zip(placed, centres, kinds, strict=True)):
         if hole_fn is not None and hole_fn(y, x):
             continue
-        c = c_level * rng.uniform(0.6, 1.4)
+        c = c_level * (0.75 + 0.55 * uni[k, 23])
         if mode == "bf":
             strength = -math.log(1.0 - min(c, 0.95))
         else:
             strength = c * optics.haadf_carbon
         new_index[k] = len(particles)
-        particles.append(random_particle(rng, float(y), float(x), float(diam[i] / 2),
+        particles.append(random_particle(uni[k], float(y), float(x), float(diam[i] / 2),
                                          SHAPES[int(kind)], strength))
     neck_frac = float(rng.uniform(0, 0.8))
     necks = [Neck(new_index[a], new_index[b], float(rng.uniform(0.3, 0.8)))

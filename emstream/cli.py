@@ -271,6 +271,9 @@ def run_session(
     ledger = Ledger(session_dir)
     try:
         source = make_source(ledger)
+    except ConfigError as exc:
+        ledger.close()
+        raise _fail(str(exc), 2) from exc
     except EmstreamError as exc:
         ledger.close()
         raise _fail(str(exc)) from exc
@@ -432,6 +435,9 @@ def listen(
     sub: Annotated[bool, typer.Option("--sub", help="SUB socket instead of PULL (gaps counted).")] = False,
     bind: Annotated[bool, typer.Option("--bind", help="Bind instead of connect.")] = False,
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Permit a non-loopback endpoint.")] = False,
+    max_frame_mb: Annotated[float, typer.Option("--max-frame-mb", min=0.001, help="Reject larger messages.")] = 256.0,
+    curve_keys: Annotated[Path | None, typer.Option("--curve-keys", help="This side's CURVE secret certificate.")] = None,
+    curve_allow: Annotated[Path | None, typer.Option("--curve-allow", help="Folder of allowed client public certificates.")] = None,
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
@@ -447,7 +453,9 @@ def listen(
 
     def make(ledger: Any) -> Any:  # noqa: ARG001
         return StreamSource(endpoint, protocol=protocol.value, pattern="sub" if sub else "pull",
-                            bind=bind, allow_remote=allow_remote)
+                            bind=bind, allow_remote=allow_remote,
+                            max_frame_bytes=int(max_frame_mb * 2**20),
+                            curve_keys=curve_keys, curve_allow=curve_allow)
 
     raise typer.Exit(run_session(make, opts, command="listen", title=f"emstream listen {endpoint}"))
 

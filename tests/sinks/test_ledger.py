@@ -1,0 +1,125 @@
+"""The session ledger: WAL, one terminal status per frame, exactly-once bookkeeping, restart."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from emstream.frame import Calibration, Frame
+from emstream.results import PARTICLE_COLUMNS, Alert, Event, FrameResult, FrameSummary
+from emstream.sinks.base import Session
+from emstream.sinks.ledger import Ledger, connect_readonly
+from emstream.sources.base import TrackedRecord
+
+
+def _particles(n: int) -> dict[str, np.ndarray]:
+    t = {}
+    for name, (dt, _) in PARTICLE_COLUMNS.items():
+        t[name] = np.arange(1, n + 1).astype(dt) if name == "label" else np.linspace(1, 2, n).astype(dt)
+    t["equivalent_diameter_nm"][0:1] = np.nan  # NaN must be stored as NULL, not crash
+    return t
+
+
+def _ok(seq: int, source: str, version: str | None, n: int = 3) -> TrackedRecord:
+    frame = Frame(np.zeros((8, 9), np.uint16), source, t_acq=100.0 + seq, t_arrival=101.0 + seq,
+                  calibration=Calibration((0.5, 0.5), "file", "test tag"), seq=seq)
+    res = FrameResult(frame, _particles(n), FrameSummary(n, 0.1, "nm", d50=3.0), "classical",
+                      timings_ms={"prepare": 1.0, "total": 2.0})
+    return TrackedRecord(seq, source, "ok", frame.t_arrival, result=res, t_acq=frame.t_acq,
+                         calibration=frame.calibration, file_version=version)
+
+
+def _session(tmp_path):
+    return Session(tmp_path, "folder x", "classical", config={"a": 1}, versions={"v": "1"},
+                   t_start=time.time())
+
+
+def test_wal_mode_and_rows(tmp_path):
+    led = Ledger(tmp_path)
+    led.open(_session(tmp_path))
+    assert led.journal_mode == "wal"
+    led.file_pending("/d/a.tif", "10:1")
+    led.file_expect("/d/a.tif", "10:1", 1)
+    led.frame_done(_ok(0, "/d/a.tif", "10:1", n=4))
+    led.frame_done(TrackedRecord(1, "/d/bad.tif", "quarantined", time.time(), reason="truncated",
+                                 file_version="5:2"))
+    led.alert(Alert("large", "warning", 0, "two large particles", particle_labels=[1, 2]))
+    led.event(Event("gap", "3 missing"))
+    led.close()
+
+    con = connect_readonly(tmp_path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = {r["source"]: dict(r) for r in con.execute("SELECT * FROM frames")}
+    assert rows["/d/a.tif"]["status"] == "ok" and rows["/d/a.tif"]["count"] == 4
+    assert rows["/d/a.tif"]["nm_per_px_x"] == 0.5 and rows["/d/a.tif"]["calibration_source"] == "file"
+    assert rows["/d/bad.tif"]["status"] == "quarantined" and rows["/d/bad.tif"]["reason"] == "truncated"
+    parts = con.execute("SELECT * FROM particles WHERE seq=0 ORDER BY label").fetchall()
+    assert len(parts) == 4 and parts[0]["equivalent_diameter_nm"] is None
+    assert con.execute("SELECT status FROM files WHERE path='/d/a.tif'").fetchone()[0] == "done"
+    a = con.execute("SELECT seq, name FROM alerts").fetchone()
+    assert tuple(a) == (0, "large")
+    assert con.execute("SELECT COUNT(*) FROM events WHERE kind='gap'").fetchone()[0] == 1
+
+
+def test_one_terminal_status_per_frame_and_no_duplicate(tmp_path):
+    led = Ledger(tmp_path)
+    led.frame_done(_ok(0, "/d/a.tif", "10:1"))
+    led.frame_done(_ok(1, "/d/a.tif", "10:1"))  # same file version again: refused
+    led.frame_done(_ok(2, "/d/a.tif", "11:2"))  # new content version: a new frame
+    led.close()
+    con = connect_readonly(tmp_path)
+    assert con.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 2
+    with pytest.raises(sqlite3.IntegrityError):
+        c2 = sqlite3.connect(tmp_path / "ledger.sqlite")
+        c2.execute("INSERT INTO frames (seq, source, status) VALUES (5, 'x', 'done')")
+
+
+def test_restart_resumes_seq_and_bookkeeping(tmp_path):
+    led = Ledger(tmp_path)
+    led.file_pending("/d/s.mrc", "100:1")
+    led.file_expect("/d/s.mrc", "100:1", 3)
+    for k in range(2):
+        led.frame_done(_ok(k, f"/d/s.mrc#{k}", "100:1"))
+    led.close()  # "crash" with the stack half recorded
+    led = Ledger(tmp_path)
+    assert led.next_seq() == 2
+    assert led.next_slice("/d/s.mrc") == 2
+    assert led.file_state("/d/s.mrc", "100:1") == ("pending", 2)
+    assert "/d/s.mrc" not in led.terminal_versions()
+    # the stack grew: the new version supersedes the old pending one
+    led.file_pending("/d/s.mrc", "150:2")
+    assert led.file_state("/d/s.mrc", "100:1")[0] == "done"
+    led.file_expect("/d/s.mrc", "150:2", 3)
+    led.frame_done(_ok(2, "/d/s.mrc#2", "150:2"))
+    assert led.file_state("/d/s.mrc", "150:2") == ("done", 3)
+    assert led.counts() == {"ok": 3, "quarantined": 0, "skipped": 0}
+    led.close()
+
+
+def test_concurrent_reader_sees_committed_rows(tmp_path):
+    led = Ledger(tmp_path, batch=1000, flush_s=1000)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def reader():
+        while not stop.is_set():
+            con = connect_readonly(tmp_path)
+            seen.append(con.execute("SELECT COUNT(*) FROM frames").fetchone()[0])
+            con.close()
+            time.sleep(0.01)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for k in range(50):
+        led.frame_done(_ok(k, f"/d/f{k}.tif", "1:1", n=1))
+    led.flush()
+    time.sleep(0.1)
+    stop.set()
+    t.join()
+    led.close()
+    assert seen and max(seen) == 50
+    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))  # only committed batches appear

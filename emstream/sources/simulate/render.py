@@ -612,12 +612,17 @@ class Overlays:
     banner_value : fill of the bar (counts; text blocks get ``text_value``).
     scale_bar : ``(y, x, length, thickness)`` of a solid scale bar, or ``None``.
     text_value : value of text blocks and of a free-standing scale bar.
+    label_box : a free-standing scale bar sits on an opaque box of ``banner_value``.
+
+    The rectangle around the scale bar and its label is not data (``valid`` False), whether
+    or not it has a box.
     """
 
     banner: int = 0
     banner_value: float = 0.0
     scale_bar: tuple[int, int, int, int] | None = None
     text_value: float = 1000.0
+    label_box: bool = False
 
 
 def _text_blocks(img, valid, rng, y0, x0, height, width_max, value) -> int:
@@ -666,18 +671,30 @@ def burn_overlays(
     if overlays.scale_bar is not None:
         y, x, length, thick = overlays.scale_bar
         y, x = int(np.clip(y, 0, H - 1)), int(np.clip(x, 0, W - 1))
+        bar = np.ones((H, W), bool)
+        if overlays.label_box and overlays.banner == 0:
+            pad = max(thick, 3)
+            ch = max(thick * 2, 4)
+            by0 = max(y - ch - max(thick, 2) - pad, 0)
+            image[by0:y + thick + pad, max(x - pad, 0):x + length + pad] = overlays.banner_value
         image[y:y + thick, x:x + length] = overlays.text_value
-        valid[y:y + thick, x:x + length] = False
+        bar[y:y + thick, x:x + length] = False
         ch = max(thick * 2, 4)
         ty = y - ch - max(thick, 2)
         if ty >= (H - overlays.banner if overlays.banner else 0):
-            _text_blocks(image, valid, rng, ty, x + length // 4, ch, max(length // 2, ch * 2),
+            _text_blocks(image, bar, rng, ty, x + length // 4, ch, max(length // 2, ch * 2),
                          overlays.text_value)
         else:  # no room above (inside a thin data bar): label to the right of the bar
-            _text_blocks(image, valid, rng, max(y + thick // 2 - ch // 2, 0), x + length + ch,
+            _text_blocks(image, bar, rng, max(y + thick // 2 - ch // 2, 0), x + length + ch,
                          ch, ch * 6, overlays.text_value)
-        if overlays.banner == 0:
-            # free-standing bar and label: clear a 1 px margin too (anti-aliasing in real software)
-            valid = ~ndimage.binary_dilation(~valid, iterations=1)
+        # the bar, its label and the gaps between glyphs are not data (1 px margin: real
+        # software anti-aliases its text)
+        ys, xs = np.nonzero(~bar)
+        y0, y1 = max(ys.min() - 1, 0), ys.max() + 2
+        x0, x1 = max(xs.min() - 1, 0), xs.max() + 2
+        if overlays.label_box and overlays.banner == 0:
+            y0, x0 = max(y0 - 2, 0), max(x0 - 2, 0)
+            y1, x1 = y1 + 2, x1 + 2
+        valid[y0:y1, x0:x1] = False
     labels[~valid] = 0
     return valid

@@ -28,28 +28,31 @@ shapes                        Dirichlet mix over round (with Fourier roughness �
                               ±12 %, corner sharpness p 6 – 30), triangle (incl. truncated), rod
                               (aspect 2 – 6); round is favoured
 thickness profile             per particle gamma U 0.15 – 0.6 (flat plate … sphere)
-contrast  BF                  centre contrast 1 − exp(−A): sample level LU c_lo – 0.75 with
-                              c_lo = max(0.08, 1.5/√dose, 0.8·grain, 2·mottle) (weak … strong but
-                              visible to an expert), per particle ×U 0.75 – 1.3 (capped 0.95)
+contrast  BF                  centre contrast 1 − exp(−A): sample level LU c_lo – 0.8 with
+                              c_lo = min(0.6, max(0.08, 1.5/√dose, 1.2·grain, 3·mottle)) (weak …
+                              strong but visible to an expert), per particle ×U 0.75 – 1.3
+                              (capped 0.95)
 contrast  HAADF               particle/carbon signal ratio − 1: LU max(0.3, 1.5/√dose,
-                              1.6·grain, 4·mottle) – 8, per particle ×U 0.75 – 1.3
+                              2.4·grain, 6·mottle) – 8, per particle ×U 0.75 – 1.3
 lattice fringes               40 % of particles ≥ 8 px: period U 2.5 – 8 px, amplitude U 0.05 – 0.35
 Fresnel fringe (BF)           amplitude U −0.08 – 0.25 (> 0 bright halo outside), width U 1 – 4 px
 amorphous carbon              grain: amplitude U 0.03 – 0.25 (HAADF 0.05 – 0.35), correlation
-                              U 0.6 – 1.8 px; mottle: amplitude U 0 – 0.08, scale U 6 – 30 px
+                              U 0.6 – 1.8 px; mottle: amplitude U 0 – 0.04, scale U 6 – 30 px
 holey-carbon edge             22 %: circle radius U 0.5 – 3 × size crossing the frame, edge width
                               U 0.5 – 3 px; 70 % vacuum hole (BF ×U 1.15 – 1.8, HAADF ×U 0.02 – 0.4,
                               no particles inside), 30 % thicker film (BF ×U 0.6 – 0.85, HAADF
                               ×U 1.3 – 2); always background
 illumination                  linear gradient amplitude U 0 – 0.35, vignette U 0 – 0.3
 blur (optics + gas)           Gaussian sigma LU 0.4 – 2.5 px; 10 % gas-blurred U 2.5 – 3.5 px;
-                              capped at 0.3 × the median diameter (particles stay visible)
+                              capped at 0.2 × the median diameter (particles stay visible)
 dose                          LU 10 – 1000 counts/px (background BF / carbon HAADF), Poisson
 read noise, bias              read noise U 0 – 6 counts rms; bias 0 (50 %) or U 0 – 100 counts
 data bar                      25 %: bottom strip 6 – 12 % of the height, black or white, with
                               text-like glyph blocks
 scale bar                     35 %: in the data bar if any, else burned into a bottom corner
-                              (solid bar 10 – 25 % of the width, 2 – 5 px thick, glyph label)
+                              (solid bar 10 – 25 % of the width, 2 – 5 px thick, glyph label;
+                              40 % of free-standing bars on an opaque box); the rectangle
+                              around bar + label is background
 ============================  =====================================================================
 
 ``meta`` keys: ``mode``, ``polarity`` (``dark``/``bright``), ``nm_per_px``, ``dose``,
@@ -208,7 +211,7 @@ def random_optics(rng: np.random.Generator, size: int, mode: str | None = None) 
         o.halo_amp = 0.0
         o.haadf_carbon = 0.25
     o.grain_sigma = float(rng.uniform(0.6, 1.8))
-    o.mottle_amp = float(rng.uniform(0, 0.08))
+    o.mottle_amp = float(rng.uniform(0, 0.04))
     o.mottle_sigma = float(rng.uniform(6, 30))
     o.halo_sigma = float(rng.uniform(1, 4))
     o.gradient = (float(rng.uniform(0, 0.35)), float(rng.uniform(0, 2 * math.pi)))
@@ -272,11 +275,11 @@ def training_sample(
 
     # an expert must be able to see the particles: the blur may not wipe out the typical
     # particle, and the contrast floor rises with shot noise and with the carbon texture
-    optics.blur_sigma = min(optics.blur_sigma, max(0.4, 0.3 * med_d))
-    texture = max(0.8 * optics.grain_amp, 2.0 * optics.mottle_amp)
+    optics.blur_sigma = min(optics.blur_sigma, max(0.4, 0.2 * med_d))
+    texture = max(1.2 * optics.grain_amp, 3.0 * optics.mottle_amp)
     if mode == "bf":
-        c_lo = max(0.08, 1.5 / math.sqrt(optics.dose), texture)
-        c_level = _lu(rng, c_lo, max(0.75, c_lo * 1.2))
+        c_lo = min(max(0.08, 1.5 / math.sqrt(optics.dose), texture), 0.6)
+        c_level = _lu(rng, c_lo, max(0.8, c_lo * 1.2))
     else:
         c_lo = max(0.3, 1.5 / math.sqrt(optics.dose), 2 * texture)
         c_level = _lu(rng, c_lo, max(8.0, c_lo * 1.2))
@@ -338,6 +341,9 @@ def training_sample(
             x = (int(size * rng.uniform(0.03, 0.08)) if rng.random() < 0.5
                  else size - length - int(size * rng.uniform(0.03, 0.08)))
         ov.scale_bar = (y, x, length, thick_px)
+        if not ov.banner and rng.random() < 0.4:
+            ov.label_box = True
+            ov.banner_value = lo if ov.text_value == hi else hi
     drawn = np.bincount(labels.ravel())
     valid = burn_overlays(image, labels, ov, rng)
     if ov.scale_bar is not None:

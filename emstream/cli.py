@@ -74,18 +74,24 @@ def _missing(what: str, exc: BaseException) -> typer.Exit:
     return _fail(f"{what} is not available in this installation ({exc})", 1)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"emstream {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if version:
-        out.print(f"emstream {__version__}")
-        raise typer.Exit(0)
 
 
 # --------------------------------------------------------------------------- shared options
@@ -150,7 +156,7 @@ def _build_segmenter(opts: RunOptions) -> Any:
 
     try:
         return make_segmenter(kind=opts.segmenter, backend=opts.backend)
-    except EmstreamError as exc:
+    except (EmstreamError, ImportError) as exc:
         raise _fail(f"segmenter: {exc}") from exc
 
 
@@ -266,7 +272,6 @@ def run_session(
 
     session_dir = new_session_dir(opts.session_dir)
     opts.session_dir = session_dir
-    segmenter = _build_segmenter(opts)
     rules = _build_rules(opts)
     ledger = Ledger(session_dir)
     try:
@@ -280,6 +285,11 @@ def run_session(
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         ledger.close()
         raise _fail(str(exc), 2) from exc
+    try:
+        segmenter = _build_segmenter(opts)
+    except BaseException:
+        ledger.close()
+        raise
     sinks = [ledger, *_extra_sinks(opts, session_dir)]
     desc = source.describe() if hasattr(source, "describe") else str(source)
     backend = getattr(segmenter, "name", "?")
@@ -650,7 +660,7 @@ def analyze(
         raise _missing("the file readers", exc) from exc
     try:
         seg = make_segmenter(kind=segmenter.value, backend=backend.value)
-    except EmstreamError as exc:
+    except (EmstreamError, ImportError) as exc:
         raise _fail(f"segmenter: {exc}") from exc
     override = None
     if pixel_size is not None:

@@ -75,7 +75,8 @@ def test_shared_image_files(shared_data, rel, lib, n, shape, nm, dtype):
         if dtype:
             assert fr.pixels.dtype == np.dtype(dtype)
         assert fr.t_arrival == 123.0 and math.isfinite(fr.t_acq) and fr.t_acq > 0
-        assert fr.source_id == (f"{path}#{k}" if n > 1 else str(path))
+        stack = n > 1 or path.suffix == ".mrc"  # MRC slices are always path#k
+        assert fr.source_id == (f"{path}#{k}" if stack else str(path))
         json.dumps(fr.metadata)  # small and JSON-able
         assert len(json.dumps(fr.metadata)) < 4000
         assert fr.metadata["calibration_tag"] == fr.calibration.detail

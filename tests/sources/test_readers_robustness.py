@@ -102,7 +102,7 @@ def test_mrc_growing_stack(tmp_path):
 def test_mrc_calibration_and_sentinels(tmp_path):
     fr = read_frames(_mrc(tmp_path / "a.mrc", nz=1, voxel=4.0))[0]
     assert fr.calibration.nm_per_px == (pytest.approx(0.4), pytest.approx(0.4))
-    assert fr.source_id == str(tmp_path / "a.mrc")
+    assert fr.source_id == f"{tmp_path / 'a.mrc'}#0"  # MRC slices are always path#k
     for v in (0.0, -10.0):
         fr = read_frames(_mrc(tmp_path / f"s{v}.mrc", nz=2, voxel=v))[0]
         assert fr.calibration.nm_per_px is None and fr.calibration.source == "none"

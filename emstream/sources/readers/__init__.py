@@ -60,6 +60,9 @@ _SUFFIX_FORMAT = {
     ".mrc": "mrc",
     ".mrcs": "mrc",
     ".map": "mrc",
+    ".st": "mrc",
+    ".ali": "mrc",
+    ".rec": "mrc",
     ".dm3": "dm",
     ".dm4": "dm",
     ".ser": "ser",
@@ -212,7 +215,8 @@ def read_frames(path: str | os.PathLike[str], *, start: int = 0,
     Returns
     -------
     list of :class:`Frame` with ``source_id`` ``str(path)`` for a single image and
-    ``f"{path}#{k}"`` for slice ``k`` of a stack, ``calibration.source == "file"`` with the tag
+    ``f"{path}#{k}"`` for slice ``k`` of a stack (MRC files always use ``#k``, as a growing
+    stack starts with one slice), ``calibration.source == "file"`` with the tag
     used in ``calibration.detail`` (or ``"none"`` and the reason), ``t_acq`` from the file's
     metadata where the format records it, else the file's mtime.
 

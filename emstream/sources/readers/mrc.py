@@ -13,6 +13,8 @@
   updates ``nz`` after each appended slice therefore always passes.
 * The file is opened read-only and slices are read with ordinary reads rather than a lasting
   memory map: on Windows a live mapping stops the acquisition software from extending the file.
+* ``source_id`` is always ``path#k``, also for a file with one slice: a growing stack starts
+  with one slice, and its identity must not change when the second arrives.
 * FEI/TFS extended headers (``FEI1``/``FEI2``) give vendor, detector, magnification and a
   per-slice timestamp.
 """
@@ -197,6 +199,7 @@ def read_mrc(path: Path, *, start: int = 0, t_arrival: float | None = None) -> l
     except OSError as exc:
         raise UnreadableFile(f"cannot read slices ({exc})") from exc
     t_acq = times[first:first + len(slices)] if times else None
-    is_stack = lay.nz > 1 or path.suffix.lower() == ".mrcs"
-    return frames_from_stack(path, slices, first_index=first, is_stack=is_stack, calibration=cal,
+    # MRC is a stack format: even a one-slice file may be the start of a growing stack, so
+    # slices are always named path#k (the folder watcher resumes stacks from the last #k).
+    return frames_from_stack(path, slices, first_index=first, is_stack=True, calibration=cal,
                              metadata=md, t_acq=t_acq, t_arrival=t_arrival, n_total=lay.nz)

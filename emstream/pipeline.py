@@ -596,6 +596,14 @@ class Pipeline:
     def _close_sinks(self) -> None:
         for ev in drain_events(self.source):
             self._send_event(ev)
+        src_stats = getattr(self.source, "stats", None)
+        as_dict = getattr(src_stats, "as_dict", None)
+        data = as_dict() if callable(as_dict) else src_stats if isinstance(src_stats, dict) else None
+        if data is not None:
+            try:
+                self._send_event(Event("source_stats", f"{self._stats.source}: {data}", data=dict(data)))
+            except Exception:  # noqa: BLE001
+                log.exception("source statistics not recorded")
         for r in self._runners:
             r.stop()
         with self._lock:

@@ -50,6 +50,7 @@ from typing import Any, Literal, Protocol
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from emstream.errors import ConfigError, ProtocolError
 from emstream.frame import Frame
@@ -121,6 +122,8 @@ class StreamStats:
     missing : frames missing according to the senders' sequence numbers.
     restarts : times a series' ``seq`` went backwards (sender restarted the count).
     bytes_received : total bytes of all received message parts.
+    disconnects : times the sender's connection dropped (sender stopped, or it sent a message
+        above the transport size limit, which makes ZeroMQ drop the connection).
     """
 
     received: int = 0
@@ -130,6 +133,7 @@ class StreamStats:
     missing: int = 0
     restarts: int = 0
     bytes_received: int = 0
+    disconnects: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -145,6 +149,7 @@ class StreamStats:
             "missing": self.missing,
             "restarts": self.restarts,
             "bytes_received": self.bytes_received,
+            "disconnects": self.disconnects,
         }
 
 
@@ -291,6 +296,7 @@ class StreamSource:
         self._closed = False
         self._running = False
         self._auth: ThreadAuthenticator | None = None
+        self._monitor: zmq.Socket | None = None
 
         self._ctx = zmq.Context()
         try:
@@ -313,6 +319,7 @@ class StreamSource:
             else:
                 self._sock.connect(endpoint)
                 self.endpoint = endpoint
+            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         except zmq.ZMQError as exc:
             self._teardown()
             raise ConfigError(f"endpoint {endpoint!r}: {exc}") from None
@@ -393,7 +400,7 @@ class StreamSource:
         with self._lock:
             s = self._stats
             return StreamStats(s.received, s.accepted, dict(s.rejected), s.gaps, s.missing,
-                               s.restarts, s.bytes_received)
+                               s.restarts, s.bytes_received, s.disconnects)
 
     def drain_events(self) -> list[Event]:
         """Gap, reject, series-start/-end and restart events since the last call (oldest first)."""
@@ -414,10 +421,15 @@ class StreamSource:
             self._running = True
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         try:
             while not stop.is_set() and not self._closed:
                 try:
-                    if not poller.poll(self.poll_ms):
+                    ready = dict(poller.poll(self.poll_ms))
+                    if self._monitor is not None and self._monitor in ready:
+                        self._on_monitor_event()
+                    if self._sock not in ready:
                         continue
                     parts, extra = self._recv_message()
                 except zmq.ZMQError as exc:
@@ -452,7 +464,43 @@ class StreamSource:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _on_monitor_event(self) -> None:
+        """A peer connection dropped: count it and, when connecting, connect afresh.
+
+        ZeroMQ ends a connection whose peer sent a message above ``MAXMSGSIZE`` as a protocol
+        error and, on the connecting side, never retries it; reconnecting here keeps one
+        oversized frame from silently ending the session.
+        """
+        assert self._monitor is not None
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            with self._lock:
+                self._stats.disconnects += 1
+                self._events.append(Event(
+                    "disconnected",
+                    f"{self.endpoint}: sender connection dropped (sender stopped, or it sent a "
+                    f"message above the {self.max_frame_bytes}-byte frame cap)",
+                    data={"endpoint": self.endpoint},
+                ))
+            log.warning("%s: sender connection dropped (stopped, or a message above the cap)",
+                        self.endpoint)
+            if not self.bind:
+                try:
+                    self._sock.disconnect(self.endpoint)
+                except zmq.ZMQError:
+                    pass  # already gone
+                self._sock.connect(self.endpoint)
+
     def _teardown(self) -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None and not monitor.closed:
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            monitor.close(linger=0)
         sock = getattr(self, "_sock", None)
         if sock is not None and not sock.closed:
             sock.close(linger=0)
@@ -461,7 +509,7 @@ class StreamSource:
                 self._auth.stop()
             except Exception:  # noqa: BLE001 - best effort at shutdown
                 log.debug("authenticator stop failed", exc_info=True)
-            self._auth: ThreadAuthenticator | None = None
+            self._auth = None
         if not self._ctx.closed:
             self._ctx.term()
 

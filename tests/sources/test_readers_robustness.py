@@ -111,6 +111,24 @@ def test_mrc_calibration_and_sentinels(tmp_path):
 def test_mrc_volume_is_not_an_image(tmp_path):
     with pytest.raises(NotAnImage, match="3-D density map"):
         read_frames(_mrc(tmp_path / "vol.map", nz=6, voxel=3.0, ispg=1))
+    cube = tmp_path / "cube.mrc"
+    with mrcfile.new(cube) as m:  # ispg 1, cubic cell: an EMDB-like map
+        m.set_data(np.zeros((10, 10, 10), np.float32))
+        m.voxel_size = 2.0
+    with pytest.raises(NotAnImage, match="3-D density map"):
+        read_frames(cube)
+
+
+def test_mrcfile_default_stack_is_frames(tmp_path):
+    """mrcfile writes ispg=1 on any 3-D array: a frame stack must not be mistaken for a map."""
+    p = tmp_path / "stack.mrc"
+    with mrcfile.new(p) as m:
+        m.set_data(np.zeros((4, 32, 32), np.uint16))
+        m.voxel_size = 5.0
+    with mrcfile.open(p, header_only=True) as m:
+        assert int(m.header.ispg) == 1
+    frames = read_frames(p)
+    assert len(frames) == 4 and frames[0].calibration.nm_per_px == (0.5, 0.5)
 
 
 # ------------------------------------------------------------------ bad files

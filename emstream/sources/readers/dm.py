@@ -110,7 +110,10 @@ def _frames_from_arrays(path, data, sizes, units, md, t_acq, start, t_arrival) -
 def _read_ncempy(path: Path, start: int, t_arrival: float | None) -> list[Frame]:
     import ncempy.io.dm as ncdm
 
-    with ncdm.fileDM(str(path), verbose=False) as f:
+    # Our own read-only handle and on_memory=False: ncempy's default maps the file, and a live
+    # map (or a view into it) keeps the file locked on Windows after the read.
+    with open(path, "rb") as fh:
+        f = ncdm.fileDM(fh, verbose=False, on_memory=False)
         n_ds = f.numObjects - (1 if f.thumbnail else 0)
         if n_ds < 1:
             raise NotAnImage("DM file holds no dataset besides its thumbnail")

@@ -4,9 +4,12 @@
   ``-10 Å`` as "not calibrated") and ``0`` leave the frame uncalibrated.
 * Stacks and movies (``ispg == 0``, or any ``nz`` with a zero z spacing as Direct Electron movies
   have) give one frame per slice.
-* A 3-D density map -- space group 1..230 with a positive z voxel size (EMDB maps such as
-  EMD-3197), or a volume stack (``ispg`` 401..630) -- is :class:`NotAnImage` ("3-D density map,
-  not a frame stack"): its slices are sections through one object, not frames in time.
+* A 3-D density map is :class:`NotAnImage` ("3-D density map, not a frame stack"): its slices
+  are sections through one object, not frames in time. A map is a volume stack (``ispg``
+  401..630), or a space group 1..230 with a positive z voxel size *and* either a cubic cell
+  (``cella`` x = y = z, as EMDB maps such as EMD-3197 have) or a ``.map``/``.rec``/``.ccp4``
+  name. ``ispg = 1`` alone is not enough: mrcfile and other writers put 1 on every 3-D array,
+  and Direct Electron movies carry it too (with a zero z spacing).
 * Growing stacks: only complete slices are read, ``min(header nz, slices the file size holds)``;
   ``start=`` skips slices already processed. :func:`check_mrc` raises
   :class:`IncompleteFile` while the header declares more data than the file holds; a writer that
@@ -112,11 +115,18 @@ def _voxel(header) -> tuple[float, float, float]:
     return out[0], out[1], out[2]
 
 
-def _reject_volume(lay: _Layout) -> None:
+_VOLUME_SUFFIXES = (".map", ".rec", ".ccp4")
+
+
+def _reject_volume(lay: _Layout, path: Path) -> None:
     vx, vy, vz = _voxel(lay.header)
     if 401 <= lay.ispg <= 630:
         raise NotAnImage(f"MRC volume stack (ispg={lay.ispg}): 3-D maps, not a frame stack")
-    if 1 <= lay.ispg <= 230 and lay.nz > 1 and vz > 0:
+    if not (1 <= lay.ispg <= 230 and lay.nz > 1 and vz > 0):
+        return
+    cell = [float(c) for c in (lay.header.cella.x, lay.header.cella.y, lay.header.cella.z)]
+    cubic = min(cell) > 0 and max(cell) <= 1.01 * min(cell)
+    if cubic or path.suffix.lower() in _VOLUME_SUFFIXES:
         raise NotAnImage(f"3-D density map, not a frame stack (ispg={lay.ispg}, "
                          f"{lay.nx}x{lay.ny}x{lay.nz} voxels of {vx:g}x{vy:g}x{vz:g} Å)")
 
@@ -168,7 +178,7 @@ def _ext_metadata(ext, md: dict[str, Any], n: int) -> list[float | None] | None:
 def read_mrc(path: Path, *, start: int = 0, t_arrival: float | None = None) -> list[Frame]:
     """Every complete slice from ``start`` on (see module docstring for the rules)."""
     lay, ext = _layout(path)
-    _reject_volume(lay)
+    _reject_volume(lay, path)
     if lay.nz == 0:
         raise IncompleteFile("MRC header declares no slices yet (nz = 0)")
     n = lay.complete

@@ -250,6 +250,12 @@ class _Handle:
     def wait_idle(self, seconds: float) -> bool:
         return self.pipeline.wait_idle(seconds)
 
+    def join(self, timeout: float | None = None) -> bool:
+        return self.pipeline.join(timeout)
+
+    def add_listener(self, fn: Any) -> None:
+        self.pipeline.add_listener(fn)
+
 
 def run_session(
     make_source: Any,
@@ -350,10 +356,13 @@ def run_session(
                     threading.Thread(target=lambda: (wait_done(p), p.stop()), daemon=True).start()
                 return _Handle(p)
 
+            kwargs: dict[str, Any] = {}
+            if opts.exit_when_idle is not None or until is not None:
+                kwargs["exit_when"] = "finished"
             rc = int(run_monitor_window(
                 start,
                 stats=lambda: pipeline_box[0].stats if pipeline_box else None,
-                screenshot=opts.screenshot, title=title,
+                screenshot=opts.screenshot, title=title, rules=rules, **kwargs,
             ) or 0)
             for p in pipeline_box:
                 p.stop()

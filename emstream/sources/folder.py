@@ -257,6 +257,13 @@ class FolderSource:
                     self._ready.remove(gone)
                 except ValueError:
                     pass
+        if len(self._ready) > 1:
+            # acquisition order: oldest content first (mtime), name as the tie-breaker
+            def key(p: str) -> tuple[int, str]:
+                c = self._cands.get(p)
+                return (c.mtime_ns if c is not None else 0, p)
+
+            self._ready = deque(sorted(self._ready, key=key))
 
     def _consider(self, path: str, c: _Candidate, now: float, readers: Any) -> None:
         """Queue a settled file, or quarantine one that never completes."""

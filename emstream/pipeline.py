@@ -30,7 +30,7 @@ from typing import Any
 from emstream.frame import Calibration, Frame
 from emstream.results import Alert, Event, FrameRecord, FrameResult
 from emstream.sinks.base import Session, Sink
-from emstream.sources.base import TrackedRecord, drain_events, file_version_of
+from emstream.sources.base import READ_MS_KEY, TrackedRecord, drain_events, file_version_of
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class PipelineStats:
 class _SinkRunner:
     """One sink, one thread, one bounded queue."""
 
-    def __init__(self, sink: Sink, maxsize: int = 256):
+    def __init__(self, sink: Sink, maxsize: int = 16):
         self.sink = sink
         self.latest_only = bool(getattr(sink, "latest_only", False))
         self.q: queue.Queue = queue.Queue(maxsize=1 if self.latest_only else maxsize)
@@ -378,6 +378,9 @@ class Pipeline:
                     self._stats.frames_in += 1
                     self._stats.t_last_frame = time.time()
                 if isinstance(item, Frame):
+                    own = item.metadata.pop(READ_MS_KEY, None)
+                    if isinstance(own, int | float):
+                        read_ms = float(own)
                     item.seq = self._next_seq()
                     if self.override is not None:
                         item.calibration = self.override

@@ -19,6 +19,10 @@ from emstream.results import Event, FrameRecord
 #: came from (``"<size>:<mtime_ns>"``); the ledger keys exactly-once processing on it.
 FILE_VERSION_KEY = "file_version"
 
+#: Metadata key a source may set to the milliseconds it spent reading/decoding the frame (the
+#: pipeline moves it into ``timings_ms["read"]``; without it the wait for the next frame is used).
+READ_MS_KEY = "_read_ms"
+
 
 @runtime_checkable
 class Source(Protocol):

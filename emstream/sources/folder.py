@@ -29,7 +29,7 @@ from typing import Any
 from emstream.errors import IncompleteFile, UnreadableFile
 from emstream.frame import Frame
 from emstream.results import Event, FrameRecord
-from emstream.sources.base import FILE_VERSION_KEY, TrackedRecord
+from emstream.sources.base import FILE_VERSION_KEY, READ_MS_KEY, TrackedRecord
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +341,7 @@ class FolderSource:
             self.ledger.file_expect(path, version, 1)
             self._finish(path, version)
             return
+        t_read = time.perf_counter()
         try:
             frames = readers.read_frames(path, start=start, t_arrival=t_arrival)
         except IncompleteFile as exc:
@@ -365,8 +366,10 @@ class FolderSource:
             # a growing stack with no new complete slice yet: look again later
             c.queued = False
             return
+        read_ms = (time.perf_counter() - t_read) * 1e3 / max(1, len(frames))
         for f in frames:
             f.metadata[FILE_VERSION_KEY] = version
+            f.metadata[READ_MS_KEY] = read_ms
             self.stats["frames_read"] += 1
             yield f
             if is_stack:

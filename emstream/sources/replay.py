@@ -20,7 +20,7 @@ from pathlib import Path
 from emstream.errors import UnreadableFile
 from emstream.frame import Frame
 from emstream.results import FrameRecord
-from emstream.sources.base import TrackedRecord
+from emstream.sources.base import READ_MS_KEY, TrackedRecord
 from emstream.sources.folder import ignored_name
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class ReplaySource:
         for path in self.files():
             if stop.is_set():
                 return
+            t_read = time.perf_counter()
             try:
                 frames = read_frames(path, t_arrival=time.time())
             except UnreadableFile as exc:
@@ -97,7 +98,9 @@ class ReplaySource:
                 yield TrackedRecord(seq=-1, source_id=str(path), status="quarantined",
                                     t_arrival=time.time(), reason=f"reader failed: {exc!r}")
                 continue
+            read_ms = (time.perf_counter() - t_read) * 1e3 / max(1, len(frames))
             for f in frames:
+                f.metadata[READ_MS_KEY] = read_ms
                 t_rec = float(f.t_acq)
                 if t0_rec is None:
                     t0_rec = prev_rec = t_rec

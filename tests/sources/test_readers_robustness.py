@@ -46,6 +46,15 @@ def test_emstream_json_description(tmp_path):
     assert fr.t_acq == 1.7e9 and "JSON" in fr.calibration.detail
 
 
+def test_imagej_with_json_info(tmp_path):
+    info = json.dumps({"generator": "emstream-simulate", "nm_per_px": 0.4, "t_acq": 1.5e9})
+    p = _tiff(tmp_path / "ijj.tif", imagej=True, resolution=(2.5, 2.5),
+              metadata={"unit": "nm", "Info": info})
+    fr = read_frames(p)[0]
+    assert fr.calibration.nm_per_px == (pytest.approx(0.4), pytest.approx(0.4))
+    assert fr.t_acq == 1.5e9
+
+
 def test_plain_resolution_tag_is_ignored(tmp_path):
     p = _tiff(tmp_path / "dpi.tif", resolution=(72, 72), resolutionunit="INCH")
     cal = read_frames(p)[0].calibration

@@ -112,8 +112,12 @@ def _descriptions(page) -> list[str]:
     return out
 
 
-def _emstream_json(page) -> dict[str, Any] | None:
-    for text in _descriptions(page):
+def _emstream_json(page, imagej: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """emstream's JSON: a JSON ImageDescription, or JSON in the ImageJ ``Info`` property."""
+    texts = _descriptions(page)
+    if imagej and isinstance(imagej.get("Info"), str):
+        texts.append(imagej["Info"])
+    for text in texts:
         t = text.strip()
         if not t.startswith("{"):
             continue
@@ -122,7 +126,7 @@ def _emstream_json(page) -> dict[str, Any] | None:
         except ValueError:
             continue
         if isinstance(obj, dict) and ("nm_per_px" in obj or "pixel_size_nm" in obj
-                                      or obj.get("generator", "").startswith("emstream")):
+                                      or str(obj.get("generator", "")).startswith("emstream")):
             return obj
     return None
 
@@ -253,7 +257,7 @@ def _resolution_note(page) -> str:
 
 def _calibrate(tif: tifffile.TiffFile, page, path: Path, md: dict[str, Any]
                ) -> tuple[Calibration, list[str]]:
-    obj = _emstream_json(page)
+    obj = _emstream_json(page, tif.imagej_metadata if tif.is_imagej else None)
     if obj is not None:
         md["vendor"] = "emstream"
         res = _json_calibration(obj)
@@ -382,7 +386,7 @@ def read_tiff(path: Path, *, start: int = 0, t_arrival: float | None = None) -> 
             arr = series.asarray()
             planes = _to_planes(np.asarray(arr), series.axes, path)
             n = planes.shape[0]
-            obj = _emstream_json(page)
+            obj = _emstream_json(page, tif.imagej_metadata if tif.is_imagej else None)
             t_acq = _t_acq(tif, page, obj, n)
     except UnreadableFile:
         raise

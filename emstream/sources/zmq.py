@@ -589,6 +589,8 @@ class StreamSource:
     def _track_sequence(self, frame: Frame) -> None:
         """Count gaps per series from the sender's sequence numbers."""
         series = str(frame.metadata.get("series", ""))
+        if "channel" in frame.metadata:  # DECTRIS v2: each channel of an image is its own frame
+            series = f"{series}/{frame.metadata['channel']}"
         seq = frame.metadata.get("seq")
         if not isinstance(seq, int):
             return

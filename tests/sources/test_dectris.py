@@ -295,6 +295,20 @@ def test_v2_multichannel_gives_one_frame_per_channel():
     a = test_image(0)
     frames, _ = DectrisDecoder().decode([v2_image(5, a, "bslz4", channels=("t1", "t2"))], 0.0)
     assert [f.source_id for f in frames] == ["dectris/3/5/t1", "dectris/3/5/t2"]
+    # over a socket the two channels of one image are not mistaken for a sequence restart
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        port = push.bind_to_random_port("tcp://127.0.0.1")
+        with StreamSource(f"tcp://127.0.0.1:{port}", protocol="dectris") as source:
+            for k in range(3):
+                push.send(v2_image(k, a, "none", channels=("t1", "t2")))
+            got = collect(source, lambda xs: len(xs) == 6)
+            stats = source.stats
+    finally:
+        ctx.destroy(linger=0)
+    assert [f.metadata["channel"] for f in got] == ["t1", "t2"] * 3
+    assert stats.restarts == 0 and stats.gaps == 0
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,9 @@ def _open(path: Path) -> h5py.File:
             raise IncompleteFile("HDF5 signature incomplete")
         raise UnreadableFile("not an HDF5/EMD file (no HDF5 signature)")
     try:
-        return h5py.File(str(path), "r")
+        # locking=False: a reader's HDF5 lock would stop the acquisition software from
+        # reopening the file for writing; we only read files that already look complete.
+        return h5py.File(str(path), "r", locking=False)
     except OSError as exc:
         text = str(exc).lower()
         if "lock" in text:

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 _MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    # mode "rb"; _multifile=False: never follow an OME-XML reference into other files
+    return tifffile.TiffFile(str(path), mode="r", _multifile=False)
+
+
 # --------------------------------------------------------------------------- completeness
 def _check_header(path: Path) -> int:
     size = os.stat(path).st_size
@@ -95,7 +100,7 @@ def check_tiff(path: Path) -> None:
     """Cheap completeness check: header, IFD chain parses, page data inside the file."""
     size = _check_header(path)
     try:
-        with tifffile.TiffFile(str(path)) as tif:
+        with _open_tiff(path) as tif:
             _check_pages(tif, size)
     except UnreadableFile:
         raise
@@ -377,7 +382,7 @@ def read_tiff(path: Path, *, start: int = 0, t_arrival: float | None = None) -> 
     """Every 2-D image of the file's image series from index ``start`` on."""
     size = _check_header(path)
     try:
-        with tifffile.TiffFile(str(path)) as tif:
+        with _open_tiff(path) as tif:
             _check_pages(tif, size)
             series = _pick_series(tif)
             page = series.keyframe if getattr(series, "keyframe", None) is not None else tif.pages[0]

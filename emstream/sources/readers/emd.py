@@ -59,10 +59,10 @@ def _open(path: Path) -> h5py.File:
         return h5py.File(str(path), "r", locking=False)
     except OSError as exc:
         text = str(exc).lower()
-        if "lock" in text:
-            raise IncompleteFile(f"HDF5 file is locked by its writer ({exc})") from exc
         if "truncat" in text or "eof" in text or "end of file" in text:
             raise IncompleteFile(f"HDF5 file truncated ({exc})") from exc
+        if "unable to lock" in text or "file locking" in text:
+            raise IncompleteFile(f"HDF5 file is locked by its writer ({exc})") from exc
         raise UnreadableFile(f"HDF5 file cannot be opened ({exc})") from exc
 
 

@@ -63,12 +63,31 @@ class _Layout:
         self.complete = min(self.nz, self.available)
 
 
+def _prevalidate(path: Path, size: int) -> None:
+    """Sanity-check the header words ourselves before mrcfile sees them: a garbage header can
+    declare a gigabyte extended header that mrcfile would then try to read."""
+    with open(path, "rb") as fh:
+        raw = fh.read(HEADER_BYTES)
+    for order in ("<", ">"):
+        nx, ny, nz, mode = np.frombuffer(raw[:16], dtype=order + "i4")
+        nsymbt = int(np.frombuffer(raw[92:96], dtype=order + "i4")[0])
+        if 0 < nx <= 1 << 17 and 0 < ny <= 1 << 17 and 0 <= nz <= 1 << 24 and 0 <= mode <= 1024 \
+                and nsymbt >= 0:
+            if HEADER_BYTES + nsymbt > size:
+                raise IncompleteFile(f"extended header incomplete ({size} of "
+                                     f"{HEADER_BYTES + nsymbt} bytes)")
+            return
+    why = "" if raw[208:212] == b"MAP " else " and no 'MAP ' signature"
+    raise UnreadableFile(f"not a valid MRC header (implausible nx/ny/nz/mode/nsymbt{why})")
+
+
 def _read_header(path: Path) -> tuple[Any, Any, int]:
     size = os.stat(path).st_size
     if size == 0:
         raise IncompleteFile("empty file (0 bytes)")
     if size < HEADER_BYTES:
         raise IncompleteFile(f"only {size} bytes: the 1024-byte MRC header is incomplete")
+    _prevalidate(path, size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

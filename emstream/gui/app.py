@@ -1,0 +1,285 @@
+"""Entry points: the live monitor window around a running pipeline, and session review.
+
+The CLI layer (``emstream watch / listen / demo / view``) calls these; they own the Qt
+application and event loop and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from emstream.gui import theme
+from emstream.gui.bridge import GuiSink
+from emstream.gui.qt_compat import guard_emit_refcount_bug
+from emstream.gui.window import MonitorWindow
+from emstream.results import Alert
+from emstream.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_monitor_window", "view_session", "main", "application", "save_screenshot"]
+
+#: How often the window checks whether the pipeline has finished.
+_POLL_MS = 200
+
+
+def application() -> QtWidgets.QApplication:
+    """The process's QApplication (created on first use) with the emstream dark theme."""
+    app = QtWidgets.QApplication.instance()
+    if app is None:
+        QtGui.QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
+            QtCore.Qt.HighDpiScaleFactorRoundingPolicy.PassThrough
+        )
+        app = QtWidgets.QApplication(sys.argv[:1])
+        app.setApplicationName("emstream")
+    guard_emit_refcount_bug()
+    if not app.property("emstream_themed"):
+        theme.apply(app)
+        app.setProperty("emstream_themed", True)
+    return app
+
+
+def save_screenshot(window: QtWidgets.QWidget, path: str | Path) -> Path:
+    """Render ``window`` (works offscreen) to a PNG; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    QtWidgets.QApplication.processEvents()
+    if not window.grab().save(str(path)):
+        raise OSError(f"could not write screenshot {path}")
+    return path
+
+
+def _pipeline_done(handle: Any) -> bool:
+    """Has the pipeline behind ``handle`` finished? Understands ``done()``, ``is_alive()``,
+    ``join(timeout)`` returning a bool, and ``done`` / ``finished`` attributes."""
+    if handle is None:
+        return False
+    for name in ("done", "finished"):
+        done = getattr(handle, name, None)
+        if callable(done):
+            return bool(done())
+        if isinstance(done, bool):
+            return done
+    is_alive = getattr(handle, "is_alive", None)
+    if callable(is_alive):
+        return not is_alive()
+    join = getattr(handle, "join", None)
+    if callable(join):
+        try:
+            r = join(0)
+        except TypeError:
+            return False
+        return bool(r) if isinstance(r, bool) else False
+    return False
+
+
+def _attach_listener(handle: Any, sink: GuiSink) -> bool:
+    """Feed the session statistics every terminal record (the GUI sink itself is latest-only)."""
+    for obj in (handle, getattr(handle, "pipeline", None)):
+        add = getattr(obj, "add_listener", None)
+        if callable(add):
+            add(sink.account)
+            return True
+    return False
+
+
+def _stop(handle: Any, timeout: float = 10.0) -> None:
+    if handle is None:
+        return
+    try:
+        stop = getattr(handle, "stop", None)
+        if callable(stop):
+            stop()
+        join = getattr(handle, "join", None)
+        if callable(join):
+            try:
+                join(timeout)
+            except TypeError:
+                join()
+    except Exception:
+        log.exception("stopping the pipeline failed")
+
+
+def run_monitor_window(
+    start: Callable[[list[Sink]], Any],
+    *,
+    stats: Callable[[], Any] | None = None,
+    screenshot: str | Path | None = None,
+    title: str = "emstream — live monitor",
+    exit_when: str | bool | Callable[[], bool] | None = None,
+    rules: Any = None,
+    on_window: Callable[[MonitorWindow], None] | None = None,
+) -> int:
+    """Open the live window, start the pipeline with the GUI sink, run the Qt event loop.
+
+    Parameters
+    ----------
+    start : callable
+        ``start(sinks)`` starts the pipeline with ``sinks`` (the GUI sink) added and returns a
+        handle with ``.stop()`` and ``.done()`` / ``.is_alive()`` / ``.join(timeout)``.
+    stats : callable, optional
+        Returns the pipeline statistics (dict or ``PipelineStats``) for the status bar.
+    screenshot : path, optional
+        Save the window as PNG when the pipeline finishes (or when the window closes first).
+    title : str
+        Window title.
+    exit_when : ``"finished"`` / ``True``, ``"never"``, a callable, or ``None``
+        ``"finished"``: close when the pipeline finishes (after the screenshot). A callable is
+        polled every 200 ms and closes the window when it returns True. ``"never"``: stay open
+        until the operator closes the window. ``None`` (default): ``"finished"`` on the
+        ``offscreen`` Qt platform (nobody could close that window), else ``"never"``.
+    rules : RuleEngine or RulesFile, optional
+        Colours outlines of target particles (``.matching(particles)``).
+    on_window : callable, optional
+        Called with the window once it is shown (tests, CLI extras).
+
+    Returns
+    -------
+    int
+        Exit code: 0.
+    """
+    app = application()
+    if exit_when is None:
+        exit_when = "finished" if app.platformName() == "offscreen" else "never"
+    sink = GuiSink()
+    win = MonitorWindow(sink, stats=stats, rules=rules, title=title)
+    win.show()
+    state = {"handle": None, "finished": False, "shot": False, "stopped": False}
+
+    def take_screenshot() -> None:
+        if screenshot and not state["shot"]:
+            state["shot"] = True
+            win.refresh_all()
+            path = save_screenshot(win, screenshot)
+            log.info("screenshot saved to %s", path)
+
+    def stop_pipeline() -> None:
+        if not state["stopped"]:
+            state["stopped"] = True
+            _stop(state["handle"])
+
+    def on_closing() -> None:
+        take_screenshot()
+        poll_timer.stop()
+        stop_pipeline()
+
+    def poll() -> None:
+        if not state["finished"] and (sink.closed or _pipeline_done(state["handle"])):
+            state["finished"] = True
+            win.status.extra = "finished · "
+            take_screenshot()
+            if exit_when in ("finished", True):
+                win.close()
+                return
+        if callable(exit_when) and exit_when():
+            win.close()
+
+    win.closing.connect(on_closing)
+    poll_timer = QtCore.QTimer(win)
+    poll_timer.setInterval(_POLL_MS)
+    poll_timer.timeout.connect(poll)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, lambda *_: win.close())
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        state["handle"] = start([sink])
+        _attach_listener(state["handle"], sink)
+        if on_window is not None:
+            on_window(win)
+        poll_timer.start()
+        if win.isVisible():
+            app.exec()
+    finally:
+        poll_timer.stop()
+        stop_pipeline()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def view_session(
+    session_dir: str | Path,
+    screenshot: str | Path | None = None,
+    *,
+    on_window: Callable[[MonitorWindow], None] | None = None,
+) -> int:
+    """Re-open a finished session for review: histograms, trends, alerts and snapshots.
+
+    With ``screenshot`` the window is rendered, saved and closed at once (no event loop).
+    Returns 0, or 2 when the folder holds no ledger.
+    """
+    from emstream.gui.review import load_session
+
+    try:
+        review = load_session(session_dir)
+    except FileNotFoundError as exc:
+        print(f"emstream view: {exc}", file=sys.stderr)
+        return 2
+    app = application()
+    win = build_review_window(review)
+    win.show()
+    if on_window is not None:
+        on_window(win)
+    if screenshot:
+        win.refresh_all()
+        save_screenshot(win, screenshot)
+        win.close()
+        return 0
+    app.exec()
+    return 0
+
+
+def build_review_window(review) -> MonitorWindow:
+    """A :class:`MonitorWindow` in review mode filled from a :class:`SessionReview`."""
+    from emstream.gui.snapshots import SnapshotBrowser
+
+    name = review.session_dir.name
+    win = MonitorWindow(
+        None, stats=review.stats, title=f"emstream — review {name}", statistics=review.statistics
+    )
+    win.session_dir = review.session_dir
+    win.status.session_dir = str(review.session_dir)
+    win.status.extra = "review · "
+    for a in review.alerts:
+        win.alerts_panel.add_alert(_silent(a))
+    win.alerts_panel.acknowledge_all()
+    browser = SnapshotBrowser(win.frame_view, review.snapshots)
+    win.snapshot_browser = browser
+    win.centralWidget().layout().insertWidget(1, browser)
+    for act in (win.act_pause, win.act_back, win.act_forward, win.act_live):
+        act.setEnabled(False)
+    win.refresh_all()
+    return win
+
+
+def _silent(a: Alert) -> Alert:
+    return Alert(a.rule, a.severity, a.seq, a.message, a.t, list(a.particle_labels), [], a.builtin)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``emstream-gui [SESSION] [--screenshot FILE]``: review a session (asks for a folder)."""
+    p = argparse.ArgumentParser(prog="emstream-gui", description=main.__doc__)
+    p.add_argument("session", nargs="?", help="session folder (holds ledger.sqlite)")
+    p.add_argument("--screenshot", help="save the window as PNG and exit")
+    args = p.parse_args(argv)
+    session = args.session
+    if session is None:
+        application()
+        session = QtWidgets.QFileDialog.getExistingDirectory(None, "Open an emstream session")
+        if not session:
+            return 0
+    return view_session(session, args.screenshot)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

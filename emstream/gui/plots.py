@@ -1,0 +1,261 @@
+"""Size distribution (this frame / recent window / whole session) and trends against time."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from emstream.gui import theme
+from emstream.gui.session_stats import (
+    QUANTITIES,
+    SessionStatistics,
+    display_bins,
+    frame_counts,
+    quantiles_from_counts,
+)
+from emstream.results import FrameResult
+
+__all__ = ["SizeDistributionPanel", "TrendsPanel"]
+
+
+def _label_style() -> dict:
+    return {"color": theme.TEXT, "font-size": "10pt"}
+
+
+def _style_plot(p: pg.PlotItem) -> None:
+    p.showGrid(x=True, y=True, alpha=0.18)
+    for ax in ("left", "bottom"):
+        a = p.getAxis(ax)
+        a.setTextPen(theme.TEXT_DIM)
+        a.setPen(theme.BORDER)
+
+
+class SizeDistributionPanel(QtWidgets.QWidget):
+    """Histogram of one particle measurement with fixed bins, D10/D50/D90 markers."""
+
+    def __init__(self, stats: SessionStatistics, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.stats = stats
+        self.result: FrameResult | None = None
+        self.column = "equivalent_diameter_nm"
+        #: What is on screen: display edges and counts per series (tests read these).
+        self.shown: dict[str, np.ndarray] = {}
+        self.quantiles: list[float] = [math.nan] * 3
+
+        self.quantity = QtWidgets.QComboBox()
+        for col, q in QUANTITIES.items():
+            self.quantity.addItem(q.label, col)
+        self.quantity.currentIndexChanged.connect(self._on_quantity)
+        self.cb_frame = QtWidgets.QCheckBox("This frame")
+        self.cb_recent = QtWidgets.QCheckBox(f"Last {stats.recent_frames} frames")
+        self.cb_session = QtWidgets.QCheckBox("Session")
+        self.cb_norm = QtWidgets.QCheckBox("Fraction (%)")
+        self.cb_log = QtWidgets.QCheckBox("Log counts")
+        for cb in (self.cb_frame, self.cb_recent, self.cb_session, self.cb_norm):
+            cb.setChecked(True)
+        for cb in (self.cb_frame, self.cb_recent, self.cb_session, self.cb_norm, self.cb_log):
+            cb.toggled.connect(self.refresh)
+
+        controls = QtWidgets.QHBoxLayout()
+        controls.setContentsMargins(4, 2, 4, 2)
+        controls.addWidget(self.quantity)
+        for cb in (self.cb_frame, self.cb_recent, self.cb_session, self.cb_norm, self.cb_log):
+            controls.addWidget(cb)
+        controls.addStretch(1)
+
+        self.plot_widget = pg.PlotWidget(background=theme.PANEL_BG)
+        self.plot: pg.PlotItem = self.plot_widget.getPlotItem()
+        _style_plot(self.plot)
+        self.plot.setMenuEnabled(False)
+        self.legend = self.plot.addLegend(offset=(-8, 8), labelTextColor=theme.TEXT)
+        self.curve_session = self.plot.plot(
+            name="Session",
+            stepMode="center",
+            fillLevel=0,
+            brush=pg.mkBrush(74, 163, 255, 70),
+            pen=pg.mkPen(theme.HIST_SESSION, width=2),
+        )
+        self.curve_recent = self.plot.plot(
+            name="Recent", stepMode="center", pen=pg.mkPen(theme.HIST_RECENT, width=2)
+        )
+        self.curve_frame = self.plot.plot(
+            name="This frame", stepMode="center", pen=pg.mkPen(theme.HIST_FRAME, width=2)
+        )
+        # Quantile markers: plain line items + text (InfLineLabel trips a PySide6 6.12 refcount bug)
+        self.qlines: list[pg.PlotDataItem] = []
+        self.qlabels: list[pg.TextItem] = []
+        for _ in ("D10", "D50", "D90"):
+            line = pg.PlotDataItem(
+                pen=pg.mkPen(theme.QUANTILE, width=1.5, style=QtCore.Qt.PenStyle.DashLine)
+            )
+            label = pg.TextItem("", color=theme.TEXT, anchor=(0.5, 1.0), fill=(27, 29, 33, 200))
+            for item in (line, label):
+                item.setVisible(False)
+                self.plot.addItem(item, ignoreBounds=True)
+            self.qlines.append(line)
+            self.qlabels.append(label)
+
+        self.summary = QtWidgets.QLabel("")
+        self.summary.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self.summary.setWordWrap(True)
+
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addLayout(controls)
+        lay.addWidget(self.plot_widget, 1)
+        lay.addWidget(self.summary)
+        self.refresh()
+
+    def set_result(self, result: FrameResult | None) -> None:
+        self.result = result
+        self.refresh()
+
+    def set_column(self, column: str) -> None:
+        i = self.quantity.findData(column)
+        if i >= 0:
+            self.quantity.setCurrentIndex(i)
+
+    def _on_quantity(self) -> None:
+        self.column = self.quantity.currentData()
+        self.refresh()
+
+    def refresh(self) -> None:
+        q = QUANTITIES[self.column]
+        session, recent = self.stats.histogram_snapshot(self.column)
+        frame = (
+            frame_counts(self.result.particles, self.column)
+            if self.result is not None
+            else np.zeros(q.nbins, np.int64)
+        )
+        edges, (m_session, m_recent, m_frame) = display_bins([session, recent, frame], q)
+        self.shown = {"edges": edges, "session": m_session, "recent": m_recent, "frame": m_frame}
+        norm = self.cb_norm.isChecked()
+        log = self.cb_log.isChecked()
+        unit = self.stats.unit or (self.result.unit if self.result else "nm")
+
+        def y(c: np.ndarray) -> np.ndarray:
+            v = c.astype(np.float64)
+            if norm:
+                tot = v.sum()
+                v = 100.0 * v / tot if tot else v
+            if log:
+                v = np.log10(np.where(v > 0, v, np.nan))
+            return v
+
+        for curve, cb, c in (
+            (self.curve_session, self.cb_session, m_session),
+            (self.curve_recent, self.cb_recent, m_recent),
+            (self.curve_frame, self.cb_frame, m_frame),
+        ):
+            curve.setVisible(cb.isChecked())
+            curve.setData(edges, np.nan_to_num(y(c), nan=-1.0) if log else y(c))
+        self.curve_session.setFillLevel(None if log else 0)
+        ylabel = "Fraction of particles (%)" if norm else "Particles"
+        if log:
+            ylabel = f"log₁₀ {ylabel.lower()}"
+        self.plot.setLabel("left", ylabel, **_label_style())
+        self.plot.setLabel("bottom", q.axis_label(unit), **_label_style())
+        if log:
+            self.plot.setYRange(0, max(1.0, float(np.nanmax(y(m_session), initial=0)) + 0.3))
+        else:
+            self.plot.enableAutoRange(axis="y")
+
+        self.quantiles = quantiles_from_counts(session, q.edges)
+        shown_y = [
+            y(c)
+            for c, cb in (
+                (m_session, self.cb_session),
+                (m_recent, self.cb_recent),
+                (m_frame, self.cb_frame),
+            )
+            if cb.isChecked()
+        ]
+        top = max([float(np.nanmax(v, initial=0.0)) for v in shown_y] + [1e-9])
+        top = top if top > 0 else 1.0
+        for line, label, v, name in zip(
+            self.qlines, self.qlabels, self.quantiles, ("D10", "D50", "D90"), strict=True
+        ):
+            ok = math.isfinite(v) and self.cb_session.isChecked()
+            line.setVisible(ok)
+            label.setVisible(ok)
+            if ok:
+                line.setData([v, v], [0.0, top * 1.08])
+                label.setText(f"{name} {v:.3g}")
+                label.setPos(v, top * 1.16)
+
+        counts = self.stats.counts()
+        u = q.unit(unit)
+        qs = " / ".join(f"{v:.3g}" if math.isfinite(v) else "–" for v in self.quantiles)
+        text = (
+            f"<span style='color:{theme.HIST_SESSION}'>■</span> Session: "
+            f"<b>{counts['particles']:,}</b> particles in <b>{counts['frames_ok']:,}</b> frames · "
+            f"D10 / D50 / D90 = <b>{qs}</b> {u}"
+        )
+        if self.result is not None:
+            fq = quantiles_from_counts(frame, q.edges)
+            fqs = " / ".join(f"{v:.3g}" if math.isfinite(v) else "–" for v in fq)
+            text += (
+                f"<br><span style='color:{theme.HIST_FRAME}'>■</span> Frame #{self.result.seq}: "
+                f"<b>{int(frame.sum())}</b> particles · D10 / D50 / D90 = <b>{fqs}</b> {u}"
+            )
+        if self.stats.mixed_units:
+            text += f"<br><span style='color:{theme.WARN}'>Calibrated and uncalibrated frames are mixed.</span>"
+        self.summary.setText(text)
+
+
+class TrendsPanel(QtWidgets.QWidget):
+    """Count, mean/median diameter and coverage against acquisition (clock) time."""
+
+    def __init__(self, stats: SessionStatistics, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.stats = stats
+        self.points = 0
+        self.glw = pg.GraphicsLayoutWidget()
+        self.glw.setBackground(theme.PANEL_BG)
+        self.plots: list[pg.PlotItem] = []
+        specs = [
+            ("count", [("count", theme.ACCENT, "Particles per frame")]),
+            (
+                "nm",
+                [
+                    ("mean_diameter", theme.HIST_FRAME, "Mean diameter"),
+                    ("median_diameter", theme.HIST_RECENT, "Median diameter"),
+                ],
+            ),
+            ("%", [("coverage", theme.OUTLINE_MATCH, "Coverage")]),
+        ]
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        for i, (ylabel, series) in enumerate(specs):
+            axis = {"bottom": pg.DateAxisItem()} if i == len(specs) - 1 else {}
+            p = self.glw.addPlot(row=i, col=0, axisItems=axis)
+            _style_plot(p)
+            p.setMenuEnabled(False)
+            p.setLabel("left", ylabel, **_label_style())
+            p.setClipToView(True)
+            p.setDownsampling(auto=True, mode="peak")
+            p.getAxis("left").setWidth(62)
+            p.addLegend(offset=(8, 4), labelTextColor=theme.TEXT, brush=(27, 29, 33, 170))
+            for key, colour, name in series:
+                self.curves[key] = p.plot(name=name, pen=pg.mkPen(colour, width=1.8))
+            if self.plots:
+                p.setXLink(self.plots[0])
+            if i < len(specs) - 1:
+                p.getAxis("bottom").setStyle(showValues=False)
+            self.plots.append(p)
+        self.plots[-1].setLabel("bottom", "Acquisition time", **_label_style())
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addWidget(self.glw)
+
+    def refresh(self) -> None:
+        t = self.stats.trend_snapshot()
+        unit = self.stats.unit or "nm"
+        self.plots[1].setLabel("left", unit, **_label_style())
+        x = t["t_acq"]
+        self.points = len(x)
+        for key, curve in self.curves.items():
+            v = t[key] * (100.0 if key == "coverage" else 1.0)
+            curve.setData(x, v, connect="finite")

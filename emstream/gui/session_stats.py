@@ -1,0 +1,300 @@
+"""Session-wide statistics the window plots: fixed-bin histograms and trend series.
+
+Qt-free and cheap: the GUI sink updates these from the pipeline's sink thread for every result it
+receives (a ``bincount`` per quantity and one trend point), and the window reads copies under
+the lock. Memory is bounded however long the session: histograms have fixed bins, the recent
+window is a fixed number of frames, and trend series halve their resolution when full.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from emstream.process.stats import SizeHistogram
+from emstream.results import FrameRecord, FrameResult, ParticleTable
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A particle-table column the size distribution can show, with its fine fixed bins."""
+
+    column: str
+    label: str
+    kind: str  # "length" (nm or px), "area" (nm² or px²) or "ratio" (dimensionless)
+    lo: float
+    hi: float
+    width: float
+
+    @property
+    def nbins(self) -> int:
+        return int(round((self.hi - self.lo) / self.width))
+
+    @property
+    def edges(self) -> np.ndarray:
+        return self.lo + self.width * np.arange(self.nbins + 1)
+
+    def unit(self, length_unit: str) -> str:
+        if self.kind == "length":
+            return length_unit
+        if self.kind == "area":
+            return f"{length_unit}²"
+        return ""
+
+    def axis_label(self, length_unit: str) -> str:
+        u = self.unit(length_unit)
+        return f"{self.label} ({u})" if u else self.label
+
+    def counts(self, values: np.ndarray) -> np.ndarray:
+        """Fine-bin counts of the finite values inside the range (same rule as SizeHistogram)."""
+        v = np.asarray(values, dtype=np.float64)
+        return np.histogram(v[np.isfinite(v)], self.edges)[0].astype(np.int64)
+
+
+#: What the size-distribution plot can show. Fine bins are fixed for the whole session; the plot
+#: merges neighbours for display, so a session never re-bins and counts are exact.
+QUANTITIES: dict[str, Quantity] = {
+    q.column: q
+    for q in (
+        Quantity("equivalent_diameter_nm", "Equivalent diameter", "length", 0.0, 1000.0, 0.25),
+        Quantity("feret_diameter_max_nm", "Feret diameter (max)", "length", 0.0, 1000.0, 0.25),
+        Quantity("feret_diameter_min_nm", "Feret diameter (min)", "length", 0.0, 1000.0, 0.25),
+        Quantity("axis_major_length_nm", "Major axis", "length", 0.0, 1000.0, 0.25),
+        Quantity("area_nm2", "Area", "area", 0.0, 100_000.0, 25.0),
+        Quantity("aspect_ratio", "Aspect ratio", "ratio", 1.0, 11.0, 0.005),
+        Quantity("roundness", "Roundness", "ratio", 0.0, 1.0025, 0.0025),
+        Quantity("circularity", "Circularity", "ratio", 0.0, 1.0025, 0.0025),
+        Quantity("solidity", "Solidity", "ratio", 0.0, 1.0025, 0.0025),
+    )
+}
+
+
+def quantiles_from_counts(
+    counts: np.ndarray, edges: np.ndarray, qs: tuple[float, ...] = (0.1, 0.5, 0.9)
+) -> list[float]:
+    """Quantiles of binned data, interpolated linearly inside the bin (NaN when empty)."""
+    total = counts.sum()
+    if total <= 0:
+        return [math.nan] * len(qs)
+    cum = np.concatenate([[0], np.cumsum(counts)]).astype(np.float64)
+    return [float(np.interp(q * total, cum, edges)) for q in qs]
+
+
+class TrendSeries:
+    """Per-frame points (acquisition time, count, mean/median diameter, coverage), bounded.
+
+    When ``capacity`` points are stored, every other point is dropped and from then on only every
+    ``stride``-th frame is kept: resolution halves, the time span stays the whole session.
+    """
+
+    FIELDS = ("t_acq", "seq", "count", "mean_diameter", "median_diameter", "coverage")
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self.capacity = int(capacity)
+        self._data = np.full((len(self.FIELDS), self.capacity), np.nan)
+        self.n = 0
+        self.stride = 1
+        self._seen = 0
+
+    def add(
+        self, t_acq: float, seq: int, count: int, mean: float, median: float, cov: float
+    ) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self.stride:
+            return
+        if self.n == self.capacity:
+            half = self._data[:, ::2].copy()
+            self._data[:] = np.nan
+            self._data[:, : half.shape[1]] = half
+            self.n = half.shape[1]
+            self.stride *= 2
+        self._data[:, self.n] = (t_acq, seq, count, mean, median, cov)
+        self.n += 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """A copy of the stored points, one array per field."""
+        return {f: self._data[i, : self.n].copy() for i, f in enumerate(self.FIELDS)}
+
+
+class SessionStatistics:
+    """Histograms (this frame / recent window / whole session) and trends for one session.
+
+    One :class:`emstream.process.stats.SizeHistogram` per quantity (fixed fine bins, the recent
+    window as a ring of per-frame histograms). Thread-safe: :meth:`account` / :meth:`add_result`
+    run on a pipeline thread, the ``*_snapshot`` methods on the GUI thread. :meth:`account`
+    ignores records it has already seen (by ``seq``), so it can be fed from two places.
+    """
+
+    def __init__(self, recent_frames: int = 50, trend_capacity: int = 20_000) -> None:
+        self._lock = threading.Lock()
+        self.recent_frames = int(recent_frames)
+        self.hist = {
+            c: SizeHistogram(q.edges, window=self.recent_frames) for c, q in QUANTITIES.items()
+        }
+        self.trends = TrendSeries(trend_capacity)
+        self.frames_ok = 0
+        self.frames_other = 0
+        self.particles = 0
+        self.unit = ""  # length unit of the first ok frame ("nm" or "px")
+        self.mixed_units = False
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self.t0: float | None = None
+
+    # -- writers (pipeline threads) ----------------------------------------------------------
+    def account(self, record: FrameRecord) -> bool:
+        """Count one terminal record once (``False`` if its ``seq`` was already counted)."""
+        with self._lock:
+            if self.last_seq is not None and record.seq <= self.last_seq:
+                return False
+            self.last_seq = record.seq
+        if record.status == "ok" and record.result is not None:
+            self.add_result(record.result)
+        else:
+            with self._lock:
+                self.frames_other += 1
+        return True
+
+    def add_result(self, result: FrameResult) -> None:
+        """Account one processed frame: its particles into every histogram, one trend point."""
+        p = result.particles
+        s = result.summary
+        d = np.asarray(p.get("equivalent_diameter_nm", np.zeros(0)), np.float64)
+        d = d[np.isfinite(d)]
+        median = float(np.median(d)) if len(d) else math.nan
+        mean = float(np.mean(d)) if len(d) else math.nan
+        with self._lock:
+            if not self.unit:
+                self.unit = result.unit
+            elif self.unit != result.unit:
+                self.mixed_units = True
+            for c, h in self.hist.items():
+                h.add(p[c] if c in p else ())
+            self.frames_ok += 1
+            self.particles += int(len(p.get("label", ())))
+            if self.first_seq is None:
+                self.first_seq = result.seq
+                self.t0 = result.frame.t_acq
+            self.last_seq = max(result.seq, self.last_seq if self.last_seq is not None else -1)
+            self.trends.add(
+                result.frame.t_acq, result.seq, s.count, mean, median, float(s.coverage)
+            )
+
+    def add_history(
+        self,
+        values: dict[str, np.ndarray],
+        frame_seq: np.ndarray,
+        trend_rows: list[tuple[float, int, int, float, float, float]],
+        unit: str,
+        frames_other: int = 0,
+    ) -> None:
+        """Load a finished session at once (review mode).
+
+        ``values`` holds one array per particle column (all particles of the session),
+        ``frame_seq`` the frame of each particle (the recent window = the last frames),
+        ``trend_rows`` one ``(t_acq, seq, count, mean, median, coverage)`` per ok frame.
+        """
+        seqs = np.asarray(frame_seq, np.int64)
+        ok_seqs = [int(r[1]) for r in trend_rows]
+        recent = ok_seqs[-self.recent_frames :]
+        older = seqs < recent[0] if recent else np.ones(len(seqs), bool)
+        with self._lock:
+            self.unit = unit
+            for c, h in self.hist.items():
+                v = np.asarray(values.get(c, np.zeros(len(seqs))), np.float64)
+                h.counts += QUANTITIES[c].counts(v[older])
+                fin = v[older][np.isfinite(v[older])]
+                h.underflow += int(np.count_nonzero(fin < h.edges[0]))
+                h.overflow += int(np.count_nonzero(fin > h.edges[-1]))
+                h.frames += len(ok_seqs) - len(recent)
+                lo = np.searchsorted(seqs, recent, "left")
+                hi = np.searchsorted(seqs, recent, "right")
+                for a, b in zip(lo, hi, strict=True):
+                    h.add(v[a:b])
+            self.frames_ok += len(trend_rows)
+            self.frames_other += int(frames_other)
+            self.particles += len(seqs)
+            for row in trend_rows:
+                self.trends.add(*row)
+            if trend_rows:
+                self.first_seq, self.last_seq = ok_seqs[0], ok_seqs[-1]
+                self.t0 = trend_rows[0][0]
+
+    def add_other(self) -> None:
+        """Account a frame that was quarantined or skipped (no particles)."""
+        with self._lock:
+            self.frames_other += 1
+
+    # -- readers (GUI thread) ----------------------------------------------------------------
+    def histogram_snapshot(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the (session, recent-window) fine-bin counts for ``column``."""
+        with self._lock:
+            h = self.hist[column]
+            return h.counts.copy(), h.recent
+
+    def out_of_range(self, column: str) -> int:
+        with self._lock:
+            h = self.hist[column]
+            return h.underflow + h.overflow
+
+    def trend_snapshot(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self.trends.arrays()
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "frames_ok": self.frames_ok,
+                "frames_other": self.frames_other,
+                "particles": self.particles,
+            }
+
+
+def frame_counts(particles: ParticleTable, column: str) -> np.ndarray:
+    """Fine-bin counts of one frame's particles for ``column`` (same bins as the session)."""
+    q = QUANTITIES[column]
+    return q.counts(particles.get(column, np.zeros(0)))
+
+
+def display_bins(
+    counts_list: list[np.ndarray], q: Quantity, max_bins: int = 60
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Merge fine bins into at most ``max_bins`` display bins spanning the occupied range.
+
+    The merge factor is a "nice" multiple of the fine width (1, 2, 5 × 10^k), so bin edges are
+    round numbers an operator can read. Returns (edges, merged counts for each input).
+    """
+    occupied = np.zeros(q.nbins, bool)
+    for c in counts_list:
+        occupied |= c > 0
+    nz = np.flatnonzero(occupied)
+    if len(nz) == 0:
+        lo_i, hi_i = 0, min(q.nbins, max_bins)
+    else:
+        lo_i, hi_i = int(nz[0]), int(nz[-1]) + 1
+    span = hi_i - lo_i
+    factor = 1
+    for mag in (1, 10, 100, 1000, 10_000):
+        for m in (1, 2, 5):
+            if span / (m * mag) <= max_bins:
+                factor = m * mag
+                break
+        else:
+            continue
+        break
+    lo_i = (lo_i // factor) * factor
+    hi_i = min(q.nbins, -(-hi_i // factor) * factor)
+    if hi_i <= lo_i:
+        hi_i = min(q.nbins, lo_i + factor)
+    n = -(-(hi_i - lo_i) // factor)
+    edges = q.lo + q.width * (lo_i + factor * np.arange(n + 1))
+    merged = []
+    for c in counts_list:
+        seg = np.zeros(n * factor, np.int64)
+        part = c[lo_i:hi_i]
+        seg[: len(part)] = part
+        merged.append(seg.reshape(n, factor).sum(axis=1))
+    return edges, merged

@@ -39,6 +39,12 @@ def test_imagej_tiff_in_nm(tmp_path):
     assert "ImageJ" in fr.calibration.detail
 
 
+def test_imagej_escaped_angstrom_unit(tmp_path):
+    p = _tiff(tmp_path / "ang.tif", imagej=True, resolution=(0.5, 0.25), metadata={"unit": "\\u00C5"})
+    cal = read_frames(p)[0].calibration
+    assert cal.nm_per_px == (pytest.approx(0.4), pytest.approx(0.2))  # y 4 Å, x 2 Å per pixel
+
+
 def test_emstream_json_description(tmp_path):
     desc = json.dumps({"generator": "emstream", "nm_per_px": [0.25, 0.3], "t_acq": 1.7e9})
     fr = read_frames(_tiff(tmp_path / "sim.tif", description=desc))[0]

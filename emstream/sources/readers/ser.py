@@ -112,6 +112,7 @@ def read_ser(path: Path, *, start: int = 0, t_arrival: float | None = None) -> l
     frames_px: list[np.ndarray] = []
     cals = []
     times: list[float | None] = []
+    seen: dict[tuple[float, ...], Any] = {}
     try:
         with ncser.fileSER(str(path)) as f:
             md = _emi_md(getattr(f, "_emi", None))
@@ -123,12 +124,14 @@ def read_ser(path: Path, *, start: int = 0, t_arrival: float | None = None) -> l
                 data, meta = f.getDataset(k)
                 check_image_shape(np.shape(data), "SER element")
                 calib = meta.get("Calibration", ())
-                if len(calib) >= 2:
-                    x = (calib[0]["CalibrationDelta"], "m")
-                    y = (calib[1]["CalibrationDelta"], "m")
-                    cal, notes = calibration_from_axes(y, x, detail="TIA SER CalibrationDelta (m)")
-                else:
-                    cal, notes = calibration_from_axes((None, ""), (None, ""), detail="TIA SER")
+                key = tuple(float(c["CalibrationDelta"]) for c in calib[:2]) if len(calib) >= 2 else ()
+                if key not in seen:  # one conversion (and one warning) per distinct calibration
+                    if key:
+                        seen[key] = calibration_from_axes((key[1], "m"), (key[0], "m"),
+                                                          detail="TIA SER CalibrationDelta (m)")
+                    else:
+                        seen[key] = calibration_from_axes((None, ""), (None, ""), detail="TIA SER")
+                cal, notes = seen[key]
                 if notes:
                     md["warnings"] = notes
                 frames_px.append(np.asarray(data))

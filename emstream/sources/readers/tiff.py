@@ -212,14 +212,19 @@ def _per_unit(tag) -> float | None:
     return den / num
 
 
+def _unescape(text: str) -> str:
+    """ImageJ writes non-ASCII units as ``\\u00B5m`` / ``\\u00C5``."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
+
+
 def _imagej_calibration(ij: dict[str, Any], page) -> tuple[Calibration, list[str]] | None:
     unit = ij.get("unit")
     if not isinstance(unit, str):
         return None
-    unit = unit.replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    unit = _unescape(unit)
     yunit = ij.get("yunit", unit)
     if isinstance(yunit, str):
-        yunit = yunit.replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+        yunit = _unescape(yunit)
     x = _per_unit(page.tags.get("XResolution"))
     y = _per_unit(page.tags.get("YResolution"))
     if y is None:

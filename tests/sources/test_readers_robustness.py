@@ -77,6 +77,18 @@ def test_multipage_tiff_is_a_stack(tmp_path):
     np.testing.assert_array_equal(frames[1].pixels, arr[2])
 
 
+def test_ome_and_imagej_stacks_from_start(tmp_path):
+    a = np.random.default_rng(2).integers(0, 999, (5, 16, 24), dtype=np.uint16)
+    ome = _tiff(tmp_path / "o.ome.tif", a, ome=True,
+                metadata={"axes": "TYX", "PhysicalSizeX": 0.002, "PhysicalSizeY": 0.003})
+    ij = _tiff(tmp_path / "ij.tif", a, imagej=True, resolution=(2, 2), metadata={"unit": "nm", "axes": "TYX"})
+    for p, nm in ((ome, (3.0, 2.0)), (ij, (0.5, 0.5))):
+        frames = read_frames(p, start=3)
+        assert [f.source_id for f in frames] == [f"{p}#3", f"{p}#4"]
+        np.testing.assert_array_equal(frames[1].pixels, a[4])
+        assert frames[0].calibration.nm_per_px == (pytest.approx(nm[0]), pytest.approx(nm[1]))
+
+
 def test_rgb_grey_and_colour(tmp_path):
     grey = np.random.default_rng(1).integers(0, 255, (16, 24), dtype=np.uint8)
     p = _tiff(tmp_path / "grey_rgb.tif", np.stack([grey] * 3, axis=-1), photometric="rgb")

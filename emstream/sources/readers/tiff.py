@@ -393,9 +393,19 @@ def read_tiff(path: Path, *, start: int = 0, t_arrival: float | None = None) -> 
             page = series.keyframe if getattr(series, "keyframe", None) is not None else tif.pages[0]
             md: dict[str, Any] = {"format": "TIFF"}
             cal, notes = _calibrate(tif, page, path, md)
-            arr = series.asarray()
-            planes = _to_planes(np.asarray(arr), series.axes, path)
-            n = planes.shape[0]
+            pages = list(series.pages) if hasattr(series, "pages") else []
+            one_plane_per_page = (len(pages) > 1 and "S" not in series.axes
+                                  and all(p is not None and p.shape == pages[0].shape
+                                          and len(p.shape) == 2 for p in pages))
+            if one_plane_per_page and start > 0:
+                # a long multi-page file read from slice `start`: decode only the pages needed
+                n = len(pages)
+                check_image_shape(pages[0].shape, "TIFF image")
+                planes = [None] * start + [p.asarray() for p in pages[start:]]
+            else:
+                arr = series.asarray()
+                planes = _to_planes(np.asarray(arr), series.axes, path)
+                n = planes.shape[0]
             obj = _emstream_json(page, tif.imagej_metadata if tif.is_imagej else None)
             t_acq = _t_acq(tif, page, obj, n)
     except UnreadableFile:

@@ -15,8 +15,10 @@ Calibration sources, first match wins (``Calibration.detail`` names the one used
 **The plain TIFF resolution tag is never used on its own.** XResolution/ResolutionUnit describe
 printing (72 dpi, FEI's 64 dpi, 96 dpi navigation-camera shots ...) unless a microscope/ImageJ
 context above says what they mean; a file with only those tags is *uncalibrated*, and the
-``detail`` says that the tag was ignored. Likewise RosettaSciIO's generic fallbacks (FEI
-navigation camera ``HFW / ResolutionX``, Olympus SIS on a secondary page) are not trusted.
+``detail`` says that the tag was ignored. Likewise RosettaSciIO's generic fallbacks are not
+trusted: FEI navigation-camera images (no ``[Scan]`` section; RosettaSciIO divides the IR-beam
+field width by the pixel count) and the undocumented Olympus SIS tag (its value is kept in the
+metadata as ``olympus_sis_pixel_size_m`` so an operator can pass it as an override).
 
 Pages: the first grey-level series becomes the frames (``IYX``/``ZYX``/``TYX`` ... -> one frame
 per plane). RGB: a grey image stored as RGB (all channels equal) becomes its first channel; a
@@ -318,8 +320,11 @@ def _calibrate(tif: tifffile.TiffFile, page, path: Path, md: dict[str, Any]
     for p in tif.pages:
         if p is not None and 33560 in p.tags:
             md["vendor"] = "Olympus SIS"
-            return Calibration.none("Olympus SIS tag on a secondary page not trusted; "
-                                    + _resolution_note(page)), []
+            sis = p.tags[33560].value
+            if isinstance(sis, dict):  # recorded for the operator, not used: see module docstring
+                md["olympus_sis_pixel_size_m"] = [sis.get("pixelsizey"), sis.get("pixelsizex")]
+            return Calibration.none("Olympus SIS tag is undocumented and not a trusted "
+                                    "calibration source; " + _resolution_note(page)), []
     return Calibration.none(_resolution_note(page)), []
 
 

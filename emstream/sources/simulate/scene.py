@@ -165,6 +165,15 @@ class _Sinter:
     progress: float = 0.0
 
 
+def _wrap_crop(tex: np.ndarray, r0: int, c0: int, h: int, w: int) -> np.ndarray:
+    """``tex[r0:r0+h, c0:c0+w]`` on a torus (slices, plus one concatenation at a seam)."""
+    Hc, Wc = tex.shape
+    rows = tex[r0:r0 + h] if r0 + h <= Hc else np.concatenate([tex[r0:], tex[: r0 + h - Hc]])
+    if c0 + w <= Wc:
+        return rows[:, c0:c0 + w]
+    return np.concatenate([rows[:, c0:], rows[:, : c0 + w - Wc]], axis=1)
+
+
 def _nice_length(target_nm: float) -> float:
     exp = 10 ** math.floor(math.log10(max(target_nm, 1e-6)))
     for m in (5, 2, 1):
@@ -203,11 +212,9 @@ class Microscope:
             mottle_amp=0.02, mottle_sigma=min(H, W) / 40, halo_amp=cfg.halo_amp if cfg.mode == "bf"
             else 0.0, halo_sigma=1.5, gradient=(cfg.gradient, float(self.rng.uniform(0, 6.28))),
             vignette=cfg.vignette)
-        # periodic textures tiled to canvas + frame so any drifted crop is a plain slice
-        reps = (slice(0, self.canvas[0] + H), slice(0, self.canvas[1] + W))
-        self._grain_tex = np.tile(periodic_band_noise(self.rng, self.canvas, 1.0), (2, 2))[reps]
-        self._mottle_tex = np.tile(periodic_band_noise(
-            self.rng, self.canvas, max(min(H, W) / 40, 2.0)), (2, 2))[reps]
+        # periodic textures on the sample torus: a drifted crop wraps around
+        self._grain_tex = periodic_band_noise(self.rng, self.canvas, 1.0)
+        self._mottle_tex = periodic_band_noise(self.rng, self.canvas, max(min(H, W) / 40, 2.0))
         self._hole = None
         if cfg.hole:
             rad = 1.5 * max(H, W)
@@ -405,7 +412,7 @@ class Microscope:
         Hc, Wc = self.canvas
         oy, ox = (int(round(v)) for v in self.offset)
         r0, c0 = (-oy) % Hc, (-ox) % Wc
-        return (self._grain_tex[r0:r0 + H, c0:c0 + W], self._mottle_tex[r0:r0 + H, c0:c0 + W])
+        return _wrap_crop(self._grain_tex, r0, c0, H, W), _wrap_crop(self._mottle_tex, r0, c0, H, W)
 
     def _overlays(self, image: np.ndarray) -> Overlays:
         cfg = self.config

@@ -33,12 +33,13 @@ Injected bad files (``inject_bad=True``; spread over the session, each kind at l
 Manifest ``simulator-manifest.jsonl`` (one JSON object per line, appended and flushed when the
 file or slice it describes is complete):
 
-- per frame/file: ``file`` (relative to ``out_dir``), ``slice`` (index in the MRC stack or
+- per frame/file: ``kind`` (``"frame"``, or ``"bad"`` for an injected bad file), ``file``
+  (relative to ``out_dir``), ``slice`` (index in the MRC stack or
   ``null``), ``seq`` (simulator frame number; ``null`` for injected bad files), ``t_acq``,
   ``write_mode``, ``nm_per_px``, ``imaging`` (``bf``/``haadf``), ``shape`` [h, w],
   ``status`` (``"ok"`` or ``"quarantined"``), ``defect`` (``null`` or the injected kind),
   ``particles`` (truth list, see :class:`.scene.SimFrame`).
-- last line: ``{"event": "end", "frames": good frames written, "bad_files": n,
+- last line: ``{"kind": "end", "event": "end", "frames": good frames written, "bad_files": n,
   "stopped": bool, "t_end": ..., "seed": ..., "modes": [...]}``.
 """
 
@@ -221,7 +222,7 @@ def write_session(
             frame = scope.next_frame(t_acq=time.time())
             mode = modes[i % len(modes)]
             rec: dict[str, Any] = {
-                "file": None, "slice": None, "seq": frame.seq, "t_acq": frame.t_acq,
+                "kind": "frame", "file": None, "slice": None, "seq": frame.seq, "t_acq": frame.t_acq,
                 "write_mode": mode, "nm_per_px": frame.nm_per_px, "imaging": frame.mode,
                 "shape": list(frame.image.shape), "status": "ok", "defect": None,
                 "particles": frame.particles,
@@ -252,7 +253,7 @@ def write_session(
             if kind is not None:
                 _write_bad(out, kind, i, frame, last_tiff, rng, record)
                 n_bad += 1
-        record({"event": "end", "frames": n_good, "bad_files": n_bad,
+        record({"kind": "end", "event": "end", "frames": n_good, "bad_files": n_bad,
                 "stopped": stop.is_set() or n_good < frames, "t_end": time.time(),
                 "seed": seed, "modes": list(modes)})
     return manifest
@@ -261,7 +262,8 @@ def write_session(
 def _write_bad(out: Path, kind: str, i: int, frame: SimFrame, last_tiff: bytes | None,
                rng: np.random.Generator, record: Callable[[dict[str, Any]], None]) -> None:
     rec: dict[str, Any] = {
-        "file": None, "slice": None, "seq": None, "t_acq": time.time(), "write_mode": "bad",
+        "kind": "bad", "file": None, "slice": None, "seq": None, "t_acq": time.time(),
+        "write_mode": "bad",
         "nm_per_px": frame.nm_per_px, "imaging": frame.mode, "shape": list(frame.image.shape),
         "status": "quarantined", "defect": kind, "particles": [],
     }

@@ -98,3 +98,13 @@ def test_ser_without_ncempy_says_how_to_install(shared_data, monkeypatch):
     check_complete(path)  # the completeness check needs no GPL library
     with pytest.raises(UnreadableFile, match=r"install emstream\[formats\].*TIA SER"):
         read_frames(path)
+
+
+def test_format_report_lists_every_reader():
+    from emstream.sources.readers import format_report
+
+    rows = format_report()
+    names = " ".join(r["name"] for r in rows)
+    for word in ("TIFF", "MRC", "EMD", "DM3", "SER"):
+        assert word in names
+    assert all(isinstance(r["available"], bool) and r["detail"] for r in rows)

@@ -49,6 +49,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "check_complete",
     "detect_format",
+    "format_report",
     "is_supported",
     "length_to_nm",
     "read_frames",
@@ -106,6 +107,35 @@ def detect_format(path: str | os.PathLike[str]) -> str | None:
     if suffix in (".h5", ".hdf5"):
         return "emd"
     return _SUFFIX_FORMAT.get(suffix)
+
+
+def format_report() -> list[dict[str, object]]:
+    """Which formats this installation reads, for ``emstream doctor``.
+
+    Returns a list of ``{"name", "available", "detail"}``; looks packages up without importing
+    them (ncempy and RosettaSciIO are slow to import).
+    """
+    import importlib.util
+
+    def have(mod: str) -> bool:
+        try:
+            return importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            return False
+
+    ncempy, rsciio = have("ncempy"), have("rsciio")
+    hint = "install emstream[formats] (ncempy, rosettasciio; GPL-3.0)"
+    return [
+        {"name": "TIFF (ImageJ, FEI/TFS, TVIPS, DM export, Zeiss, OME, emstream)",
+         "available": have("tifffile"), "detail": "tifffile"},
+        {"name": "JEOL SightX TIFF calibration", "available": rsciio,
+         "detail": "rosettasciio" if rsciio else f"frames read, uncalibrated: {hint}"},
+        {"name": "MRC / MRCS", "available": have("mrcfile"), "detail": "mrcfile"},
+        {"name": "Velox EMD, Berkeley EMD", "available": have("h5py"), "detail": "h5py"},
+        {"name": "DM3 / DM4", "available": ncempy or rsciio,
+         "detail": "ncempy" if ncempy else ("rosettasciio" if rsciio else hint)},
+        {"name": "TIA SER (+ EMI)", "available": ncempy, "detail": "ncempy" if ncempy else hint},
+    ]
 
 
 def _looks_like_dm(head: bytes) -> bool:

@@ -545,6 +545,8 @@ def demo(
     frames: Annotated[int, typer.Option(min=1, help="Frames the simulator writes before the demo ends.")] = 120,
     fps: Annotated[float, typer.Option(min=0.1, help="Simulated frames per second.")] = 3.0,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 0,
+    size: Annotated[int, typer.Option(min=64, max=8192, help="Frame size (px, square).")] = 512,
+    inject_bad: Annotated[bool, typer.Option("--inject-bad", help="Also write bad files (quarantined).")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Keep the simulated frames here (default: a temporary folder).")] = None,
     session_dir: SessionDirOpt = None,
     segmenter: SegmenterOpt = SegmenterKind.auto,
@@ -557,7 +559,8 @@ def demo(
 ) -> None:
     """Simulated microscope + folder monitor in one process, with a live view."""
     try:
-        from emstream.sources.simulate import run_simulate
+        from emstream.sources.simulate.scene import SceneConfig
+        from emstream.sources.simulate.writers import write_session
     except ImportError as exc:
         raise _missing("the simulator", exc) from exc
     from emstream.sources.folder import FolderSource
@@ -574,14 +577,16 @@ def demo(
 
     def simulate_thread() -> None:
         try:
-            run_simulate(out=acq, frames=frames, fps=fps, seed=seed, stop=stop)
+            write_session(acq, frames=frames, fps=fps, seed=seed, stop=stop, inject_bad=inject_bad,
+                          config=SceneConfig(shape=(size, size), fps=fps))
         except BaseException as exc:  # noqa: BLE001
             sim_error.append(exc)
 
     sim = threading.Thread(target=simulate_thread, name="simulator", daemon=True)
     opts = RunOptions(session_dir, None, None, segmenter.value, backend.value, rules, publish, "all",
                       gui, screenshot, report,
-                      extra={"demo": {"frames": frames, "fps": fps, "seed": seed, "folder": str(acq)}})
+                      extra={"demo": {"frames": frames, "fps": fps, "seed": seed, "size": size,
+                                     "inject_bad": inject_bad, "folder": str(acq)}})
 
     def make(ledger: Any) -> Any:
         sim.start()
@@ -611,43 +616,45 @@ def demo(
     raise typer.Exit(rc)
 
 
-def _manifest_frames(folder: Path) -> int | None:
-    """Number of frames the simulator says it wrote (from its manifest), if it left one."""
+def manifest_counts(folder: Path) -> dict[str, int] | None:
+    """Frames per expected status in the simulator's manifest (``None`` without a manifest)."""
     m = folder / "simulator-manifest.jsonl"
     if not m.exists():
         return None
-    n = 0
+    counts = {"ok": 0, "quarantined": 0}
     for line in m.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        if rec.get("kind", "frame") == "frame" and not rec.get("bad"):
-            n += 1
-    return n
+        if "event" in rec or rec.get("status") not in counts:
+            continue
+        counts[rec["status"]] += 1
+    return counts
 
 
 def _check_demo_counts(acq: Path, session_dir: Path | None) -> int:
+    """Compare the session's ledger with what the simulator says it wrote; 1 on mismatch."""
     if session_dir is None:
         return 0
     from emstream.sinks.ledger import connect_readonly
 
-    want = _manifest_frames(acq)
-    try:
-        con = connect_readonly(session_dir)
-        ok = con.execute("SELECT COUNT(*) FROM frames WHERE status='ok'").fetchone()[0]
-        con.close()
-    except Exception:  # noqa: BLE001
-        return 0
+    want = manifest_counts(acq)
     if want is None:
         return 0
-    if ok == want:
-        err.print(f"[green]ledger matches the simulator:[/] {ok} frames ok")
+    try:
+        con = connect_readonly(session_dir)
+        got = dict(con.execute("SELECT status, COUNT(*) FROM frames GROUP BY status").fetchall())
+        con.close()
+    except Exception as exc:  # noqa: BLE001
+        err.print(f"[red]cannot read the ledger:[/] {exc}")
+        return 1
+    got = {k: int(got.get(k, 0)) for k in want}
+    if got == want:
+        err.print(f"[green]ledger matches the simulator:[/] {got['ok']} frames ok, "
+                  f"{got['quarantined']} quarantined")
         return 0
-    err.print(f"[red]ledger does not match the simulator:[/] {ok} ok vs {want} written")
+    err.print(f"[red]ledger does not match the simulator:[/] ledger {got} vs simulator {want}")
     return 1
 
 

@@ -284,10 +284,6 @@ class FolderSource:
             c.incomplete_reason = exc.reason
             if now - c.incomplete_since >= self.quarantine_after_s:
                 self._quarantine_pending(path, c, f"incomplete for {self.quarantine_after_s:g} s: {exc.reason}")
-            elif path.lower().endswith(STACK_SUFFIXES):
-                # a growing stack: complete slices can still be read
-                c.queued = True
-                self._ready.append(path)
             return
         except UnreadableFile as exc:
             self._quarantine_pending(path, c, exc.reason)

@@ -255,11 +255,77 @@ def build_review_window(review) -> MonitorWindow:
     win.alerts_panel.acknowledge_all()
     browser = SnapshotBrowser(win.frame_view, review.snapshots)
     win.snapshot_browser = browser
-    win.centralWidget().layout().insertWidget(1, browser)
+    if review.snapshots:
+        win.centralWidget().layout().insertWidget(1, browser)
+    else:  # no pixels to show: the frame panel becomes the session summary
+        win.frame_group.hide()
+        win.main_splitter.insertWidget(0, session_summary(review))
+        win.main_splitter.setSizes([560, 0, 1120])
     for act in (win.act_pause, win.act_back, win.act_forward, win.act_live):
         act.setEnabled(False)
+    win.size_panel.cb_frame.setChecked(False)
+    win.size_panel.cb_frame.setVisible(False)
     win.refresh_all()
     return win
+
+
+def session_summary(review) -> QtWidgets.QWidget:
+    """A panel of the session's facts for review mode (when there are no snapshots to show)."""
+    import math
+    import time as _time
+
+    from emstream.gui.session_stats import quantiles_from_counts
+
+    st = review.statistics
+    counts = st.counts()
+    sess, _ = st.histogram_snapshot("equivalent_diameter_nm")
+    from emstream.gui.session_stats import QUANTITIES
+
+    q = quantiles_from_counts(sess, QUANTITIES["equivalent_diameter_nm"].edges)
+    qs = " / ".join(f"{v:.3g}" if math.isfinite(v) else "–" for v in q)
+    info = review.info
+    d = review.stats()
+    t_start = info.get("t_start")
+    started = (
+        _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(float(t_start)))
+        if isinstance(t_start, (int, float))
+        else "–"
+    )
+    mins = review.duration_s / 60.0
+    unit = st.unit or "nm"
+    rows = [
+        ("Session folder", str(review.session_dir)),
+        ("Source", d["source"] or "–"),
+        ("Segmenter / backend", d["backend"] or "–"),
+        ("Started", started),
+        ("Acquisition span", f"{mins:.1f} min" if mins else "–"),
+        ("Frames processed", f"{d['processed']:,}"),
+        ("Quarantined / skipped", f"{d['quarantined']:,} / {d['skipped']:,}"),
+        ("Particles measured", f"{counts['particles']:,}"),
+        (f"D10 / D50 / D90 ({unit})", qs),
+        ("Alerts", f"{len(review.alerts):,}"),
+    ]
+    html = (
+        "<table cellspacing='0' cellpadding='5'>"
+        + "".join(
+            f"<tr><td style='color:{theme.TEXT_DIM}'>{k}</td><td><b>{v}</b></td></tr>"
+            for k, v in rows
+        )
+        + "</table>"
+    )
+    label = QtWidgets.QLabel(
+        f"<h2 style='margin:0'>Session review</h2>{html}"
+        f"<p style='color:{theme.TEXT_DIM}'>Frames are not stored in the ledger and this session "
+        "saved no snapshots; the plots cover every processed frame.</p>"
+    )
+    label.setTextFormat(QtCore.Qt.TextFormat.RichText)
+    label.setWordWrap(True)
+    label.setAlignment(QtCore.Qt.AlignmentFlag.AlignTop | QtCore.Qt.AlignmentFlag.AlignLeft)
+    label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+    box = QtWidgets.QGroupBox("Session")
+    lay = QtWidgets.QVBoxLayout(box)
+    lay.addWidget(label)
+    return box
 
 
 def _silent(a: Alert) -> Alert:

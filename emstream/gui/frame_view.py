@@ -222,11 +222,7 @@ class FrameView(QtWidgets.QWidget):
         self.scale_bar.setParentItem(self.vb)
         self.scale_bar.anchor((0, 0), (1, 1), offset=(-24, -20))
 
-        self.placeholder = pg.TextItem(
-            "Waiting for the first processed frame …", color=theme.TEXT_DIM, anchor=(0.5, 0.5)
-        )
-        self.placeholder.setPos(0.5, 0.5)
-        self.vb.addItem(self.placeholder)
+        self.scale_bar.setVisible(False)  # until a frame is shown
 
         self.lut = pg.HistogramLUTWidget(image=self.image, orientation="vertical")
         self.lut.setBackground(theme.PANEL_BG)
@@ -235,7 +231,7 @@ class FrameView(QtWidgets.QWidget):
         self.lut.item.setLevels(0, 255)
         self.lut.item.setHistogramRange(0, 255)
 
-        self.caption = QtWidgets.QLabel("no frame yet")
+        self.caption = QtWidgets.QLabel("Waiting for the first processed frame …")
         self.caption.setObjectName("frameCaption")
         self.caption.setTextFormat(QtCore.Qt.TextFormat.RichText)
 
@@ -286,8 +282,6 @@ class FrameView(QtWidgets.QWidget):
         self.image.setImage(u8, autoLevels=False)
         if first:
             self.image.setLevels((0, 255))
-        if self.placeholder.isVisible():
-            self.placeholder.setVisible(False)
         if self._shape != u8.shape:
             self._shape = u8.shape
             self.vb.setRange(QtCore.QRectF(0, 0, u8.shape[1], u8.shape[0]), padding=0.0)
@@ -330,7 +324,6 @@ class FrameView(QtWidgets.QWidget):
         self.outlines = None
         self._draw_outlines()
         self.path_selected.setPath(QtGui.QPainterPath())
-        self.placeholder.setVisible(False)
         self.image.setImage(rgba, autoLevels=False, levels=(0, 255))
         h, w = rgba.shape[:2]
         self._shape = (h, w)

@@ -130,7 +130,7 @@ class SizeDistributionPanel(QtWidgets.QWidget):
             if self.result is not None
             else np.zeros(q.nbins, np.int64)
         )
-        edges, (m_session, m_recent, m_frame) = display_bins([session, recent, frame], q)
+        edges, (m_session, m_recent, m_frame) = display_bins([session, recent, frame], q, 45)
         self.shown = {"edges": edges, "session": m_session, "recent": m_recent, "frame": m_frame}
         norm = self.cb_norm.isChecked()
         log = self.cb_log.isChecked()
@@ -145,36 +145,33 @@ class SizeDistributionPanel(QtWidgets.QWidget):
                 v = np.log10(np.where(v > 0, v, np.nan))
             return v
 
-        for curve, cb, c in (
-            (self.curve_session, self.cb_session, m_session),
-            (self.curve_recent, self.cb_recent, m_recent),
-            (self.curve_frame, self.cb_frame, m_frame),
-        ):
+        series = (
+            (self.curve_session, self.cb_session, y(m_session)),
+            (self.curve_recent, self.cb_recent, y(m_recent)),
+            (self.curve_frame, self.cb_frame, y(m_frame)),
+        )
+        shown = [v[np.isfinite(v)] for _, cb, v in series if cb.isChecked()]
+        finite = np.concatenate(shown) if shown else np.zeros(0)
+        top = float(finite.max()) if finite.size else 1.0
+        if log:
+            floor = (float(finite.min()) if finite.size else 0.0) - 0.5
+            top = max(top, floor + 1.0)
+        else:
+            floor = 0.0
+            top = top if top > 0 else 1.0
+        span = top - floor
+        for curve, cb, v in series:
             curve.setVisible(cb.isChecked())
-            curve.setData(edges, np.nan_to_num(y(c), nan=-1.0) if log else y(c))
-        self.curve_session.setFillLevel(None if log else 0)
+            curve.setData(edges, np.nan_to_num(v, nan=floor) if log else v)
+        self.curve_session.setFillLevel(floor)
         ylabel = "Fraction of particles (%)" if norm else "Particles"
         if log:
             ylabel = f"log₁₀ {ylabel.lower()}"
         self.plot.setLabel("left", ylabel, **_label_style())
         self.plot.setLabel("bottom", q.axis_label(unit), **_label_style())
-        if log:
-            self.plot.setYRange(0, max(1.0, float(np.nanmax(y(m_session), initial=0)) + 0.3))
-        else:
-            self.plot.enableAutoRange(axis="y")
+        self.plot.setYRange(floor, floor + span * 1.25, padding=0)
 
         self.quantiles = quantiles_from_counts(session, q.edges)
-        shown_y = [
-            y(c)
-            for c, cb in (
-                (m_session, self.cb_session),
-                (m_recent, self.cb_recent),
-                (m_frame, self.cb_frame),
-            )
-            if cb.isChecked()
-        ]
-        top = max([float(np.nanmax(v, initial=0.0)) for v in shown_y] + [1e-9])
-        top = top if top > 0 else 1.0
         for line, label, v, name in zip(
             self.qlines, self.qlabels, self.quantiles, ("D10", "D50", "D90"), strict=True
         ):
@@ -182,9 +179,10 @@ class SizeDistributionPanel(QtWidgets.QWidget):
             line.setVisible(ok)
             label.setVisible(ok)
             if ok:
-                line.setData([v, v], [0.0, top * 1.08])
+                line.setData([v, v], [floor, floor + span * 1.12])
                 label.setText(f"{name} {v:.3g}")
-                label.setPos(v, top * 1.16)
+                label.setAnchor((0.5, 0.0))
+                label.setPos(v, floor + span * 1.24)
 
         counts = self.stats.counts()
         u = q.unit(unit)

@@ -120,9 +120,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         right.addWidget(self.lower_tabs)
         right.setSizes([420, 380, 220])
         main = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
-        main.addWidget(group("Frame", self.frame_view))
+        self.frame_group = group("Frame", self.frame_view)
+        main.addWidget(self.frame_group)
         main.addWidget(right)
         main.setSizes([960, 720])
+        self.main_splitter = main
         central = QtWidgets.QWidget()
         lay = QtWidgets.QVBoxLayout(central)
         lay.setContentsMargins(6, 4, 6, 4)
@@ -174,15 +176,26 @@ class MonitorWindow(QtWidgets.QMainWindow):
             return a
 
         self.act_pause = action(
-            "⏸ Pause display",
+            "Pause display",
             "Freeze the display; processing continues",
             "Space",
             self.set_paused,
-            checkable=True,
+            True,
+            SP.SP_MediaPause,
         )
-        self.act_back = action("◀ Back", "Previous displayed frame", "Left", self.step_back)
-        self.act_forward = action("Forward ▶", "Next displayed frame", "Right", self.step_forward)
-        self.act_live = action("⏭ Live", "Jump to the newest frame", "End", self.go_live)
+        self.act_back = action(
+            "Back", "Previous displayed frame", "Left", self.step_back, icon=SP.SP_MediaSeekBackward
+        )
+        self.act_forward = action(
+            "Forward",
+            "Next displayed frame",
+            "Right",
+            self.step_forward,
+            icon=SP.SP_MediaSeekForward,
+        )
+        self.act_live = action(
+            "Live", "Jump to the newest frame", "End", self.go_live, icon=SP.SP_MediaSkipForward
+        )
         tb.addSeparator()
         self.act_outlines = action(
             "Outlines", "Show particle outlines", "O", self.frame_view.set_show_outlines, True

@@ -390,7 +390,7 @@ def test_screenshot_states(window_factory, artifacts_dir, rng, qtbot):
                 nm_per_px=0.4,
             )
             sink.frame_done(as_record(r))
-        qtbot.waitUntil(lambda: sink.statistics.counts()["frames_ok"] == 40, timeout=10_000)
+        qtbot.waitUntil(lambda s=sink: s.statistics.counts()["frames_ok"] == 40, timeout=10_000)
         win.refresh_all()
         assert win.frame_view.outlines_drawn == win.frame_view.result.summary.count
         p = save_screenshot(win, artifacts_dir / name)
@@ -406,6 +406,6 @@ def test_screenshot_states(window_factory, artifacts_dir, rng, qtbot):
                 )
             )
             sink.alert(Alert("coverage above 8 %", "critical", 39, "coverage 8.4 % ≥ 8 %"))
-            qtbot.waitUntil(lambda: win.alerts_panel.total == 2, timeout=5000)
+            qtbot.waitUntil(lambda w=win: w.alerts_panel.total == 2, timeout=5000)
             save_screenshot(win, artifacts_dir / "gui_alerts_firing.png")
         win.close()

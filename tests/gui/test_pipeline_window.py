@@ -1,0 +1,204 @@
+"""The window driven by the real pipeline (simulated microscope → ledger + GUI), then reviewed."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+pipeline_mod = pytest.importorskip("emstream.pipeline")
+pytest.importorskip("emstream.process.prepare")
+pytest.importorskip("emstream.sinks.ledger")
+scene = pytest.importorskip("emstream.sources.simulate.scene")
+
+RULES = """
+[[rules]]
+name = "large particles"
+severity = "warning"
+particles.equivalent_diameter_nm = {min = 9.0}
+min_count = 3
+cooldown_s = 4
+actions = ["banner", "sound", "log"]
+"""
+
+
+def _key(a: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+
+
+class SimulatedSource:
+    """Frames from engineer A's simulated microscope, as a stream source would deliver them."""
+
+    def __init__(self, sims):
+        self.sims = sims
+
+    def frames(self, stop):
+        from emstream.frame import Calibration, Frame
+
+        for i, s in enumerate(self.sims):
+            if stop.is_set():
+                return
+            cal = Calibration((s.nm_per_px, s.nm_per_px), "stream", "simulator header")
+            yield Frame(s.image, f"sim/run/{i}", s.t_acq, time.time(), cal, -1, {"mode": s.mode})
+
+    def describe(self) -> str:
+        return "simulated microscope (test)"
+
+    def close(self) -> None:
+        pass
+
+
+class TruthSegmenter:
+    """Returns the simulator's ground-truth instances (the segmenter itself is tested elsewhere)."""
+
+    name = "ground-truth"
+
+    def __init__(self, sims):
+        self.by_image = {_key(s.image): s.labels for s in sims}
+
+    def segment(self, prepared):
+        return self.by_image[_key(prepared.raw)]
+
+
+def _simulate(n: int, mode: str, seed: int):
+    cfg = scene.SceneConfig(
+        shape=(384, 384),
+        nm_per_px=0.3,
+        mode=mode,
+        fps=2.0,
+        coverage_start=0.05,
+        coverage_end=0.15,
+        ramp_frames=n,
+    )
+    mic = scene.Microscope(cfg, seed=seed)
+    return [mic.next_frame() for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def finished_session(tmp_path_factory, artifacts_dir):
+    """Run 30 simulated frames through Pipeline(ledger + GUI) inside run_monitor_window."""
+    from emstream.gui.app import run_monitor_window
+    from emstream.process.rules import RuleEngine, RuleSet
+    from emstream.sinks.base import Session
+    from emstream.sinks.ledger import Ledger
+
+    session_dir = tmp_path_factory.mktemp("session")
+    sims = _simulate(30, "bf", seed=7)
+    engine = RuleEngine(RuleSet.from_toml_text(RULES))
+    box = {}
+
+    def start(sinks):
+        p = pipeline_mod.Pipeline(
+            SimulatedSource(sims),
+            TruthSegmenter(sims),
+            [Ledger(session_dir), *sinks],
+            session=Session(session_dir, "", ""),
+            rules=engine,
+            policy="all",
+        )
+        box["pipeline"] = p
+        return p.start()
+
+    shot = artifacts_dir / "gui_pipeline_finished.png"
+    rc = run_monitor_window(
+        start,
+        stats=lambda: box["pipeline"].stats,
+        screenshot=shot,
+        exit_when="finished",
+        rules=engine,
+        on_window=lambda w: box.setdefault("window", w),
+    )
+    assert rc == 0
+    assert box["pipeline"].join(30)
+    return session_dir, box["window"], sims, shot
+
+
+def test_histogram_counts_equal_ledger(finished_session):
+    from emstream.gui.session_stats import QUANTITIES
+
+    session_dir, win, sims, shot = finished_session
+    con = sqlite3.connect(f"file:{session_dir / 'ledger.sqlite'}?mode=ro", uri=True)
+    n_frames = con.execute("SELECT COUNT(*) FROM frames WHERE status='ok'").fetchone()[0]
+    n_particles = con.execute("SELECT COUNT(*) FROM particles").fetchone()[0]
+    per_frame = con.execute("SELECT count FROM frames WHERE status='ok' ORDER BY seq").fetchall()
+    n_alerts = con.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+    con.close()
+    assert n_frames == len(sims) == 30
+    st = win.statistics
+    assert st.counts()["frames_ok"] == n_frames
+    assert st.counts()["particles"] == n_particles == sum(len(s.particles) for s in sims)
+    for col in QUANTITIES:
+        session, _ = st.histogram_snapshot(col)
+        assert session.sum() + st.out_of_range(col) == n_particles, col
+    trend = st.trend_snapshot()
+    assert list(trend["count"].astype(int)) == [c for (c,) in per_frame]
+    # overlays drawn on the last displayed frame == particles measured on it
+    assert win.frame_view.outlines_drawn == win.frame_view.result.summary.count
+    assert win.frame_view.result.seq == 29  # the display ended on the newest frame
+    # every alert of the session reached the panel
+    assert n_alerts >= 1
+    assert win.alerts_panel.total == n_alerts
+    assert shot.is_file()
+
+
+def test_review_session_shows_ledger(finished_session, artifacts_dir):
+    from emstream.gui.app import view_session
+    from emstream.gui.review import load_session
+
+    session_dir, win, sims, _ = finished_session
+    review = load_session(session_dir)
+    live = win.statistics
+    assert review.statistics.counts()["particles"] == live.counts()["particles"]
+    a, _ = review.statistics.histogram_snapshot("equivalent_diameter_nm")
+    b, _ = live.histogram_snapshot("equivalent_diameter_nm")
+    assert np.array_equal(a, b)
+    assert len(review.alerts) == win.alerts_panel.total
+    box = {}
+    shot = artifacts_dir / "gui_review_session.png"
+    assert view_session(session_dir, shot, on_window=lambda w: box.setdefault("w", w)) == 0
+    assert shot.is_file()
+    w = box["w"]
+    assert w.alerts_panel.total == len(review.alerts)
+    assert "REVIEW" in w.mode_label.text()
+    assert w.trends_panel.points == 30
+
+
+def test_view_session_without_ledger_is_a_usage_error(tmp_path):
+    from emstream.gui.app import view_session
+
+    assert view_session(tmp_path) == 2
+
+
+def test_haadf_pipeline_screenshot(artifacts_dir, tmp_path):
+    """HAADF (bright particles) through the same path, for people to look at."""
+    from emstream.gui.app import run_monitor_window
+    from emstream.sinks.base import Session
+
+    sims = _simulate(12, "haadf", seed=3)
+    box = {}
+
+    def start(sinks):
+        p = pipeline_mod.Pipeline(
+            SimulatedSource(sims),
+            TruthSegmenter(sims),
+            sinks,
+            session=Session(tmp_path, "", ""),
+        )
+        box["p"] = p
+        return p.start()
+
+    shot = artifacts_dir / "gui_pipeline_haadf.png"
+    run_monitor_window(
+        start,
+        stats=lambda: box["p"].stats,
+        screenshot=shot,
+        exit_when="finished",
+        on_window=lambda w: box.setdefault("w", w),
+    )
+    assert box["w"].statistics.counts()["frames_ok"] == 12
+    assert shot.is_file()

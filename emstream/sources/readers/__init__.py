@@ -17,7 +17,8 @@ TIFF (.tif/.tiff)      tifffile               emstream JSON, FEI [Scan] PixelWid
                                               ImageJ unit+resolution (never the bare
                                               resolution tag)
 JEOL SightX TIFF       tifffile + rsciio      TemReporter XML via RosettaSciIO            GPL (opt.)
-MRC (.mrc/.mrcs/.map)  mrcfile                cella/mxyz (Å), <= 0 = uncalibrated         BSD
+MRC (.mrc/.mrcs/.st    mrcfile                cella/mxyz (Å), <= 0 = uncalibrated;        BSD
+ .ali/.rec/.map)                               3-D maps are NotAnImage
 DM3/DM4                ncempy (rsciio)        ImageData calibrations per axis             GPL (opt.)
 TIA SER (+ .emi)       ncempy                 SER CalibrationDelta (m)                    GPL (opt.)
 Velox EMD              h5py                   BinaryResult.PixelSize + PixelUnitX/Y        BSD

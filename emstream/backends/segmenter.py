@@ -1,0 +1,146 @@
+"""``LearnedSegmenter``: the network (through any backend) + watershed post-processing.
+
+Per frame:
+
+1. **Normalise** the frame's native pixels (``prepared.raw``, first channel if RGB) with
+   :func:`emstream.backends.normalize.normalize_image`, percentiles over ``prepared.valid``
+   pixels only -- the exact transform used in training.
+2. **Large-frame policy.** The network is fully convolutional and always runs at the frame's
+   *native* pixel size (no down-scaling by default, so a 4 px particle on a 4096² frame stays
+   4 px). Frames whose longer side is at most ``max_side`` (2048 on the CPU, 4096 on CUDA) run
+   in one piece, padded (reflect) to a multiple of 16. Larger frames are cut into ``tile`` x
+   ``tile`` tiles (default 1024) that overlap by ``2 * margin`` px (default margin 64); each
+   tile contributes only its interior (the outer ``margin`` px are discarded, except at the
+   frame edge), and the *maps* -- not labels -- are stitched, so the watershed runs once on the
+   whole frame and particles crossing tile borders are never cut or duplicated. An optional
+   ``scale`` < 1 (e.g. 0.5) resamples frames whose particles are all large (tens of px) for
+   speed; maps are resampled back to full size before post-processing.
+3. **Instances** from the two maps with
+   :func:`emstream.process.instances.instances_from_maps` (markers from the normalised distance,
+   watershed inside the particle mask), pixels outside ``prepared.valid`` are 0.
+
+Thresholds come from the model's ``.json`` sidecar (``threshold``, ``marker_threshold``,
+``min_area_px``) and can be overridden.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from emstream.backends.base import InferenceBackend
+from emstream.backends.normalize import normalize_image
+from emstream.frame import Prepared
+from emstream.process.instances import instances_from_maps
+
+SIZE_MULTIPLE = 16
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def tile_starts(length: int, tile: int, margin: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` px covering ``length`` px, overlapping by ``2*margin``."""
+    if length <= tile:
+        return [0]
+    step = tile - 2 * margin
+    if step <= 0:
+        raise ValueError(f"tile ({tile}) must exceed twice the margin ({margin})")
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+class LearnedSegmenter:
+    """A :class:`~emstream.process.segmenter.Segmenter` running the learned network.
+
+    Parameters
+    ----------
+    backend : an :class:`~emstream.backends.base.InferenceBackend`.
+    model_card_info : the model's sidecar facts (``arch``, ``threshold``, ``marker_threshold``,
+        ``min_area_px``, ...); missing keys take defaults.
+    max_side, tile, margin, scale : large-frame policy (module docstring).
+    """
+
+    def __init__(self, backend: InferenceBackend, model_card_info: dict | None = None, *,
+                 max_side: int | None = None, tile: int = 1024, margin: int = 64,
+                 scale: float = 1.0, threshold: float | None = None,
+                 marker_threshold: float | None = None, min_area_px: int | None = None):
+        info = dict(model_card_info or {})
+        self.backend = backend
+        self.info = info
+        self.arch = str(info.get("arch", "unet-s"))
+        self.name = f"{self.arch}@{backend.describe()}"
+        on_gpu = "cuda" in backend.device.lower() or backend.name == "tensorrt"
+        self.max_side = int(max_side or (4096 if on_gpu else 2048))
+        self.tile = int(tile)
+        self.margin = int(margin)
+        if self.tile % SIZE_MULTIPLE:
+            raise ValueError(f"tile must be a multiple of {SIZE_MULTIPLE}")
+        self.scale = float(scale)
+        self.threshold = float(threshold if threshold is not None else info.get("threshold", 0.5))
+        self.marker_threshold = float(marker_threshold if marker_threshold is not None
+                                      else info.get("marker_threshold", 0.5))
+        self.min_area_px = int(min_area_px if min_area_px is not None
+                               else info.get("min_area_px", 4))
+
+    # -- network -------------------------------------------------------------------------
+    def _run_padded(self, img: np.ndarray) -> np.ndarray:
+        """Logit maps (2 x h x w) of one image of any size (reflect-padded to a multiple of 16)."""
+        h, w = img.shape
+        ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+        if ph or pw:
+            mode = "reflect" if (h > ph and w > pw) else "edge"
+            img = np.pad(img, ((0, ph), (0, pw)), mode=mode)
+        out = self.backend.run(img[None, None])["maps"][0]
+        return out[:, :h, :w]
+
+    def maps(self, image: np.ndarray) -> np.ndarray:
+        """Logit maps (2 x H x W) of a normalised image, with the large-frame policy applied."""
+        h, w = image.shape
+        if self.scale != 1.0:
+            sh, sw = max(16, round(h * self.scale)), max(16, round(w * self.scale))
+            small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+            m = self._maps_native(small)
+            return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in m])
+        return self._maps_native(image)
+
+    def _maps_native(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape
+        if max(h, w) <= self.max_side:
+            return self._run_padded(image)
+        out = np.empty((2, h, w), np.float32)
+        t, m = self.tile, self.margin
+        for y0 in tile_starts(h, t, m):
+            for x0 in tile_starts(w, t, m):
+                tile = self._run_padded(image[y0:y0 + t, x0:x0 + t])
+                th, tw = tile.shape[1:]
+                # keep the interior; at the frame edge keep up to the edge
+                ya = 0 if y0 == 0 else m
+                xa = 0 if x0 == 0 else m
+                yb = th if y0 + th >= h else th - m
+                xb = tw if x0 + tw >= w else tw - m
+                out[:, y0 + ya:y0 + yb, x0 + xa:x0 + xb] = tile[:, ya:yb, xa:xb]
+        return out
+
+    # -- Segmenter protocol ----------------------------------------------------------------
+    def segment(self, prepared: Prepared) -> np.ndarray:
+        raw = prepared.raw
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        valid = prepared.valid
+        img = normalize_image(raw, valid=valid)
+        logits = self.maps(img)
+        return instances_from_maps(
+            logits[0], logits[1], valid=valid, threshold=_logit(self.threshold),
+            marker_threshold=_logit(self.marker_threshold), min_area_px=self.min_area_px)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __repr__(self) -> str:
+        return f"LearnedSegmenter({self.name!r})"

@@ -1,0 +1,96 @@
+"""instances_from_maps: markers from the distance map, watershed inside the particle mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage as ndi
+
+from emstream.process.instances import instances_from_maps
+
+
+def disks(shape, specs):
+    """Truth labels and ideal maps (foreground, per-particle normalised distance) for disks."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx, r) in enumerate(specs, start=1):
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (labels == 0)] = i
+    dist = np.zeros(shape, np.float32)
+    for i in range(1, len(specs) + 1):
+        d = ndi.distance_transform_edt(labels == i)
+        if d.max() > 0:
+            dist[labels == i] = (d / d.max())[labels == i]
+    return labels, (labels > 0).astype(np.float32), dist
+
+
+def test_two_touching_disks_are_split():
+    truth, fg, dist = disks((80, 120), [(40, 40, 20), (40, 78, 19)])
+    assert ndi.label(fg > 0.5)[1] == 1  # one blob for a threshold
+    out = instances_from_maps(fg, dist)
+    assert out.dtype == np.int32 and out.max() == 2
+    for k in (1, 2):
+        t = truth == k
+        best = max(np.logical_and(t, out == j).sum() / np.logical_or(t, out == j).sum()
+                   for j in (1, 2))
+        assert best > 0.9
+
+
+def test_empty_maps_give_no_particles():
+    z = np.zeros((32, 48), np.float32)
+    out = instances_from_maps(z, z)
+    assert out.shape == (32, 48) and out.dtype == np.int32 and out.max() == 0
+
+
+def test_valid_mask_zeroes_banner_pixels():
+    truth, fg, dist = disks((64, 64), [(20, 20, 8), (50, 50, 10)])
+    valid = np.ones_like(fg, bool)
+    valid[40:] = False  # a data bar over the second particle
+    out = instances_from_maps(fg, dist, valid=valid)
+    assert out[~valid].max() == 0
+    assert out.max() == 1
+
+
+def test_blob_without_marker_still_becomes_a_particle():
+    fg = np.zeros((40, 40), np.float32)
+    fg[10:14, 10:14] = 1
+    sep = np.zeros_like(fg)  # distance map never crosses the marker threshold
+    out = instances_from_maps(fg, sep, min_area_px=4)
+    assert out.max() == 1 and (out > 0).sum() == 16
+
+
+def test_min_area_drops_specks_and_renumbers():
+    truth, fg, dist = disks((64, 64), [(10, 10, 1.5), (40, 40, 10)])
+    out = instances_from_maps(fg, dist, min_area_px=20)
+    assert out.max() == 1
+    assert out[40, 40] == 1
+
+
+def test_logit_maps_with_logit_thresholds_give_the_same_labels():
+    truth, fg, dist = disks((70, 90), [(30, 30, 14), (30, 56, 13), (60, 70, 6)])
+    rng = np.random.default_rng(0)
+    p_fg = np.clip(fg * 0.9 + rng.uniform(0, 0.1, fg.shape), 1e-4, 1 - 1e-4).astype(np.float32)
+    p_d = np.clip(dist * 0.98 + 0.01, 1e-4, 1 - 1e-4).astype(np.float32)
+    a = instances_from_maps(p_fg, p_d)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    b = instances_from_maps(logit(p_fg), logit(p_d), threshold=0.0, marker_threshold=0.0)
+    assert np.array_equal(a, b)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        instances_from_maps(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(5, 58), st.integers(5, 58), st.integers(2, 9)),
+                min_size=0, max_size=6))
+def test_labels_lie_inside_foreground_and_are_consecutive(specs):
+    truth, fg, dist = disks((64, 64), specs)
+    out = instances_from_maps(fg, dist, min_area_px=1)
+    assert np.all(fg[out > 0] > 0.5)
+    ids = np.unique(out)
+    assert np.array_equal(ids, np.arange(ids.size))  # 0..N without gaps
+    # deterministic
+    assert np.array_equal(out, instances_from_maps(fg, dist, min_area_px=1))

@@ -1,0 +1,260 @@
+"""Build the learned segmenter's training/validation caches and load the real BF-TEM images.
+
+Synthetic samples come from the simulator's training-data generator,
+``emstream.sources.simulate.training.training_sample(rng, size)`` (wide domain randomisation,
+issue 3 item 1). If that module cannot be imported (older checkout), a small built-in renderer
+(:func:`fallback_sample`) stands in and the cache's ``meta.json`` says so.
+
+Each cache is a directory of ``.npz`` shards with, per sample (``size x size``):
+
+- ``image``: float16, the robustly normalised image (:func:`emstream.backends.normalize.normalize_image`);
+- ``fg``: uint8 particle mask; ``dist``: uint8 per-particle normalised distance to the edge x 255;
+- ``labels``: int32 instance truth; ``valid``: uint8 (0 over burned-in banners / scale bars).
+
+Real images (``../shared/data/msa-sintering-train``, CC-BY-4.0, Elemental Microscopy
+doi 10.69761/HDTA8338, GitHub msa-em/microscopy-seg-track) are read from their folder, never
+copied: :func:`load_real` turns each binary mask into instances by connected components.
+
+Usage::
+
+    python tools/make_dataset.py OUT_DIR --n 2000 --seed 1 --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from emstream.backends.normalize import normalize_image  # noqa: E402
+
+REAL_DIR = REPO.parent / "shared" / "data" / "msa-sintering-train"
+
+
+def parse_indices_text(text: str) -> list[int]:
+    """``"10-19"`` / ``"0,2,5-7"`` -> list of ints; ``""`` -> []."""
+    out: list[int] = []
+    for part in filter(None, (t.strip() for t in str(text).split(","))):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+# ----------------------------------------------------------------------------- targets
+def distance_target(labels: np.ndarray) -> np.ndarray:
+    """Per-particle Euclidean distance to the particle's edge, divided by its maximum (0..1)."""
+    out = np.zeros(labels.shape, np.float32)
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        m = labels[sl] == i
+        d = ndi.distance_transform_edt(m)
+        mx = d.max()
+        if mx > 0:
+            out[sl][m] = d[m] / mx
+    return out
+
+
+def targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fg = (labels > 0).astype(np.uint8)
+    dist = np.round(distance_target(labels) * 255).astype(np.uint8)
+    return fg, dist
+
+
+# ----------------------------------------------------------------------------- generators
+def fallback_sample(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Minimal stand-in renderer: BF/HAADF, ellipses and polygons, blur, gradient, Poisson noise."""
+    from skimage.draw import ellipse, polygon
+
+    h = w = size
+    labels = np.zeros((h, w), np.int32)
+    thick = np.zeros((h, w), np.float32)
+    dmin, dmax = 4.0, min(200.0, size * 0.6)
+    n = int(rng.integers(1, 60))
+    k = 0
+    for _ in range(n):
+        d = float(np.exp(rng.uniform(np.log(dmin), np.log(dmax))))
+        if k and rng.random() < 0.3:  # touching a previous particle
+            j = int(rng.integers(1, k + 1))
+            yy, xx = np.nonzero(labels == j)
+            if yy.size == 0:
+                continue
+            a = rng.uniform(0, 2 * np.pi)
+            cy = yy.mean() + np.sin(a) * (np.sqrt(yy.size / np.pi) + d / 2) * 0.95
+            cx = xx.mean() + np.cos(a) * (np.sqrt(yy.size / np.pi) + d / 2) * 0.95
+        else:
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = d / 2
+        if rng.random() < 0.6:
+            asp = rng.uniform(1.0, 1.6) if rng.random() < 0.7 else rng.uniform(2, 4)
+            rr, cc = ellipse(cy, cx, r * np.sqrt(asp), r / np.sqrt(asp), (h, w),
+                             rotation=rng.uniform(0, np.pi))
+        else:
+            ns = int(rng.integers(3, 8))
+            t = rng.uniform(0, 2 * np.pi) + np.arange(ns) * 2 * np.pi / ns
+            rr, cc = polygon(cy + r * 1.1 * np.sin(t), cx + r * 1.1 * np.cos(t), (h, w))
+        if rr.size < 3 or (labels[rr, cc] > 0).mean() > 0.1:  # touching yes, piling up no
+            continue
+        k += 1
+        labels[rr, cc] = k
+        dd = np.hypot(rr - cy, cc - cx) / max(r, 1)
+        thick[rr, cc] = np.sqrt(np.clip(1 - 0.8 * dd**2, 0.05, 1)) * rng.uniform(0.5, 1.5)
+    labels = _relabel_connected(labels)
+    grain = ndi.gaussian_filter(rng.normal(size=(h, w)).astype(np.float32), rng.uniform(0.7, 3))
+    carbon = 1 + rng.uniform(0.02, 0.15) * grain / (grain.std() + 1e-6)
+    yy, xx = np.mgrid[0:h, 0:w] / size
+    illum = 1 + rng.uniform(-0.3, 0.3) * yy + rng.uniform(-0.3, 0.3) * xx
+    mode = "bf" if rng.random() < 0.6 else "haadf"
+    contrast = rng.uniform(0.15, 0.8)
+    if mode == "bf":
+        img = illum * carbon * np.exp(-contrast * thick)
+        halo = ndi.gaussian_filter(thick, 2) - ndi.gaussian_filter(thick, 4)
+        img = img * (1 - rng.uniform(0, 0.5) * halo)
+    else:
+        img = illum * (0.3 * carbon + contrast * thick)
+    img = ndi.gaussian_filter(img, rng.uniform(0.3, 2.0))
+    dose = float(np.exp(rng.uniform(np.log(10), np.log(1000))))
+    img = rng.poisson(np.clip(img, 0, None) * dose).astype(np.float32) + 100
+    meta = {"mode": mode, "dose": dose, "generator": "fallback"}
+    return img, labels, meta
+
+
+def _relabel_connected(labels: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(labels)
+    k = 0
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        cc, n = ndi.label(labels[sl] == i)
+        if n == 0:
+            continue
+        big = np.argmax(np.bincount(cc.ravel())[1:]) + 1
+        k += 1
+        out[sl][cc == big] = k
+    return out
+
+
+def get_sampler(name: str = "auto"):
+    """``(callable(rng, size) -> (image, labels, meta), name)``: the simulator's, else fallback."""
+    if name in ("auto", "simulator"):
+        try:
+            from emstream.sources.simulate.training import training_sample
+
+            return training_sample, "emstream.sources.simulate.training"
+        except ImportError:
+            if name == "simulator":
+                raise
+    return fallback_sample, "tools.make_dataset.fallback_sample"
+
+
+# ----------------------------------------------------------------------------- caches
+def make_sample(sampler, rng, size):
+    image, labels, meta = sampler(rng, size)
+    labels = np.asarray(labels, np.int32)
+    valid = overlay_valid(meta, labels.shape)
+    # half the time normalise as if the banner had not been detected: the network itself must
+    # learn that data bars and scale bars are not particles
+    norm = normalize_image(np.asarray(image), valid=valid if rng.random() < 0.5 else None)
+    fg, dist = targets(labels)
+    return norm.astype(np.float16), fg, dist, labels, np.asarray(valid, np.uint8)
+
+
+def overlay_valid(meta: dict, shape) -> np.ndarray:
+    """Valid mask from the simulator's ``banner_rows`` / ``scale_bar`` boxes (False over them)."""
+    valid = np.ones(shape, bool)
+    if isinstance(meta, dict):
+        if meta.get("valid") is not None:
+            return np.asarray(meta["valid"], bool)
+        if meta.get("banner_rows"):
+            a, b = meta["banner_rows"]
+            valid[a:b] = False
+        if meta.get("scale_bar"):
+            y0, y1, x0, x1 = meta["scale_bar"]
+            valid[y0:y1, x0:x1] = False
+    return valid
+
+
+def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto",
+                shard: int = 250, keep_labels: bool = True) -> Path:
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sampler, gen_name = get_sampler(generator)
+    rng = np.random.default_rng(seed)
+    buf: dict[str, list] = {k: [] for k in ("image", "fg", "dist", "labels", "valid")}
+    k = 0
+    t0 = time.time()
+    for i in tqdm(range(n), desc=f"cache {out.name}", mininterval=5):
+        for key, v in zip(buf, make_sample(sampler, rng, size), strict=True):
+            buf[key].append(v)
+        if len(buf["image"]) == shard or i == n - 1:
+            keys = [kk for kk in buf if keep_labels or kk not in ("labels", "valid")]
+            np.savez(out / f"shard_{k:03d}.npz", **{kk: np.stack(buf[kk]) for kk in keys})
+            buf = {kk: [] for kk in buf}
+            k += 1
+    meta = {"n": n, "seed": seed, "size": size, "generator": gen_name, "labels": keep_labels,
+            "seconds": round(time.time() - t0, 1)}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def load_cache(path: Path) -> dict[str, np.ndarray]:
+    shards = sorted(Path(path).glob("shard_*.npz"))
+    if not shards:
+        raise FileNotFoundError(f"no shard_*.npz in {path}")
+    parts = [dict(np.load(s)) for s in shards]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def load_real(indices, real_dir: Path = REAL_DIR):
+    """Real BF-TEM images ``image_i.png`` with instance labels from their binary masks.
+
+    Returns a list of dicts (``image`` normalised float32, ``raw`` uint8, ``labels`` int32
+    from 8-connected components of the mask, ``fg``, ``dist``, ``index``).
+    """
+    import cv2
+
+    out = []
+    for i in indices:
+        raw = cv2.imread(str(Path(real_dir) / "images" / f"image_{i}.png"), cv2.IMREAD_GRAYSCALE)
+        mask = cv2.imread(str(Path(real_dir) / "labels" / f"label_{i}.png"), cv2.IMREAD_GRAYSCALE)
+        if raw is None or mask is None:
+            raise FileNotFoundError(f"real image {i} not found under {real_dir}")
+        labels, _ = ndi.label(mask > 127, structure=np.ones((3, 3), bool))
+        fg, dist = targets(labels.astype(np.int32))
+        out.append({"index": i, "raw": raw, "image": normalize_image(raw), "labels":
+                    labels.astype(np.int32), "fg": fg, "dist": dist})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--generator", default="auto", choices=["auto", "simulator", "fallback"])
+    ap.add_argument("--no-labels", action="store_true",
+                    help="store only image/fg/dist (training caches: less memory)")
+    a = ap.parse_args(argv)
+    p = build_cache(a.out, a.n, a.seed, a.size, a.generator, keep_labels=not a.no_labels)
+    print(json.loads((p / "meta.json").read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

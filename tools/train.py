@@ -1,0 +1,310 @@
+"""Train the learned segmenter (``emstream.backends.unet``) on synthetic frames and real images.
+
+Reproducible: every run directory holds ``config.json`` (the full configuration, seed included),
+``log.csv`` (training curves: loss terms, learning rate, validation loss and IoU), and
+``last.pt`` (weights, optimiser state, step, RNG states, config) from which ``--resume`` continues.
+Checkpoints are loaded with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+
+Data per step: ``batch`` crops of ``size`` px; a fraction ``real_fraction`` of them are random,
+rescaled (x0.6..1.4) crops of the real BF-TEM images listed in ``real_train`` (by index; the
+rest of the 20 are held out), the remainder come from the synthetic cache(s) built by
+``tools/make_dataset.py``. Augmentation: 8 dihedral transforms, random contrast inversion
+(x -> -x, i.e. bright field <-> HAADF), gain/offset jitter, extra Gaussian noise.
+
+Loss: BCE + soft Dice on the particle map; BCE against the soft normalised-distance target
+(weighted x3 on particle pixels) on the distance map.
+
+Examples::
+
+    python tools/train.py --out runs/base --synthetic cache/train --val cache/val --steps 6000
+    python tools/train.py --out runs/fold0 --init runs/base/last.pt --synthetic cache/train \\
+        --val cache/val --real-train 10-19 --real-fraction 0.5 --steps 1500 --lr 1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (REPO, REPO / "tools"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from make_dataset import load_cache, load_real  # noqa: E402
+
+from emstream.backends.unet import build_model, count_parameters  # noqa: E402
+
+DEFAULTS = {
+    "arch": "unet-s",
+    "width": 16,
+    "refine": 4,
+    "synthetic": [],
+    "val": None,
+    "real_train": [],
+    "real_fraction": 0.0,
+    "size": 256,
+    "batch": 8,
+    "steps": 6000,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "warmup": 200,
+    "seed": 0,
+    "threads": 2,
+    "log_every": 50,
+    "val_every": 250,
+    "ckpt_every": 250,
+    "init": None,
+}
+
+
+def parse_indices(text: str) -> list[int]:
+    """``"10-19"`` / ``"0,2,5-7"`` -> list of ints; ``""`` -> []."""
+    out: list[int] = []
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+def augment(rng, img, fg, dist):
+    k = int(rng.integers(4))
+    img, fg, dist = (np.rot90(a, k) for a in (img, fg, dist))
+    if rng.random() < 0.5:
+        img, fg, dist = (a[:, ::-1] for a in (img, fg, dist))
+    img = img.astype(np.float32)
+    if rng.random() < 0.5:
+        img = -img  # contrast inversion: bright field <-> HAADF
+    img = img * rng.uniform(0.8, 1.25) + rng.uniform(-0.2, 0.2)
+    if rng.random() < 0.3:
+        img = img + rng.normal(0, rng.uniform(0.05, 0.4), img.shape).astype(np.float32)
+    return np.ascontiguousarray(img), np.ascontiguousarray(fg), np.ascontiguousarray(dist)
+
+
+def real_crop(rng, item, size):
+    """A random crop of a real image rescaled by 0.6..1.4 (the distance target is scale-free)."""
+    s = float(np.exp(rng.uniform(np.log(0.6), np.log(1.4))))
+    h, w = item["image"].shape
+    c = min(int(round(size / s)), h, w)
+    y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+    sl = (slice(y, y + c), slice(x, x + c))
+    img = cv2.resize(item["image"][sl], (size, size), interpolation=cv2.INTER_AREA if s < 1
+                     else cv2.INTER_LINEAR)
+    fg = (cv2.resize(item["fg"][sl].astype(np.float32), (size, size)) > 0.5).astype(np.uint8)
+    dist = cv2.resize(item["dist"][sl], (size, size), interpolation=cv2.INTER_LINEAR)
+    return img, fg, dist * fg
+
+
+class Batches:
+    def __init__(self, cfg, rng):
+        self.cfg, self.rng = cfg, rng
+        self.synth = None
+        if cfg["synthetic"]:
+            parts = [load_cache(Path(p)) for p in cfg["synthetic"]]
+            self.synth = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "fg", "dist")}
+        self.real = load_real(cfg["real_train"]) if cfg["real_train"] else []
+        if self.synth is None and not self.real:
+            raise SystemExit("no training data: give --synthetic and/or --real-train")
+
+    def __call__(self):
+        cfg, rng = self.cfg, self.rng
+        n, size = cfg["batch"], cfg["size"]
+        n_real = int(round(n * cfg["real_fraction"])) if self.real else 0
+        if self.synth is None:
+            n_real = n
+        xs, fs, ds = [], [], []
+        for i in range(n):
+            if i < n_real:
+                img, fg, dist = real_crop(rng, self.real[int(rng.integers(len(self.real)))], size)
+            else:
+                j = int(rng.integers(len(self.synth["image"])))
+                img, fg, dist = self.synth["image"][j], self.synth["fg"][j], self.synth["dist"][j]
+                img, fg, dist = _random_crop(rng, img, fg, dist, size)
+            img, fg, dist = augment(rng, img, fg, dist)
+            xs.append(img)
+            fs.append(fg)
+            ds.append(dist)
+        return (torch.from_numpy(np.stack(xs)[:, None]),
+                torch.from_numpy(np.stack(fs)[:, None].astype(np.float32)),
+                torch.from_numpy(np.stack(ds)[:, None].astype(np.float32) / 255.0))
+
+
+def _random_crop(rng, img, fg, dist, size):
+    h, w = img.shape
+    if h == size and w == size:
+        return img, fg, dist
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    sl = (slice(y, y + size), slice(x, x + size))
+    return img[sl], fg[sl], dist[sl]
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, fg, dist):
+    lf = F.binary_cross_entropy_with_logits(logits[:, :1], fg)
+    p = torch.sigmoid(logits[:, :1])
+    inter = (p * fg).sum(dim=(1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + fg.sum(dim=(1, 2, 3)) + 1)
+    w = 1 + 2 * fg
+    ld = (F.binary_cross_entropy_with_logits(logits[:, 1:], dist, reduction="none") * w).mean()
+    return lf + dice.mean() + ld, {"fg_bce": float(lf.detach()), "dice": float(dice.mean().detach()),
+                                   "dist_bce": float(ld.detach())}
+
+
+def lr_at(step, cfg):
+    if step < cfg["warmup"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup"]
+    t = (step - cfg["warmup"]) / max(1, cfg["steps"] - cfg["warmup"])
+    return cfg["lr"] * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@torch.no_grad()
+def validate(model, val, batch=8):
+    model.eval()
+    tot, inter, union, n = 0.0, 0.0, 0.0, 0
+    for i in range(0, len(val["image"]), batch):
+        x = torch.from_numpy(val["image"][i:i + batch].astype(np.float32))[:, None]
+        fg = torch.from_numpy(val["fg"][i:i + batch].astype(np.float32))[:, None]
+        dist = torch.from_numpy(val["dist"][i:i + batch].astype(np.float32))[:, None] / 255.0
+        out = model(x)
+        loss, _ = loss_fn(out, fg, dist)
+        tot += float(loss) * len(x)
+        n += len(x)
+        pred = out[:, :1] > 0
+        inter += float((pred & (fg > 0.5)).sum())
+        union += float((pred | (fg > 0.5)).sum())
+    model.train()
+    return tot / max(n, 1), inter / max(union, 1)
+
+
+# ----------------------------------------------------------------------------- main
+def save_checkpoint(path: Path, model, opt, step, cfg, rng):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                "config": json.dumps(cfg), "np_rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
+def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = None) -> Path:
+    """Run (or, with ``resume``, continue) training; returns the path of ``last.pt``.
+
+    On resume the saved configuration wins except for the keys in ``overrides`` (e.g. a longer
+    ``steps``)."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(cfg["seed"])
+    rng = np.random.default_rng(cfg["seed"])
+    model = build_model(cfg["arch"], width=cfg["width"], refine=cfg["refine"])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    start = 0
+    ckpt_path = out / "last.pt"
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=True)
+        cfg = {**json.loads(ck["config"]), **(overrides or {})}
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start = int(ck["step"])
+        rng.bit_generator.state = json.loads(ck["np_rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed from {ckpt_path} at step {start}", flush=True)
+    elif cfg.get("init"):
+        ck = torch.load(cfg["init"], weights_only=True)
+        model.load_state_dict(ck["model"] if "model" in ck else ck)
+        print(f"initialised from {cfg['init']}", flush=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    print(f"{cfg['arch']} width {cfg['width']}: {count_parameters(model)} parameters", flush=True)
+
+    batches = Batches(cfg, rng)
+    val = None
+    if cfg.get("val"):
+        v = load_cache(Path(cfg["val"]))
+        val = {k: v[k][:64] for k in ("image", "fg", "dist")}
+    log_path = out / "log.csv"
+    fields = ["step", "lr", "loss", "fg_bce", "dice", "dist_bce", "val_loss", "val_iou", "seconds"]
+    if not (resume and log_path.exists()):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+    model.train()
+    t0 = time.time()
+    acc: dict[str, float] = {}
+    n_acc = 0
+    bar = tqdm(range(start, cfg["steps"]), initial=start, total=cfg["steps"], mininterval=30,
+               desc=out.name)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x, fg, dist = batches()
+        logits = model(x)
+        loss, parts = loss_fn(logits, fg, dist)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        parts["loss"] = float(loss)
+        for k, v in parts.items():
+            acc[k] = acc.get(k, 0.0) + v
+        n_acc += 1
+        done = step + 1
+        row = None
+        if done % cfg["log_every"] == 0 or done == cfg["steps"]:
+            row = {k: round(v / n_acc, 5) for k, v in acc.items()}
+            acc, n_acc = {}, 0
+            row.update(step=done, lr=round(opt.param_groups[0]["lr"], 6),
+                       seconds=round(time.time() - t0, 1), val_loss="", val_iou="")
+            if val is not None and (done % cfg["val_every"] == 0 or done == cfg["steps"]):
+                vl, vi = validate(model, val)
+                row.update(val_loss=round(vl, 5), val_iou=round(vi, 4))
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow([row.get(k, "") for k in fields])
+            bar.set_postfix(loss=row["loss"], val_iou=row["val_iou"])
+            print(json.dumps(row), flush=True)
+        if done % cfg["ckpt_every"] == 0 or done == cfg["steps"]:
+            save_checkpoint(ckpt_path, model, opt, done, cfg, rng)
+    return ckpt_path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="run directory")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--synthetic", nargs="*", default=None, help="cache dirs (make_dataset.py)")
+    ap.add_argument("--real-train", default=None, help='real image indices, e.g. "10-19"')
+    for k, v in DEFAULTS.items():
+        if k in ("synthetic", "real_train"):
+            continue
+        typ = type(v) if v is not None else str
+        ap.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
+    a = ap.parse_args(argv)
+    cfg = dict(DEFAULTS)
+    given = {}
+    for k in DEFAULTS:
+        v = getattr(a, k, None)
+        if v is not None and k not in ("synthetic", "real_train"):
+            cfg[k] = given[k] = v
+    if a.real_train is not None:
+        cfg["real_train"] = parse_indices(a.real_train)
+    if a.synthetic is not None:
+        cfg["synthetic"] = [str(p) for p in a.synthetic]
+    path = train(cfg, a.out, resume=a.resume, overrides=given)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

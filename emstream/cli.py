@@ -859,18 +859,14 @@ def doctor() -> None:
             else "no display: the terminal view is used (--gui with QT_QPA_PLATFORM=offscreen renders anyway)")
     except ImportError as exc:
         row("display", False, f"GUI not installed: {exc}")
-    for mod, why in (("ncempy", "DM3/DM4, SER/EMI, Berkeley EMD"), ("rsciio", "Velox EMD, JEOL, TVIPS (rosettasciio)")):
-        try:
-            __import__(mod)
-            row(f"reader {mod}", True, why)
-        except ImportError as exc:
-            row(f"reader {mod}", False, f"{why}: install emstream[formats] ({exc})")
     try:
-        from emstream.sources.readers import SUPPORTED_SUFFIXES
+        from emstream.sources.readers import SUPPORTED_SUFFIXES, format_report
 
-        row("file formats", True, " ".join(sorted(SUPPORTED_SUFFIXES)))
+        row("watched suffixes", True, " ".join(sorted(SUPPORTED_SUFFIXES)))
+        for f in format_report():
+            row(f"reader {f['name']}", bool(f["available"]), str(f["detail"]))
     except ImportError as exc:
-        row("file formats", False, str(exc))
+        row("file readers", False, str(exc))
     try:
         import tensorrt  # type: ignore[import-not-found]
 

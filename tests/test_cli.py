@@ -148,3 +148,14 @@ def test_watch_exit_when_idle_records_every_file(tmp_path, needs_processing):
     assert cfg["command"] == "watch" and "versions" in cfg and cfg["segmenter"]
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert "summary" in r.stderr
+    # the same folder replayed, then the session reported
+    ses2 = tmp_path / "replayed"
+    r = run_cli("replay", str(acq), "--as-fast-as-possible", "--session-dir", str(ses2),
+                "--headless", "--no-report", "--segmenter", "classical")
+    assert r.returncode == 0, r.stderr
+    con2 = sqlite3.connect(ses2 / "ledger.sqlite")
+    assert dict(con2.execute("SELECT status, COUNT(*) FROM frames GROUP BY status").fetchall()) == {
+        "ok": 3, "quarantined": 1}
+    pytest.importorskip("emstream.sinks.report")
+    assert main(["report", str(ses)]) == 0
+    assert (ses / "report.html").exists()

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import threading
 import time
@@ -100,10 +101,28 @@ class MrcStackWriter:
         self.path = Path(path)
         self.nm_per_px = float(nm_per_px)
         self.nz = 0
+        self._min = math.inf
+        self._max = -math.inf
+        self._sum = 0.0
+        self._sumsq = 0.0
+        self._count = 0
+
+    def _stats(self, img: np.ndarray) -> tuple[float, float, float, float]:
+        """Running dmin, dmax, dmean, rms of the whole stack (kept valid after every slice)."""
+        v = img.astype(np.float64)
+        self._min = min(self._min, float(v.min()))
+        self._max = max(self._max, float(v.max()))
+        self._sum += float(v.sum())
+        self._sumsq += float((v * v).sum())
+        self._count += v.size
+        mean = self._sum / self._count
+        rms = math.sqrt(max(self._sumsq / self._count - mean * mean, 0.0))
+        return self._min, self._max, mean, rms
 
     def append(self, image: np.ndarray) -> int:
         """Append one slice; returns its index. Data first, then the header's ``nz``."""
         img = np.ascontiguousarray(image, dtype=np.uint16)
+        dmin, dmax, dmean, rms = self._stats(img)
         if self.nz == 0:
             with mrcfile.new(self.path, overwrite=True) as m:
                 m.set_data(img[None])
@@ -124,6 +143,10 @@ class MrcStackWriter:
             fh.write(np.int32(nz).tobytes())
             fh.seek(48)
             fh.write(np.float32(nz * self.nm_per_px * 10.0).tobytes())
+            fh.seek(76)  # dmin, dmax, dmean (words 20-22) and rms (word 55)
+            fh.write(np.array([dmin, dmax, dmean], np.float32).tobytes())
+            fh.seek(216)
+            fh.write(np.float32(rms).tobytes())
             fh.flush()
         self.nz += 1
         return self.nz - 1

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 from scipy import ndimage
+from skimage import measure
 
 __all__ = [
     "SHAPES",
@@ -419,19 +420,21 @@ def keep_connected(
 ) -> np.ndarray:
     """Make every instance one 8-connected region, in place.
 
-    Only instances that lost pixels since drawing (``drawn`` maps id → pixels drawn) are
-    checked; with ``drawn=None`` all are. The largest piece keeps the id; a detached piece that
+    Every instance is checked (one labelling pass over the frame; ``drawn`` is accepted for
+    compatibility and ignored). The largest piece keeps the id; a detached piece that
     touches another particle joins it (it is the part an occluding particle cut off), otherwise
     it becomes a new instance (``fragments_new_ids``) or background when smaller than
     ``min_fragment_px``.
     """
     if labels.max() == 0:
         return labels
-    counts = np.bincount(labels.ravel())
-    if drawn is None:
-        dirty = np.nonzero(counts[1:])[0] + 1
-    else:
-        dirty = [i for i, n in drawn.items() if i < counts.size and 0 < counts[i] < n]
+    # one pass over the frame: connected regions of equal value (8-connectivity); an id that
+    # owns more than one region is split
+    comp = measure.label(labels, background=0, connectivity=2)
+    comp_label = np.zeros(int(comp.max()) + 1, labels.dtype)
+    comp_label[comp.ravel()] = labels.ravel()
+    pieces = np.bincount(comp_label[1:], minlength=int(labels.max()) + 1)
+    dirty = np.nonzero(pieces > 1)[0]
     if len(dirty) == 0:
         return labels
     next_id = int(labels.max()) + 1

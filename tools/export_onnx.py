@@ -78,11 +78,13 @@ def export(ckpt: Path, name: str, out_dir: Path, thresholds: dict | None = None)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{name}.onnx"
     x = torch.zeros(1, 1, 256, 256)
-    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-    torch.onnx.export(model, (x,), str(onnx_path), input_names=["image"], output_names=["maps"],
-                      opset_version=OPSET, do_constant_folding=True, dynamo=False,
-                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                    "maps": {0: "batch", 2: "height", 3: "width"}})
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(onnx_path), input_names=["image"],
+                          output_names=["maps"], opset_version=OPSET, do_constant_folding=True,
+                          dynamo=False,
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "maps": {0: "batch", 2: "height", 3: "width"}})
     torch.save(model.state_dict(), out_dir / f"{name}.pt")
     diffs = parity(onnx_path, model)
     info = {

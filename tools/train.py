@@ -41,7 +41,7 @@ for p in (REPO, REPO / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from make_dataset import load_cache, load_real  # noqa: E402
+from make_dataset import load_cache, load_real, parse_indices_text  # noqa: E402
 
 from emstream.backends.unet import build_model, count_parameters  # noqa: E402
 
@@ -66,18 +66,6 @@ DEFAULTS = {
     "ckpt_every": 250,
     "init": None,
 }
-
-
-def parse_indices(text: str) -> list[int]:
-    """``"10-19"`` / ``"0,2,5-7"`` -> list of ints; ``""`` -> []."""
-    out: list[int] = []
-    for part in filter(None, (t.strip() for t in text.split(","))):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        else:
-            out.append(int(part))
-    return out
 
 
 # ----------------------------------------------------------------------------- data
@@ -256,7 +244,7 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-        parts["loss"] = float(loss)
+        parts["loss"] = float(loss.detach())
         for k, v in parts.items():
             acc[k] = acc.get(k, 0.0) + v
         n_acc += 1
@@ -298,7 +286,7 @@ def main(argv=None) -> int:
         if v is not None and k not in ("synthetic", "real_train"):
             cfg[k] = given[k] = v
     if a.real_train is not None:
-        cfg["real_train"] = parse_indices(a.real_train)
+        cfg["real_train"] = parse_indices_text(a.real_train)
     if a.synthetic is not None:
         cfg["synthetic"] = [str(p) for p in a.synthetic]
     path = train(cfg, a.out, resume=a.resume, overrides=given)

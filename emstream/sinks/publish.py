@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from emstream.errors import ConfigError
 from emstream.results import Alert, Event, FrameRecord
 from emstream.sinks.base import Session, Sink
 
@@ -124,14 +125,15 @@ def alert_message(alert: Alert) -> dict[str, Any]:
 
 
 def check_loopback(endpoint: str) -> None:
-    """Raise ValueError unless ``endpoint`` binds to loopback (or is ipc:// / inproc://)."""
+    """Raise :class:`~emstream.errors.ConfigError` unless ``endpoint`` binds to loopback
+    (or is ``ipc://`` / ``inproc://``)."""
     scheme, sep, rest = endpoint.partition("://")
     if not sep:
-        raise ValueError(f"not a ZeroMQ endpoint: {endpoint!r} (e.g. tcp://127.0.0.1:5556)")
+        raise ConfigError(f"not a ZeroMQ endpoint: {endpoint!r} (e.g. tcp://127.0.0.1:5556)")
     if scheme in ("ipc", "inproc"):
         return
     if scheme != "tcp":
-        raise ValueError(f"unsupported transport {scheme!r} in {endpoint!r}")
+        raise ConfigError(f"unsupported transport {scheme!r} in {endpoint!r}")
     host = rest.rsplit(":", 1)[0] if ":" in rest else rest
     if ";" in host:  # tcp://source;dest form: the bind side is after the ';'
         host = host.split(";", 1)[1]
@@ -142,7 +144,7 @@ def check_loopback(endpoint: str) -> None:
             return
     except ValueError:
         pass
-    raise ValueError(
+    raise ConfigError(
         f"refusing to publish on {endpoint!r}: not a loopback address. Use tcp://127.0.0.1:PORT, "
         "or allow it explicitly (--publish-allow-remote) on a trusted network"
     )
@@ -183,7 +185,7 @@ class Publisher(Sink):
             self._sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self._sock.close(0)
-            raise OSError(f"cannot publish on {endpoint}: {exc}") from None
+            raise ConfigError(f"cannot publish on {endpoint}: {exc}") from None
         #: The endpoint actually bound (with the real port when ``*`` / ``0`` was asked for).
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.matching = matching

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zmq
 
+from emstream.errors import ConfigError
 from emstream.process.rules import RuleEngine, RuleSet
 from emstream.results import Alert, Event, FrameRecord
 from emstream.sinks.base import Session
@@ -117,10 +118,12 @@ def test_refuses_non_loopback_unless_allowed():
     ]:
         check_loopback(ep)
     for ep in ["tcp://*:5556", "tcp://0.0.0.0:5556", "tcp://192.168.1.5:5556", "tcp://eth0:5556"]:
-        with pytest.raises(ValueError, match="loopback"):
+        with pytest.raises(ConfigError, match="loopback"):
             Publisher(ep)
     ctx = zmq.Context()
     p = Publisher("tcp://0.0.0.0:*", allow_remote=True, context=ctx)
+    with pytest.raises(ConfigError, match="cannot publish"):
+        Publisher(p.endpoint.replace("0.0.0.0", "127.0.0.1"), context=ctx)  # port in use
     assert p.endpoint.startswith("tcp://0.0.0.0:")
     p.close()
     ctx.term()

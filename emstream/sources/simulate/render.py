@@ -598,12 +598,17 @@ def form_image(
         sig *= illum
         sig *= carbon
         if optics.halo_amp:
-            # Fresnel fringe from the phase of particles (and of the holey-carbon edge)
-            phase = thick if hole_mask is None else thick + 0.5 * hole_mask
+            # Fresnel fringe from the phase of particles (and of the holey-carbon edge): a
+            # difference of Gaussians of the projected thickness, scaled so that the edge of
+            # the thickest particle gives a fringe of about ``halo_amp``
+            tmax = float(thick.max())
+            phase = thick * np.float32(1.0 / tmax) if tmax > 1e-6 else thick
+            if hole_mask is not None:
+                phase = phase + np.float32(0.5) * hole_mask
             s1 = max(optics.halo_sigma * 0.5, 0.4)
             fringe = cv2.GaussianBlur(phase, (0, 0), optics.halo_sigma * 1.6)
             fringe -= cv2.GaussianBlur(phase, (0, 0), s1)
-            fringe *= np.float32(2.0)
+            fringe *= np.float32(5.0)
             np.clip(fringe, -1.0, 1.0, out=fringe)
             fringe *= np.float32(optics.halo_amp)
             fringe += np.float32(1.0)

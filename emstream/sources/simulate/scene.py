@@ -67,14 +67,17 @@ class SceneConfig:
     coverage_start, coverage_end, ramp_frames : projected-area coverage ramp (sparse → crowded).
     shapes : relative weights of :data:`render.SHAPES`.
     touching_fraction : fraction of the initial particles placed touching a neighbour.
-    contrast : BF centre contrast of a median-sized particle (default 0.35); HAADF particle /
+    contrast : BF centre contrast of a median-sized particle (default 0.4); HAADF particle /
         carbon signal ratio − 1 (default 3).
+        BF defaults (dose, grain, contrast) are matched to real BF-TEM of supported particles
+        (carbon texture ~15 % rms, correlation ~1.5 px, particle contrast ~0.4).
     drift_nm_per_frame, drift_jitter_nm : stage drift (y, x) per frame and its random walk.
     growth_nm_per_frame, ostwald_nm_per_frame : radius growth and ripening strength.
     coalescence_prob, coalescence_frames : sintering start probability per touching pair and
         frame, and its duration.
     nucleation_per_frame : mean number of new nuclei per frame (on the whole sample).
-    blur_sigma_px, grain_amp, halo_amp, gradient, vignette : optics (see :class:`render.Optics`).
+    blur_sigma_px, grain_amp, grain_sigma_px, halo_amp, gradient, vignette : optics (see
+        :class:`render.Optics`).
     hole : draw a holey-carbon edge (vacuum) crossing the field.
     banner, scale_bar : burn a data bar / a scale bar into every frame.
     fps : frame rate used for ``t_acq`` spacing.
@@ -85,7 +88,7 @@ class SceneConfig:
     shape: tuple[int, int] = (1024, 1024)
     nm_per_px: float = 0.25
     mode: str = "bf"
-    dose: float = 200.0
+    dose: float = 400.0
     read_noise: float = 3.0
     bias: float = 100.0
     median_diameter_nm: float = 8.0
@@ -104,9 +107,10 @@ class SceneConfig:
     coalescence_prob: float = 0.2
     coalescence_frames: int = 8
     nucleation_per_frame: float = 1.0
-    blur_sigma_px: float = 1.0
-    grain_amp: float = 0.15
-    halo_amp: float = 0.12
+    blur_sigma_px: float = 0.8
+    grain_amp: float = 0.2
+    grain_sigma_px: float = 0.9
+    halo_amp: float = 0.15
     gradient: float = 0.12
     vignette: float = 0.1
     hole: bool = False
@@ -208,12 +212,12 @@ class Microscope:
         self._r_med = cfg.median_diameter_nm / 2 / self.nm
         self.optics = Optics(
             mode=cfg.mode, dose=cfg.dose, read_noise=cfg.read_noise, bias=cfg.bias,
-            blur_sigma=cfg.blur_sigma_px, grain_amp=cfg.grain_amp, grain_sigma=1.0,
+            blur_sigma=cfg.blur_sigma_px, grain_amp=cfg.grain_amp, grain_sigma=cfg.grain_sigma_px,
             mottle_amp=0.02, mottle_sigma=min(H, W) / 40, halo_amp=cfg.halo_amp if cfg.mode == "bf"
             else 0.0, halo_sigma=1.5, gradient=(cfg.gradient, float(self.rng.uniform(0, 6.28))),
             vignette=cfg.vignette)
         # periodic textures on the sample torus: a drifted crop wraps around
-        self._grain_tex = periodic_band_noise(self.rng, self.canvas, 1.0)
+        self._grain_tex = periodic_band_noise(self.rng, self.canvas, cfg.grain_sigma_px)
         self._mottle_tex = periodic_band_noise(self.rng, self.canvas, max(min(H, W) / 40, 2.0))
         self._hole = None
         if cfg.hole:
@@ -230,7 +234,7 @@ class Microscope:
         cfg = self.config
         rel = float(np.clip((r / max(self._r_med, 0.5)) ** 0.5, 0.5, 2.0))
         if cfg.mode == "bf":
-            c = min((0.35 if cfg.contrast is None else cfg.contrast) * rel, 0.95)
+            c = min((0.4 if cfg.contrast is None else cfg.contrast) * rel, 0.95)
             return -math.log(1.0 - c)
         return (3.0 if cfg.contrast is None else cfg.contrast) * rel * self.optics.haadf_carbon
 

@@ -6,10 +6,12 @@ deepest point). Touching or sintering particles meet at a neck where the distanc
 
 1. particle pixels are ``foreground > threshold`` (and inside ``valid``);
 2. one marker per particle is a connected region of ``distance > marker_threshold``;
-3. a marker-controlled watershed on ``-distance``, restricted to the particle pixels, grows each
-   marker back to its particle's edge (touching particles split along the distance valley);
-4. particle pixels that no marker reached (small or faint particles whose distance map never
-   crossed the marker threshold) become particles of their own, by connected components;
+3. a connected blob of particle pixels (8-connected) with at most one marker is one particle
+   (small or faint particles whose distance map never crossed the marker threshold included);
+4. a blob with several markers (touching / sintering particles) is split by a marker-controlled
+   watershed on ``-distance`` (8-connected) restricted to the blob, along the distance valleys.
+   Running the watershed only on such clusters gives the same result as one watershed over the
+   whole frame, several times faster;
 5. particles smaller than ``min_area_px`` are dropped; labels are renumbered 1..N in raster
    order of their first pixel, so the result is deterministic.
 
@@ -73,18 +75,51 @@ def instances_from_maps(
     m = mask[box]
     s = sep[box].astype(np.float32, copy=False)
 
-    markers, n_markers = ndi.label((s > marker_threshold) & m, structure=_STRUCT8)
-    if n_markers:
-        labels = watershed(-s, markers, mask=m)
-    else:
-        labels = np.zeros(m.shape, dtype=np.int32)
-    orphans = m & (labels == 0)
-    if orphans.any():
-        extra, n_extra = ndi.label(orphans, structure=_STRUCT8)
-        labels = np.where(extra > 0, extra + n_markers, labels)
-
+    labels = _split_touching(m, s, marker_threshold)
     labels = _drop_small_and_renumber(labels.astype(np.int32, copy=False), min_area_px)
     out[box] = labels
+    return out
+
+
+def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float) -> np.ndarray:
+    """Label particle pixels; watershed only the connected blobs that hold several markers.
+
+    Equivalent to one marker-controlled watershed (8-connected) over the whole mask, followed by
+    connected-component labelling of unreached pixels, but a blob with at most one marker is
+    simply one particle, so the (comparatively slow) watershed runs only on touching clusters.
+    """
+    blobs, n_blobs = ndi.label(mask, structure=_STRUCT8)
+    markers, n_markers = ndi.label((sep > marker_threshold) & mask, structure=_STRUCT8)
+    if n_blobs == 0:
+        return blobs
+    # markers per blob (each marker lies inside exactly one blob)
+    first_px = np.zeros(n_markers + 1, dtype=np.int64)
+    if n_markers:
+        flat_m = markers.ravel()
+        nz = np.flatnonzero(flat_m)
+        ids, idx = np.unique(flat_m[nz], return_index=True)
+        first_px[ids] = nz[idx]
+    blob_of_marker = blobs.ravel()[first_px[1:]]
+    per_blob = np.bincount(blob_of_marker, minlength=n_blobs + 1)
+    out = blobs.astype(np.int32, copy=True)
+    next_id = n_blobs + 1
+    clusters = np.flatnonzero(per_blob >= 2)
+    slices = ndi.find_objects(blobs) if clusters.size else []
+    for b in clusters:
+        sl = slices[b - 1]
+        region = blobs[sl] == b
+        mk = np.where(region, markers[sl], 0)
+        ws = watershed(-sep[sl], mk, mask=region, connectivity=2)
+        ids = np.unique(ws[ws > 0])
+        lut = np.zeros(int(ws.max()) + 1, dtype=np.int32)
+        lut[ids] = np.arange(next_id, next_id + ids.size, dtype=np.int32)
+        next_id += ids.size
+        sub = out[sl]
+        sub[region] = lut[ws[region]]
+        rest = region & (ws == 0)  # pixels no marker reached (should not happen when connected)
+        if rest.any():
+            sub[rest] = next_id
+            next_id += 1
     return out
 
 

@@ -1,19 +1,23 @@
 """The GUI sink: the only door between the pipeline's threads and the Qt GUI thread.
 
 The pipeline calls :class:`GuiSink` from the sink's own thread. The sink never touches a widget:
-it keeps the newest result in a one-slot mailbox, updates the session statistics (cheap, fixed
-bins), and wakes the GUI thread with queued Qt signals. The window pulls the newest result at
-most ~30 times a second, so a fast pipeline never waits for the display and the display never
-builds up a backlog (python-microscope's "newest frame only" rule).
+it updates the session statistics (cheap, fixed bins) and puts the result in a one-slot mailbox.
+A display thread takes the newest result from the mailbox, prepares it for drawing (uint8
+scaling, outlines, target mask: numpy/OpenCV, no Qt) and wakes the GUI thread with a queued Qt
+signal; the window pulls the prepared frame at most ~30 times a second. A fast pipeline never
+waits for the display and the display never builds up a backlog (python-microscope's "newest
+frame only" rule); frames that arrive while one is being prepared or drawn are simply skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from PySide6 import QtCore
 
+from emstream.gui.outlines import DisplayFrame
 from emstream.gui.qt_compat import guard_emit_refcount_bug
 from emstream.gui.session_stats import SessionStatistics
 from emstream.results import Alert, Event, FrameRecord, FrameResult
@@ -62,11 +66,31 @@ class GuiSink(Sink):
         self.statistics = statistics or SessionStatistics()
         self.session: Session | None = None
         self.received = 0
+        self.prepared = 0
         self.closed = False
-        self._lock = threading.Lock()
-        self._newest: FrameResult | None = None
-        self._newest_serial = 0
+        self._cond = threading.Condition()
+        self._pending: FrameResult | None = None  # newest result not yet prepared
+        self._ready: DisplayFrame | FrameResult | None = None  # newest prepared, not yet taken
         self._notified = False
+        self._paused = False
+        self._stopping = False
+        self._prepare: Callable[[FrameResult], DisplayFrame] | None = None
+        self._worker: threading.Thread | None = None
+
+    def set_preparer(self, prepare: Callable[[FrameResult], DisplayFrame]) -> None:
+        """Prepare results on a display thread with ``prepare`` (no Qt inside!)."""
+        self._prepare = prepare
+        if self._worker is None:
+            self._worker = threading.Thread(
+                target=self._prepare_loop, name="gui-display", daemon=True
+            )
+            self._worker.start()
+
+    def set_display_paused(self, paused: bool) -> None:
+        """While paused the display thread idles (the newest result is kept for the resume)."""
+        with self._cond:
+            self._paused = bool(paused)
+            self._cond.notify_all()
 
     # -- Sink API (pipeline thread) ----------------------------------------------------------
     def open(self, session: Session) -> None:
@@ -80,13 +104,12 @@ class GuiSink(Sink):
         if record.status != "ok" or result is None:
             self.signals.recordSeen.emit(record)
             return
-        with self._lock:
-            self._newest = result
-            self._newest_serial += 1
-            notify = not self._notified
-            self._notified = True
-        if notify:
-            self.signals.resultReady.emit()
+        if self._prepare is None:
+            self._deliver(result)
+            return
+        with self._cond:
+            self._pending = result
+            self._cond.notify_all()
 
     def account(self, record: FrameRecord) -> None:
         """Count ``record`` into the session statistics (each ``seq`` once).
@@ -107,17 +130,43 @@ class GuiSink(Sink):
         self.signals.eventLogged.emit(event)
 
     def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(10.0)  # prepares the last pending result first
         self.closed = True
         self.signals.sessionClosed.emit()
 
-    # -- GUI thread --------------------------------------------------------------------------
-    def take_newest(self) -> FrameResult | None:
-        """The newest result not yet taken (``None`` when nothing new), and re-arm the signal."""
-        with self._lock:
-            self._notified = False
-            r, self._newest = self._newest, None
-        return r
+    # -- display thread ----------------------------------------------------------------------
+    def _prepare_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (self._pending is None or self._paused):
+                    self._cond.wait()
+                r, self._pending = self._pending, None
+                if r is None:  # stopping and nothing left
+                    return
+            try:
+                item: DisplayFrame | FrameResult = self._prepare(r)
+            except Exception:
+                log.exception("preparing frame %s for display failed", r.seq)
+                item = r
+            self.prepared += 1
+            self._deliver(item)
 
-    @property
-    def results_received(self) -> int:
-        return self._newest_serial
+    def _deliver(self, item: DisplayFrame | FrameResult) -> None:
+        with self._cond:
+            self._ready = item
+            notify = not self._notified
+            self._notified = True
+        if notify:
+            self.signals.resultReady.emit()
+
+    # -- GUI thread --------------------------------------------------------------------------
+    def take_newest(self) -> DisplayFrame | FrameResult | None:
+        """The newest prepared frame not yet taken (``None`` when nothing new); re-arms the signal."""
+        with self._cond:
+            self._notified = False
+            item, self._ready = self._ready, None
+        return item

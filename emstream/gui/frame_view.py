@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 
+import cv2
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.graphicsItems.GraphicsWidgetAnchor import GraphicsWidgetAnchor
@@ -178,6 +179,7 @@ class FrameView(QtWidgets.QWidget):
 
     particleHovered = QtCore.Signal(object)
     particleClicked = QtCore.Signal(object)
+    contrastChanged = QtCore.Signal()
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -199,20 +201,23 @@ class FrameView(QtWidgets.QWidget):
         self.vb = self.glw.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
         self.vb.setDefaultPadding(0.0)
         self.image = pg.ImageItem(axisOrder="row-major")
-        self.image.setAutoDownsample(True)
         self.vb.addItem(self.image)
+        self._u8: np.ndarray | None = None
+        self._factor = 0  # integer downsampling of the uploaded image (0 = nothing uploaded)
+        self.vb.sigRangeChanged.connect(self._on_range_changed)
+        self.vb.sigResized.connect(self._on_range_changed)
 
         self.path_other = QtWidgets.QGraphicsPathItem()
         self.path_match = QtWidgets.QGraphicsPathItem()
         self.path_selected = QtWidgets.QGraphicsPathItem()
         for item, colour, width in (
-            (self.path_other, theme.OUTLINE_OTHER, 1.5),
-            (self.path_match, theme.OUTLINE_MATCH, 2.0),
-            (self.path_selected, theme.OUTLINE_SELECTED, 3.0),
+            (self.path_other, theme.OUTLINE_OTHER, 1),  # integer cosmetic widths paint fastest
+            (self.path_match, theme.OUTLINE_MATCH, 2),
+            (self.path_selected, theme.OUTLINE_SELECTED, 3),
         ):
             pen = QtGui.QPen(QtGui.QColor(colour))
             pen.setCosmetic(True)
-            pen.setWidthF(width)
+            pen.setWidth(width)
             item.setPen(pen)
             item.setBrush(QtGui.QBrush(QtCore.Qt.BrushStyle.NoBrush))
             item.setZValue(10)
@@ -258,6 +263,7 @@ class FrameView(QtWidgets.QWidget):
         self.auto_contrast = True
         if self.result is not None:
             self.set_result(self.result, self.matches, keep_outlines=True)
+        self.contrastChanged.emit()
 
     def set_show_outlines(self, show: bool) -> None:
         self.show_outlines = bool(show)
@@ -271,20 +277,29 @@ class FrameView(QtWidgets.QWidget):
         *,
         keep_outlines: bool = False,
         outlines: Outlines | None = None,
+        display: tuple[np.ndarray, tuple[float, float]] | None = None,
     ) -> None:
-        """Show ``result``: image, outlines (``matches`` = target mask per row), scale bar."""
+        """Show ``result``: image, outlines (``matches`` = target mask per row), scale bar.
+
+        ``display`` = (uint8 pixels, levels) already prepared off the GUI thread, else they are
+        computed here with the current contrast setting.
+        """
         t0 = time.perf_counter()
-        pixels = result.frame.pixels
-        self.levels = auto_levels(pixels, self.low_pct, self.high_pct)
-        u8 = to_display_u8(pixels, self.levels)
+        if display is not None:
+            u8, self.levels = display
+        else:
+            pixels = result.frame.pixels
+            self.levels = auto_levels(pixels, self.low_pct, self.high_pct)
+            u8 = to_display_u8(pixels, self.levels)
         t1 = time.perf_counter()
         first = self._shape is None
-        self.image.setImage(u8, autoLevels=False)
-        if first:
-            self.image.setLevels((0, 255))
+        self._u8 = u8
         if self._shape != u8.shape:
             self._shape = u8.shape
             self.vb.setRange(QtCore.QRectF(0, 0, u8.shape[1], u8.shape[0]), padding=0.0)
+        self._upload(force=True)
+        if first:
+            self.image.setLevels((0, 255))
         t2 = time.perf_counter()
 
         same = self.result is result
@@ -318,14 +333,52 @@ class FrameView(QtWidgets.QWidget):
             "paths": (t4 - t3) * 1e3,
         }
 
+    def display_factor(self) -> int:
+        """Image pixels per screen pixel in the current view, rounded down (≥ 1)."""
+        if self._shape is None:
+            return 1
+        (x0, x1), (y0, y1) = self.vb.viewRange()
+        w, h = self.vb.width(), self.vb.height()
+        if w < 50 or h < 50:  # not laid out yet: full resolution until it is
+            return 1
+        per = min(x1 - x0, self._shape[1]) / w, min(y1 - y0, self._shape[0]) / h
+        return max(1, int(max(per)))
+
+    def _upload(self, force: bool = False) -> None:
+        """Send the uint8 frame to the image item, area-averaged to about screen resolution.
+
+        Zoomed out on a 4k frame the screen shows ~1 of every 4×4 pixels: averaging them with
+        ``cv2.INTER_AREA`` is both faster to paint and truer than nearest-pixel sampling. Zooming
+        in re-uploads at full resolution. Coordinates stay image pixels (``setRect``).
+        """
+        if self._u8 is None:
+            return
+        f = self.display_factor()
+        if f == self._factor and not force:
+            return
+        img = self._u8
+        h, w = img.shape
+        if f > 1:
+            img = cv2.resize(img, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+        self.image.setImage(img, autoLevels=False)
+        self.image.setRect(QtCore.QRectF(0, 0, w, h))
+        self._factor = f
+
+    def _on_range_changed(self, *args) -> None:
+        if self._u8 is not None and self.display_factor() != self._factor:
+            self._upload()
+
     def show_picture(self, rgba: np.ndarray, caption: str) -> None:
         """Show a ready-made picture (a saved snapshot) without outlines or measurements."""
         self.result = None
         self.outlines = None
         self._draw_outlines()
         self.path_selected.setPath(QtGui.QPainterPath())
+        self._u8 = None
+        self._factor = 0
         self.image.setImage(rgba, autoLevels=False, levels=(0, 255))
         h, w = rgba.shape[:2]
+        self.image.setRect(QtCore.QRectF(0, 0, w, h))
         self._shape = (h, w)
         self.vb.setRange(QtCore.QRectF(0, 0, w, h), padding=0.0)
         self.scale_bar.setVisible(False)

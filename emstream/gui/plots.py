@@ -167,8 +167,13 @@ class SizeDistributionPanel(QtWidgets.QWidget):
         ylabel = "Fraction of particles (%)" if norm else "Particles"
         if log:
             ylabel = f"log₁₀ {ylabel.lower()}"
-        self.plot.setLabel("left", ylabel, **_label_style())
-        self.plot.setLabel("bottom", q.axis_label(unit), **_label_style())
+        labels = (ylabel, q.axis_label(unit))
+        if labels != getattr(
+            self, "_labels", None
+        ):  # setLabel re-lays out the axes: only on change
+            self._labels = labels
+            self.plot.setLabel("left", ylabel, **_label_style())
+            self.plot.setLabel("bottom", labels[1], **_label_style())
         self.plot.setYRange(floor, floor + span * 1.25, padding=0)
 
         self.quantiles = quantiles_from_counts(session, q.edges)
@@ -251,7 +256,9 @@ class TrendsPanel(QtWidgets.QWidget):
     def refresh(self) -> None:
         t = self.stats.trend_snapshot()
         unit = self.stats.unit or "nm"
-        self.plots[1].setLabel("left", unit, **_label_style())
+        if unit != getattr(self, "_unit", None):
+            self._unit = unit
+            self.plots[1].setLabel("left", unit, **_label_style())
         x = t["t_acq"]
         self.points = len(x)
         for key, curve in self.curves.items():

@@ -16,7 +16,7 @@ from emstream.gui import theme
 from emstream.gui.alerts_panel import AlertBanner, AlertsPanel
 from emstream.gui.bridge import GuiSink
 from emstream.gui.frame_view import CONTRAST_PRESETS, FrameView, particle_info
-from emstream.gui.outlines import Outlines, particle_outlines
+from emstream.gui.outlines import DisplayFrame, prepare_display
 from emstream.gui.plots import SizeDistributionPanel, TrendsPanel
 from emstream.gui.session_stats import SessionStatistics
 from emstream.gui.status import StatusBar
@@ -33,17 +33,6 @@ SLOW_INTERVAL_MS = 500
 #: Step-back ring: at most this many displayed results and at most this many bytes of pixels+labels.
 RING_FRAMES = 20
 RING_BYTES = 256 * 1024**2
-
-
-class _RingEntry:
-    __slots__ = ("result", "matches", "outlines", "nbytes")
-
-    def __init__(self, result: FrameResult, matches: np.ndarray | None, outlines: Outlines | None):
-        self.result = result
-        self.matches = matches
-        self.outlines = outlines
-        lab = result.labels.nbytes if result.labels is not None else 0
-        self.nbytes = result.frame.pixels.nbytes + lab
 
 
 class MonitorWindow(QtWidgets.QMainWindow):
@@ -80,7 +69,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.statistics = statistics or (sink.statistics if sink else SessionStatistics())
         self.paused = False
         self.displayed = 0  # results drawn
-        self.ring: deque[_RingEntry] = deque()
+        self.ring: deque[DisplayFrame] = deque()
         self.ring_pos = -1  # index into ring being shown; -1 = live (newest)
         self.session_dir: Path | None = None
         self._last_display = 0.0
@@ -152,6 +141,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
             sink.signals.sessionClosed.connect(self.pull_newest, q)
             if sink.session is not None:
                 self._on_session_opened(sink.session)
+            sink.set_preparer(self.prepare)
 
     # -- toolbar -------------------------------------------------------------------------------
     def _build_toolbar(self) -> None:
@@ -265,19 +255,19 @@ class MonitorWindow(QtWidgets.QMainWindow):
             return None
         return m if m.shape == (len(result.particles["label"]),) else None
 
-    def show_result(self, result: FrameResult) -> None:
-        """Display one result now and remember it in the step-back ring."""
-        t0 = time.perf_counter()
-        matches = self.matches_for(result)
-        n = len(result.particles.get("label", ()))
-        outlines = (
-            particle_outlines(result.labels, result.particles)
-            if result.labels is not None and n
-            else None
+    def prepare(self, result: FrameResult) -> DisplayFrame:
+        """Ready ``result`` for drawing (display thread: numpy/OpenCV only, no widgets)."""
+        fv = self.frame_view
+        return prepare_display(
+            result, low_pct=fv.low_pct, high_pct=fv.high_pct, matching=self.matches_for
         )
-        self.frame_view.set_result(result, matches, outlines=outlines)
-        self.size_panel.set_result(result)
-        self._remember(result, matches, outlines)
+
+    def show_result(self, item: FrameResult | DisplayFrame) -> None:
+        """Display one result now (prepared or not) and remember it in the step-back ring."""
+        t0 = time.perf_counter()
+        d = item if isinstance(item, DisplayFrame) else self.prepare(item)
+        self._draw(d)
+        self._remember(d)
         self.ring_pos = -1
         self.displayed += 1
         now = time.monotonic()
@@ -286,22 +276,29 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.update_ms.append((time.perf_counter() - t0) * 1e3)
         self._update_mode_label()
 
-    def _remember(self, result: FrameResult, matches, outlines) -> None:
-        self.ring.append(_RingEntry(result, matches, outlines))
+    def _draw(self, d: DisplayFrame) -> None:
+        self.frame_view.set_result(
+            d.result, d.matches, outlines=d.outlines, display=(d.u8, d.levels)
+        )
+        self.size_panel.set_result(d.result)
+
+    def _remember(self, d: DisplayFrame) -> None:
+        self.ring.append(d)
         while len(self.ring) > RING_FRAMES or (
             len(self.ring) > 1 and sum(e.nbytes for e in self.ring) > RING_BYTES
         ):
             self.ring.popleft()
 
-    def _show_entry(self, e: _RingEntry) -> None:
-        self.frame_view.set_result(e.result, e.matches, outlines=e.outlines)
-        self.size_panel.set_result(e.result)
+    def _show_entry(self, d: DisplayFrame) -> None:
+        self._draw(d)
         self._update_mode_label()
 
     # -- controls --------------------------------------------------------------------------------
     def set_paused(self, paused: bool) -> None:
         """Freeze the display (processing and statistics continue); resume goes live."""
         self.paused = bool(paused)
+        if self.sink is not None:
+            self.sink.set_display_paused(self.paused)
         self.act_pause.setChecked(self.paused)
         self.act_pause.setText("Resume display" if self.paused else "Pause display")
         self.act_pause.setIcon(

@@ -117,14 +117,14 @@ def test_sink_feeds_window_and_session_histogram(qtbot, window_factory, rng):
     assert 1 <= win.displayed <= 25
 
 
-def test_switch_quantity_and_log_counts(window_factory, rng):
+def test_switch_quantity_and_log_counts(qtbot, window_factory, rng):
     from emstream.gui.bridge import GuiSink
 
     sink = GuiSink()
     win = window_factory(sink)
     r = make_result(rng, 0, n=30)
     sink.frame_done(as_record(r))
-    win.pull_newest()
+    qtbot.waitUntil(lambda: win.frame_view.result is r, timeout=10_000)
     for col in ("feret_diameter_max_nm", "aspect_ratio", "roundness", "area_nm2"):
         win.size_panel.set_column(col)
         assert win.size_panel.column == col
@@ -149,8 +149,9 @@ def test_pause_keeps_processing_going(qtbot, window_factory, rng):
     qtbot.wait(100)
     assert win.frame_view.result is shown  # display frozen ...
     assert sink.received == 12  # ... while every frame was still processed
+    assert sink.prepared <= 4  # the display thread idled while paused
     win.set_paused(False)
-    assert win.frame_view.result is more[-1]
+    qtbot.waitUntil(lambda: win.frame_view.result is more[-1], timeout=10_000)
 
 
 def test_step_back_and_forward_through_recent_frames(window_factory, rng):
@@ -178,7 +179,7 @@ def test_step_ring_is_bounded_by_memory(window_factory, rng, monkeypatch):
     from emstream.gui.bridge import GuiSink
 
     r = make_result(rng, 0, shape=(256, 256), n=5)
-    per = r.frame.pixels.nbytes + r.labels.nbytes
+    per = r.frame.pixels.nbytes + r.labels.nbytes + r.frame.pixels.size  # + the uint8 copy
     monkeypatch.setattr(window_mod, "RING_BYTES", 3 * per)
     win = window_factory(GuiSink())
     for _ in range(10):

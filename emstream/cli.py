@@ -518,16 +518,30 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     inject_bad: Annotated[bool, typer.Option("--inject-bad", help="Also write zero-byte, truncated and corrupt files.")] = False,
     modes: Annotated[str | None, typer.Option(help="Comma-separated write modes (whole,chunked,temp_rename,mrc_stack).")] = None,
+    size: Annotated[int, typer.Option(min=64, max=8192, help="Frame size (px, square).")] = 1024,
+    imaging: Annotated[str, typer.Option(help="bf (bright-field TEM) or haadf (STEM).")] = "bf",
 ) -> None:
     """Run the synthetic E-TEM microscope (writes files with a manifest, or sends frames)."""
     if (out_dir is None) == (zmq is None):
         raise _fail("give exactly one of --out DIR or --zmq ENDPOINT", 2)
+    if imaging not in ("bf", "haadf"):
+        raise _fail(f"--imaging must be bf or haadf, got {imaging!r}", 2)
     try:
-        from emstream.sources.simulate import run_simulate
+        from emstream.sources.simulate import SceneConfig, run_simulate
     except ImportError as exc:
         raise _missing("the simulator", exc) from exc
+    config = SceneConfig(shape=(size, size), fps=fps, mode=imaging)
+    done = [0]
+
+    def progress(rec: dict[str, Any]) -> None:
+        if rec.get("status", "ok") != "ok":
+            return
+        done[0] += 1
+        if done[0] % 10 == 0:
+            err.print(f"simulated {done[0]} …")
+
     kwargs: dict[str, Any] = {"out": out_dir, "zmq": zmq, "frames": frames, "fps": fps, "seed": seed,
-                              "inject_bad": inject_bad}
+                              "inject_bad": inject_bad, "config": config, "on_frame": progress}
     if modes:
         kwargs["modes"] = tuple(m.strip() for m in modes.split(",") if m.strip())
     try:

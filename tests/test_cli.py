@@ -159,3 +159,19 @@ def test_watch_exit_when_idle_records_every_file(tmp_path, needs_processing):
     pytest.importorskip("emstream.sinks.report")
     assert main(["report", str(ses)]) == 0
     assert (ses / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_demo_ledger_matches_simulator(tmp_path, needs_processing):
+    pytest.importorskip("emstream.sources.simulate.writers")
+    ses = tmp_path / "demo"
+    r = run_cli("demo", "--frames", "12", "--fps", "6", "--size", "256", "--inject-bad",
+                "--headless", "--no-report", "--session-dir", str(ses), "--segmenter", "classical",
+                "--out", str(tmp_path / "frames"), timeout=170)
+    assert r.returncode == 0, r.stderr
+    assert "ledger matches the simulator" in r.stderr
+    manifest = [json.loads(x) for x in (tmp_path / "frames" / "simulator-manifest.jsonl").read_text().splitlines()]
+    bad = sum(1 for m in manifest if m.get("status") == "quarantined")
+    con = sqlite3.connect(ses / "ledger.sqlite")
+    counts = dict(con.execute("SELECT status, COUNT(*) FROM frames GROUP BY status").fetchall())
+    assert counts == {"ok": 12, "quarantined": bad}

@@ -159,6 +159,8 @@ class Publisher(Sink):
     allow_remote : allow binding to a non-loopback address.
     matching : optional ``callable(particles, unit) -> bool array`` (``RuleEngine.matching``) to
         report how many particles match the rules in each frame message.
+    rules : alternatively a ``RulesFile`` / ``RuleEngine`` (anything with ``.engine`` or
+        ``.matching``), looked up per frame so reloaded rules count.
     hwm : send high-water mark; a slow subscriber loses messages, the pipeline never waits.
     context : a ``zmq.Context`` (default: the process-wide instance).
     """
@@ -172,6 +174,7 @@ class Publisher(Sink):
         *,
         allow_remote: bool = False,
         matching: Callable[..., np.ndarray] | None = None,
+        rules: Any = None,
         hwm: int = 1000,
         context: zmq.Context | None = None,
     ) -> None:
@@ -189,6 +192,7 @@ class Publisher(Sink):
         #: The endpoint actually bound (with the real port when ``*`` / ``0`` was asked for).
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.matching = matching
+        self.rules = rules
         self.sent = 0
         self.dropped = 0
         self._lock = threading.Lock()
@@ -230,11 +234,13 @@ class Publisher(Sink):
 
     def frame_done(self, record: FrameRecord) -> None:
         n_match = None
-        if self.matching is not None and record.result is not None:
+        fn = self.matching
+        if fn is None and self.rules is not None:
+            engine = getattr(self.rules, "engine", self.rules)
+            fn = getattr(engine, "matching", None)
+        if fn is not None and record.result is not None:
             try:
-                n_match = int(
-                    np.count_nonzero(self.matching(record.result.particles, record.result.unit))
-                )
+                n_match = int(np.count_nonzero(fn(record.result.particles, record.result.unit)))
             except Exception:  # noqa: BLE001 - a rules hiccup must not stop publishing
                 log.exception("matching() failed on frame %s", record.seq)
         self._send("frame", frame_message(record, n_match))

@@ -106,6 +106,10 @@ def test_matching_count_is_published(pub_sub):
     r = result(1, table(equivalent_diameter_nm=[20.0, 3.0, 30.0]))
     pub.frame_done(FrameRecord(1, "sim/1", "ok", 1.0, result=r))
     assert recv(sub)[1]["matching"] == 2
+    pub.matching = None
+    pub.rules = type("RulesFileLike", (), {"engine": eng})()
+    pub.frame_done(FrameRecord(2, "sim/2", "ok", 2.0, result=r))
+    assert recv(sub)[1]["matching"] == 2
 
 
 def test_refuses_non_loopback_unless_allowed():

@@ -304,7 +304,7 @@ def run_session(
         "command": command,
         "source": desc,
         "segmenter": backend,
-        "model": getattr(segmenter, "model_path", None) or getattr(segmenter, "model", None),
+        "model": getattr(segmenter, "info", None) or getattr(segmenter, "model_path", None),
         "backend": backend,
         "t_start": time.time(),
         "versions": vers,

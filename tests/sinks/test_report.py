@@ -60,6 +60,30 @@ def test_report_numbers_match_the_data(session):
     assert c["alerts"][1]["seq"] == 26 and c["alerts"][1]["snapshot"]
 
 
+def test_partly_and_fully_uncalibrated_sessions(tmp_path):
+    part = tmp_path / "part"
+    info = build_session(part, n_frames=16, target_from=6, shape=(160, 160), uncalibrated_from=10)
+    rules = [a.rule for a in info["alerts"]]
+    assert "calibration missing" in rules
+    c = collect(part)
+    assert c["size"]["unit"] == "nm" and c["size"]["n_other_unit"] > 0
+    assert any(row["nm_per_px"] == "uncalibrated (px)" for row in c["calibration"])
+    write_report(part)
+
+    px = tmp_path / "px"
+    build_session(px, n_frames=8, target_from=4, shape=(160, 160), uncalibrated_from=0)
+    c = collect(px)
+    assert c["size"]["unit"] == "px" and c["size"]["n"] > 0 and c["size"]["n_other_unit"] == 0
+    assert "diameter (px)" in write_report(px).read_text(encoding="utf-8")
+
+
+def test_empty_session(tmp_path):
+    ledger = pytest.importorskip("emstream.sinks.ledger")
+    ledger.Ledger(tmp_path).close()
+    html = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "No particles were measured" in html and "No alerts were raised" in html
+
+
 def test_frame_bootstrap_ci_covers_and_is_deterministic():
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(30), 40)

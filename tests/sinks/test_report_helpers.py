@@ -64,7 +64,13 @@ def _draw(rng, particles, shape, nm_per_px):
 
 
 def build_session(
-    session_dir: Path, *, n_frames: int = 40, target_from: int = 25, seed: int = 1, shape=(256, 256)
+    session_dir: Path,
+    *,
+    n_frames: int = 40,
+    target_from: int = 25,
+    seed: int = 1,
+    shape=(256, 256),
+    uncalibrated_from: int | None = None,
 ) -> dict:
     """Write a complete session folder; returns facts the tests check against."""
     session_dir = Path(session_dir)
@@ -140,9 +146,14 @@ def build_session(
             if i >= target_from:
                 parts += targets
             raw, labels = _draw(rng, parts, shape, nm)
-            p = measure(labels, raw, cal)
-            summary = summarize(p, valid_area_px=float(h * w), unit="nm")
-            frame = Frame(raw, src, t_acq=t, t_arrival=t + 0.3, calibration=cal, seq=i)
+            fcal = (
+                cal
+                if uncalibrated_from is None or i < uncalibrated_from
+                else Calibration.none("no tags")
+            )
+            p = measure(labels, raw, fcal)
+            summary = summarize(p, valid_area_px=float(h * w), unit=fcal.unit)
+            frame = Frame(raw, src, t_acq=t, t_arrival=t + 0.3, calibration=fcal, seq=i)
             res = FrameResult(
                 frame,
                 p,
@@ -157,7 +168,7 @@ def build_session(
                 labels=labels,
                 t_done=t + 0.9 + 0.2 * rng.random(),
             )
-            rec = FrameRecord(i, src, "ok", t + 0.3, result=res, t_acq=t, calibration=cal)
+            rec = FrameRecord(i, src, "ok", t + 0.3, result=res, t_acq=t, calibration=fcal)
         frame_alerts = list(dog.on_frame(rec, t + 0.3))
         if rec.result is not None:
             frame_alerts += engine.evaluate(rec.result)

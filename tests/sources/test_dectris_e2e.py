@@ -52,6 +52,7 @@ def test_dectris_v1_simulator_session_reaches_ledger(tmp_path):
     sim = libertem_dectris.DectrisSim.new_mocked("tcp://127.0.0.1", num_frames=n,
                                                  random_port=True)
     session = tmp_path / "session"
+    uri = sim.get_uri()  # (the simulator is busy, and locked, while it sends)
 
     def send():  # blocks until the listener has connected
         sim.send_headers()
@@ -60,7 +61,7 @@ def test_dectris_v1_simulator_session_reaches_ledger(tmp_path):
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    proc = listen(sim.get_uri(), session)
+    proc = listen(uri, session)
     try:
         _, err = proc.communicate(timeout=150)
     finally:

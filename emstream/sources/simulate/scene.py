@@ -238,6 +238,15 @@ class Microscope:
             return -math.log(1.0 - c)
         return (3.0 if cfg.contrast is None else cfg.contrast) * rel * self.optics.haadf_carbon
 
+    def _strengths(self, r: np.ndarray) -> np.ndarray:
+        """:meth:`_strength` for many radii at once."""
+        cfg = self.config
+        rel = np.clip((r / max(self._r_med, 0.5)) ** 0.5, 0.5, 2.0)
+        if cfg.mode == "bf":
+            c = np.minimum((0.4 if cfg.contrast is None else cfg.contrast) * rel, 0.95)
+            return -np.log1p(-c)
+        return (3.0 if cfg.contrast is None else cfg.contrast) * rel * self.optics.haadf_carbon
+
     def _new_grain(self, sy: float, sx: float, r: float, shape: str | None = None) -> _Grain:
         if shape is None:
             shape = SHAPES[int(self.rng.choice(len(SHAPES), p=self._shape_p))]
@@ -291,16 +300,18 @@ class Microscope:
             g_px = cfg.growth_nm_per_frame / self.nm
             o_px = cfg.ostwald_nm_per_frame / self.nm
             q = rmean / np.maximum(rs, 0.3)
-            dr = g_px + o_px * q * (1.0 - q)
-            for (gid, g), d in zip(list(self.grains.items()), dr, strict=True):
-                g.r = float(g.r + d)
+            rs = rs + g_px + o_px * q * (1.0 - q)
+            strengths = self._strengths(rs)
+            for (gid, g), r, s in zip(list(self.grains.items()), rs.tolist(), strengths.tolist(),
+                                      strict=True):
+                g.r = r
                 if g.relax > 1.0:
                     g.relax = 1.0 + (g.relax - 1.0) * 0.92
                     g.proto.aspect = g.relax
-                if g.r < 0.75:
+                if r < 0.75:
                     del self.grains[gid]
                     continue
-                g.proto.strength = self._strength(g.r)
+                g.proto.strength = s
         self._step_sintering()
         # nucleation (+ catch-up towards the coverage ramp)
         t = min(1.0, self.seq / max(cfg.ramp_frames, 1))
@@ -371,14 +382,20 @@ class Microscope:
         busy = {i for s in self.sinters for i in (s.a, s.b)}
         ids, pos, rad = self._arrays()
         tree = cKDTree(np.mod(pos, box - 1e-9), boxsize=box)
-        for i, j in tree.query_pairs(r=2.05 * float(rad.max())):
-            if ids[i] in busy or ids[j] in busy:
+        pairs = tree.query_pairs(r=2.05 * float(rad.max()), output_type="ndarray")
+        if len(pairs) == 0:
+            return
+        d = pos[pairs[:, 1]] - pos[pairs[:, 0]]
+        d -= box * np.round(d / box)
+        touching = np.hypot(d[:, 0], d[:, 1]) <= (rad[pairs[:, 0]] + rad[pairs[:, 1]]) * 1.02
+        cand = pairs[touching]
+        start = rng.random(len(cand)) < cfg.coalescence_prob
+        for i, j in cand[start].tolist():
+            a, b = int(ids[i]), int(ids[j])
+            if a in busy or b in busy:
                 continue
-            d = pos[j] - pos[i]
-            d -= box * np.round(d / box)
-            if np.hypot(*d) <= (rad[i] + rad[j]) * 1.02 and rng.random() < cfg.coalescence_prob:
-                self.sinters.append(_Sinter(int(ids[i]), int(ids[j])))
-                busy.update((int(ids[i]), int(ids[j])))
+            self.sinters.append(_Sinter(a, b))
+            busy.update((a, b))
 
     # -- imaging -------------------------------------------------------------------------------
     def _visible(self) -> tuple[list[Particle], list[Neck]]:

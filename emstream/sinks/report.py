@@ -46,6 +46,7 @@ __all__ = ["REPORT_NAME", "collect", "write_report"]
 
 REPORT_NAME = "report.html"
 MAX_SNAPSHOTS = 40
+MAX_ALERT_ROWS = 300
 _TEMPLATES = Path(__file__).with_name("templates")
 _QS = (0.1, 0.5, 0.9)
 
@@ -529,6 +530,7 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "versions": sorted(versions.items()),
         "config_json": json.dumps(cfg_shown, indent=2, sort_keys=True, default=str),
         "tunit": tunit,
+        "max_alert_rows": MAX_ALERT_ROWS,
     }
 
 

@@ -291,6 +291,9 @@ def run_session(
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
         ledger.close()
         raise _fail(str(exc), 2) from exc
+    except Exception as exc:  # e.g. the port is taken: a runtime failure, said plainly
+        ledger.close()
+        raise _fail(f"cannot open the source: {exc}") from exc
     try:
         segmenter = _build_segmenter(opts)
     except BaseException:

@@ -118,10 +118,11 @@ _BREAK = object()
 
 
 class _CborReader:
-    def __init__(self, data: memoryview, max_depth: int):
+    def __init__(self, data: memoryview, max_depth: int, max_items: int):
         self.buf = data
         self.pos = 0
         self.max_depth = max_depth
+        self.items_left = max_items
 
     def fail(self, what: str) -> RejectedMessage:
         return RejectedMessage("cbor", f"{what} at byte {self.pos}")
@@ -146,6 +147,9 @@ class _CborReader:
     def item(self, depth: int = 0) -> Any:
         if depth > self.max_depth:
             raise self.fail("nesting too deep")
+        self.items_left -= 1
+        if self.items_left < 0:  # a flood of tiny items would cost far more memory than bytes
+            raise self.fail("too many items")
         initial = self.take(1)[0]
         major, info = initial >> 5, initial & 0x1F
         if major == 7:
@@ -242,19 +246,21 @@ def _require_definite(reader: _CborReader, arg: int | None) -> int:
     return arg
 
 
-def cbor_loads(data: bytes | memoryview, *, max_depth: int = 32) -> Any:
+def cbor_loads(data: bytes | memoryview, *, max_depth: int = 32, max_items: int = 100_000) -> Any:
     """Decode one CBOR item strictly.
 
     Byte strings come back as ``memoryview`` slices of ``data`` (no copy); tags as
     :class:`CborTag` (self-describe tag 55799 is unwrapped). Integers, floats, text, arrays,
     maps with text/integer keys, booleans and null are supported; nothing is interpreted.
+    At most ``max_items`` data items (pixels travel as byte strings, one item each).
 
     Raises
     ------
     RejectedMessage
-        ``cbor`` for anything malformed, truncated, too deep, or followed by trailing bytes.
+        ``cbor`` for anything malformed, truncated, too deep, too many items, or followed by
+        trailing bytes.
     """
-    reader = _CborReader(memoryview(data).cast("B"), max_depth)
+    reader = _CborReader(memoryview(data).cast("B"), max_depth, max_items)
     try:
         out = reader.value(0)
     except RecursionError:

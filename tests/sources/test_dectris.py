@@ -391,6 +391,8 @@ def test_cbor_reader_limits():
         cbor_loads(b"\x5b" + (1 << 40).to_bytes(8, "big") + b"x")
     with pytest.raises(RejectedMessage, match="trailing"):
         cbor_loads(b"\x01\x02")
+    with pytest.raises(RejectedMessage, match="too many items"):
+        cbor_loads(cbor2.dumps([0] * 200_000))
     # indefinite-length strings and containers are read
     assert _plain(cbor_loads(b"\x5f\x42ab\x41c\xff")) == b"abc"
     assert cbor_loads(b"\x9f\x01\x02\xff") == [1, 2]

@@ -156,6 +156,8 @@ class Alert:
     particle_labels: list[int] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     builtin: bool = False
+    #: snapshot PNG of the frame with its overlay, relative to the session folder (if requested)
+    snapshot: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +169,7 @@ class Alert:
             "particle_labels": list(self.particle_labels),
             "actions": list(self.actions),
             "builtin": self.builtin,
+            "snapshot": self.snapshot,
         }
 
 

@@ -679,7 +679,7 @@ class RuleEngine:
             actions=list(rule.actions),
         )
         if "snapshot" in rule.actions:
-            alert.snapshot = snapshot_name(result.seq, rule.name)  # type: ignore[attr-defined]
+            alert.snapshot = snapshot_name(result.seq, rule.name)
         return alert
 
 

@@ -521,6 +521,9 @@ class Optics:
         ``level`` is the region's signal relative to the carbon film; ``vacuum`` True for a hole
         (no carbon grain there; BF brighter, HAADF darker), False for a thicker film patch.
     haadf_carbon : HAADF signal of the carbon film relative to the unit particle signal.
+    haze : fraction of the signal replaced by a flat diffuse background (gas scattering in an
+        environmental cell): lowers every contrast by ``1 - haze``.
+    row_noise : relative rms gain jitter per scan line (STEM line noise; 0 = none).
     """
 
     mode: str = "bf"
@@ -538,6 +541,8 @@ class Optics:
     vignette: float = 0.0
     hole: tuple[float, float, float, float, float, bool] | None = None
     haadf_carbon: float = 0.25
+    haze: float = 0.0
+    row_noise: float = 0.0
 
 
 def support_film(
@@ -629,6 +634,13 @@ def form_image(
         scale = optics.dose / float(optics.haadf_carbon)
     if optics.blur_sigma > 0.3:
         sig = cv2.GaussianBlur(sig, (0, 0), optics.blur_sigma, borderType=cv2.BORDER_REFLECT)
+    if optics.haze > 0:
+        h = np.float32(optics.haze)
+        sig *= 1 - h
+        sig += h * np.float32(sig.mean() / (1 - h))
+    if optics.row_noise > 0:
+        sig *= (1.0 + np.float32(optics.row_noise)
+                * rng.standard_normal((sig.shape[0], 1), dtype=np.float32))
     sig *= np.float32(scale)
     np.maximum(sig, 0.0, out=sig)
     img = shot_noise(sig, rng, read_noise=optics.read_noise)

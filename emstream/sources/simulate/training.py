@@ -29,20 +29,25 @@ shapes                        Dirichlet mix over round (with Fourier roughness �
                               (aspect 2 – 6); round is favoured
 thickness profile             per particle gamma U 0.15 – 0.6 (flat plate … sphere)
 contrast  BF                  centre contrast 1 − exp(−A): sample level LU c_lo – 0.8 with
-                              c_lo = min(0.6, max(0.08, 1.5/√dose, 1.2·grain, 3·mottle)) (weak …
-                              strong but visible to an expert), per particle ×U 0.75 – 1.3
-                              (capped 0.95)
-contrast  HAADF               particle/carbon signal ratio − 1: LU max(0.3, 1.5/√dose,
-                              2.4·grain, 6·mottle) – 8, per particle ×U 0.75 – 1.3
+                              c_lo = min(0.6, max(0.08, 1.5/√dose, 1.2·grain·√max(1, 10/d50),
+                              3·mottle) / (1 − haze)) (weak … strong but visible to an expert),
+                              per particle ×U 0.75 – 1.3 (capped 0.95)
+contrast  HAADF               particle/carbon signal ratio − 1: LU c_lo – 8 with c_lo =
+                              max(0.3, 1.5/√dose, 2× the BF texture term) / (1 − haze),
+                              per particle ×U 0.75 – 1.3
 lattice fringes               40 % of particles ≥ 8 px: period U 2.5 – 8 px, amplitude U 0.05 – 0.35
 Fresnel fringe (BF)           amplitude U −0.08 – 0.25 (> 0 bright halo outside), width U 1 – 4 px
 amorphous carbon              grain: amplitude U 0.03 – 0.25 (HAADF 0.05 – 0.35), correlation
-                              U 0.6 – 1.8 px; mottle: amplitude U 0 – 0.04, scale U 6 – 30 px
+                              U 0.6 – 1.8 px (at most max(0.5, 0.15 × median diameter));
+                              mottle: amplitude U 0 – 0.04, scale U 6 – 30 px
 holey-carbon edge             22 %: circle radius U 0.5 – 3 × size crossing the frame, edge width
                               U 0.5 – 3 px; 70 % vacuum hole (BF ×U 1.15 – 1.8, HAADF ×U 0.02 – 0.4,
                               no particles inside), 30 % thicker film (BF ×U 0.6 – 0.85, HAADF
                               ×U 1.3 – 2); always background
 illumination                  linear gradient amplitude U 0 – 0.35, vignette U 0 – 0.3
+gas haze                      30 %: U 0 – 0.3 of the signal replaced by a flat background
+                              (contrast floor raised by 1/(1 − haze))
+STEM line noise               HAADF 50 %: per-row gain jitter U 0.5 – 4 % rms
 blur (optics + gas)           Gaussian sigma LU 0.4 – 2.5 px; 10 % gas-blurred U 2.5 – 3.5 px;
                               capped at 0.2 × the median diameter (particles stay visible)
 dose                          LU 10 – 1000 counts/px (background BF / carbon HAADF), Poisson
@@ -215,6 +220,9 @@ def random_optics(rng: np.random.Generator, size: int, mode: str | None = None) 
     o.mottle_sigma = float(rng.uniform(6, 30))
     o.halo_sigma = float(rng.uniform(1, 4))
     o.gradient = (float(rng.uniform(0, 0.35)), float(rng.uniform(0, 2 * math.pi)))
+    o.haze = float(rng.uniform(0, 0.3)) if rng.random() < 0.3 else 0.0
+    if mode == "haadf" and rng.random() < 0.5:
+        o.row_noise = float(rng.uniform(0.005, 0.04))
     o.vignette = float(rng.uniform(0, 0.3))
     if rng.random() < 0.22:
         rad = float(rng.uniform(0.5, 3.0)) * size
@@ -276,12 +284,17 @@ def training_sample(
     # an expert must be able to see the particles: the blur may not wipe out the typical
     # particle, and the contrast floor rises with shot noise and with the carbon texture
     optics.blur_sigma = min(optics.blur_sigma, max(0.4, 0.2 * med_d))
-    texture = max(1.2 * optics.grain_amp, 3.0 * optics.mottle_amp)
+    # small particles = low magnification: the carbon grain is finer than at high magnification,
+    # and a particle barely larger than a grain needs more contrast to stand out of it
+    optics.grain_sigma = min(optics.grain_sigma, max(0.5, 0.15 * med_d))
+    texture = max(1.2 * optics.grain_amp * math.sqrt(max(1.0, 10.0 / med_d)),
+                  3.0 * optics.mottle_amp)
+    hz = 1.0 / (1.0 - optics.haze)  # the gas haze lowers every contrast by (1 - haze)
     if mode == "bf":
-        c_lo = min(max(0.08, 1.5 / math.sqrt(optics.dose), texture), 0.6)
+        c_lo = min(max(0.08, 1.5 / math.sqrt(optics.dose), texture) * hz, 0.6)
         c_level = _lu(rng, c_lo, max(0.8, c_lo * 1.2))
     else:
-        c_lo = max(0.3, 1.5 / math.sqrt(optics.dose), 2 * texture)
+        c_lo = max(0.3, 1.5 / math.sqrt(optics.dose), 2 * texture) * hz
         c_level = _lu(rng, c_lo, max(8.0, c_lo * 1.2))
 
     hole_fn = None

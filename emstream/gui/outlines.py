@@ -225,6 +225,9 @@ class DisplayFrame:
     outlines: Outlines | None
     matches: np.ndarray | None
     prepare_ms: float = 0.0
+    #: ``u8`` area-averaged by ``factor`` (a power of two) for the current zoom, or None.
+    small: np.ndarray | None = None
+    factor: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -238,8 +241,12 @@ def prepare_display(
     low_pct: float = 0.5,
     high_pct: float = 99.5,
     matching: Callable[[FrameResult], np.ndarray | None] | None = None,
+    factor: int = 1,
 ) -> DisplayFrame:
-    """Everything about drawing ``result`` that does not need Qt (runs off the GUI thread)."""
+    """Everything about drawing ``result`` that does not need Qt (runs off the GUI thread).
+
+    ``factor`` is the display downsampling the view currently wants (see :func:`downsample`).
+    """
     t0 = time.perf_counter()
     levels = auto_levels(result.frame.pixels, low_pct, high_pct)
     u8 = to_display_u8(result.frame.pixels, levels)
@@ -250,4 +257,23 @@ def prepare_display(
         else None
     )
     matches = matching(result) if matching is not None else None
-    return DisplayFrame(result, u8, levels, outlines, matches, (time.perf_counter() - t0) * 1e3)
+    small = downsample(u8, factor) if factor > 1 else None
+    ms = (time.perf_counter() - t0) * 1e3
+    return DisplayFrame(result, u8, levels, outlines, matches, ms, small, factor)
+
+
+def display_factor(image_px_per_screen_px: float) -> int:
+    """The power of two (1, 2, 4, …) at or below the image-to-screen pixel ratio."""
+    f = 1
+    while f * 2 <= image_px_per_screen_px:
+        f *= 2
+    return f
+
+
+def downsample(u8: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average ``u8`` by an integer ``factor`` (``cv2.INTER_AREA``, fast for exact ratios)."""
+    if factor <= 1:
+        return u8
+    h, w = u8.shape[:2]
+    hh, ww = max(1, h // factor), max(1, w // factor)
+    return cv2.resize(u8[: hh * factor, : ww * factor], (ww, hh), interpolation=cv2.INTER_AREA)

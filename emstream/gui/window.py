@@ -28,6 +28,8 @@ __all__ = ["MonitorWindow", "DISPLAY_INTERVAL_MS"]
 
 #: Newest result at most every 33 ms (≤ 30 Hz): the display never sets the pace of processing.
 DISPLAY_INTERVAL_MS = 33
+#: The size histogram follows the display at most this often while live.
+HIST_INTERVAL_S = 0.2
 #: Trends and status are redrawn less often (they change slowly and cost more with many points).
 SLOW_INTERVAL_MS = 500
 #: Step-back ring: at most this many displayed results and at most this many bytes of pixels+labels.
@@ -73,6 +75,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.ring_pos = -1  # index into ring being shown; -1 = live (newest)
         self.session_dir: Path | None = None
         self._last_display = 0.0
+        self._last_hist = 0.0
+        self._hist_stale = False
         self._display_times: deque[float] = deque(maxlen=60)
         self.update_ms: deque[float] = deque(maxlen=200)
 
@@ -259,7 +263,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         """Ready ``result`` for drawing (display thread: numpy/OpenCV only, no widgets)."""
         fv = self.frame_view
         return prepare_display(
-            result, low_pct=fv.low_pct, high_pct=fv.high_pct, matching=self.matches_for
+            result,
+            low_pct=fv.low_pct,
+            high_pct=fv.high_pct,
+            matching=self.matches_for,
+            factor=fv.shown_factor or 1,
         )
 
     def show_result(self, item: FrameResult | DisplayFrame) -> None:
@@ -278,9 +286,20 @@ class MonitorWindow(QtWidgets.QMainWindow):
 
     def _draw(self, d: DisplayFrame) -> None:
         self.frame_view.set_result(
-            d.result, d.matches, outlines=d.outlines, display=(d.u8, d.levels)
+            d.result,
+            d.matches,
+            outlines=d.outlines,
+            display=(d.u8, d.levels),
+            small=(d.small, d.factor),
         )
-        self.size_panel.set_result(d.result)
+        # the size histogram follows at ≤ 5 Hz while live (every frame when stepping/paused)
+        now = time.monotonic()
+        if self.paused or now - self._last_hist >= HIST_INTERVAL_S:
+            self._last_hist = now
+            self.size_panel.set_result(d.result)
+        else:
+            self.size_panel.result = d.result
+            self._hist_stale = True
 
     def _remember(self, d: DisplayFrame) -> None:
         self.ring.append(d)
@@ -384,7 +403,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
     def refresh_slow(self) -> None:
         """Trends, session histogram between frames, and the status bar."""
         self.trends_panel.refresh()
-        if self.paused or self.sink is None:
+        self.frame_view.refresh_histogram()
+        if self.paused or self.sink is None or self._hist_stale:
+            self._hist_stale = False
             self.size_panel.refresh()
         self.status.refresh(self.display_rate(), self.displayed)
 

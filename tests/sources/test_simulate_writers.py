@@ -227,3 +227,18 @@ def test_pacing_and_arguments(tmp_path):
         run_simulate(out=tmp_path, zmq="tcp://127.0.0.1:5555")
     with pytest.raises(ValueError):
         run_simulate()
+
+
+def test_second_session_in_the_same_folder_overwrites_nothing(tmp_path):
+    cfg = SceneConfig(**SMALL)
+    write_session(tmp_path, frames=5, fps=0, seed=1, config=cfg, stack_size=2)
+    first = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != MANIFEST_NAME}
+    manifest = write_session(tmp_path, frames=5, fps=0, seed=2, config=SceneConfig(**SMALL),
+                             stack_size=2)
+    for name, mtime in first.items():
+        assert (tmp_path / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
+    frames = [r for r in _manifest(manifest) if r.get("kind") == "frame"]
+    assert [r["seq"] for r in frames] == list(range(10))
+    keys = [(r["file"], r["slice"]) for r in frames]
+    assert len(keys) == len(set(keys))
+    assert sum(r.get("event") == "end" for r in _manifest(manifest)) == 2

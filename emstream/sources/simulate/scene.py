@@ -308,6 +308,7 @@ class Microscope:
                 if g.relax > 1.0:
                     g.relax = 1.0 + (g.relax - 1.0) * 0.92
                     g.proto.aspect = g.relax
+                    g.proto.invalidate()
                 if r < 0.75:
                     del self.grains[gid]
                     continue

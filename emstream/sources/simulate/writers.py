@@ -31,7 +31,8 @@ Injected bad files (``inject_bad=True``; spread over the session, each kind at l
 - ``mrc_short``: ``bad_stack_NNN.mrc`` whose header declares 4 slices but holds 2.
 
 Manifest ``simulator-manifest.jsonl`` (one JSON object per line, appended and flushed when the
-file or slice it describes is complete):
+file or slice it describes is complete; a second session into the same folder appends to it and
+numbers its files after the first one's):
 
 - per frame/file: ``kind`` (``"frame"``, or ``"bad"`` for an injected bad file), ``file``
   (relative to ``out_dir``), ``slice`` (index in the MRC stack or
@@ -152,6 +153,23 @@ class MrcStackWriter:
         return self.nz - 1
 
 
+def _resume_numbering(manifest: Path) -> tuple[int, int]:
+    """``(next frame number, next stack number)`` after a session already in the folder."""
+    if not manifest.exists():
+        return 0, 0
+    seqs, stacks = [-1], set()
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") == "frame" and isinstance(rec.get("seq"), int):
+            seqs.append(rec["seq"])
+            if rec.get("write_mode") == "mrc_stack":
+                stacks.add(rec.get("file"))
+    return max(seqs) + 1, len(stacks)
+
+
 def _write_chunked(path: Path, data: bytes, chunks: int, pause: float,
                    stop: threading.Event) -> None:
     n = max(int(chunks), 1)
@@ -222,8 +240,10 @@ def write_session(
     period = 1.0 / fps if fps > 0 else 0.0
     pause = min(0.5 * period, 1.0) / max(chunks, 1) if period else 0.0
     manifest = out / MANIFEST_NAME
+    # a folder that already holds a simulated session: go on numbering after it (acquisition
+    # software never overwrites a file it wrote earlier)
+    first, n_stacks = _resume_numbering(manifest)
     stack: MrcStackWriter | None = None
-    n_stacks = 0
     n_good = n_bad = 0
     last_tiff: bytes | None = None
     t_start = time.monotonic()
@@ -243,9 +263,11 @@ def write_session(
             if stop.is_set():
                 break
             frame = scope.next_frame(t_acq=time.time())
+            frame.seq += first
             mode = modes[i % len(modes)]
             rec: dict[str, Any] = {
-                "kind": "frame", "file": None, "slice": None, "seq": frame.seq, "t_acq": frame.t_acq,
+                "kind": "frame", "file": None, "slice": None, "seq": frame.seq,
+                "t_acq": frame.t_acq,
                 "write_mode": mode, "nm_per_px": frame.nm_per_px, "imaging": frame.mode,
                 "shape": list(frame.image.shape), "status": "ok", "defect": None,
                 "particles": frame.particles,
@@ -274,7 +296,7 @@ def write_session(
             n_good += 1
             kind = bad_at.get(i)
             if kind is not None:
-                _write_bad(out, kind, i, frame, last_tiff, rng, record)
+                _write_bad(out, kind, first + i, frame, last_tiff, rng, record)
                 n_bad += 1
         record({"kind": "end", "event": "end", "frames": n_good, "bad_files": n_bad,
                 "stopped": stop.is_set() or n_good < frames, "t_end": time.time(),

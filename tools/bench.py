@@ -56,7 +56,7 @@ def machine_info() -> dict[str, Any]:
 
         info["ram_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    except (ImportError, OSError):
+    except (ImportError, OSError, AttributeError):  # no load average on Windows
         pass
     return info
 

@@ -223,7 +223,9 @@ class FolderSource:
                 continue
             present.add(path)
             try:
-                st = e.stat(follow_symlinks=False)
+                # a fresh stat, not the directory entry's: on Windows (NTFS) the cached size and
+                # time of a file that is still open for writing lag behind
+                st = os.stat(path)
             except OSError:
                 continue
             version = f"{st.st_size}:{st.st_mtime_ns}"
@@ -275,6 +277,16 @@ class FolderSource:
         else:
             settled = c.closed or (c.stable >= self.stable_polls and age >= self.min_age_s)
         if not settled:
+            return
+        try:
+            # a writer on Windows may still hold the file without read sharing: not ready yet
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            if c.incomplete_since is None:
+                c.incomplete_since = now
+            if now - c.incomplete_since >= self.quarantine_after_s:
+                self._quarantine_pending(path, c, f"cannot open for reading: {exc}")
             return
         try:
             readers.check_complete(path)

@@ -174,7 +174,10 @@ class FolderSource:
 
         class _Wake(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
-                if getattr(event, "event_type", "") == "closed":
+                kind = getattr(event, "event_type", "")
+                if kind in ("opened", "closed_no_write"):
+                    return  # our own reads (and other readers) must not wake the scanner
+                if kind == "closed":
                     with source._closed_lock:
                         source._closed_paths.add(os.fsdecode(event.src_path))
                 source._wake.set()

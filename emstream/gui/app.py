@@ -194,6 +194,11 @@ def run_monitor_window(
     try:
         state["handle"] = start([sink])
         _attach_listener(state["handle"], sink)
+        if win.rules is None:  # colour target particles with the pipeline's own rules
+            h = state["handle"]
+            win.rules = getattr(h, "rules", None) or getattr(
+                getattr(h, "pipeline", None), "rules", None
+            )
         if on_window is not None:
             on_window(win)
         poll_timer.start()

@@ -90,7 +90,8 @@ class Outlines:
 _LOOP_S_PER_PARTICLE = 55e-6
 _FULL_S_PER_PIXEL = 19e-9
 
-_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+# 3×3 square: findContours follows 8-connected pixels, so diagonal contacts must be cut too
+_SQUARE = np.ones((3, 3), np.uint8)
 
 
 def particle_outlines(labels: np.ndarray, particles: ParticleTable) -> Outlines:
@@ -158,14 +159,21 @@ def _outlines_per_particle(
 
 
 def _outlines_whole_frame(labels: np.ndarray, particles: ParticleTable) -> Outlines:
-    # Morphology on a small dtype: max and min label in each 3×3 cross.
-    small = labels.astype(np.uint16 if labels.max() < (1 << 16) else np.float32)
-    dil = cv2.dilate(small, _CROSS)
-    ero = cv2.erode(small, _CROSS)
-    # Cut only where two particles meet (min > 0 and max != min); edges against the background
-    # stay where they are, so every particle keeps its full extent.
-    cut = cv2.bitwise_and(cv2.compare(ero, 0, cv2.CMP_GT), cv2.compare(dil, ero, cv2.CMP_NE))
-    inside = cv2.bitwise_and(cv2.compare(small, 0, cv2.CMP_GT), cv2.bitwise_not(cut))
+    # Morphology on a small dtype: largest label, and smallest non-zero label, in each 3×3
+    # neighbourhood. A particle pixel with a different particle next to it is cut, so touching
+    # particles become separate blobs; edges against the background stay where they are.
+    use16 = labels.max() < (1 << 16) - 1
+    small = labels.astype(np.uint16 if use16 else np.float32)
+    top = float((1 << 16) - 1 if use16 else 1e9)
+    fg = cv2.compare(small, 0, cv2.CMP_GT)
+    dil = cv2.dilate(small, _SQUARE)
+    filled = small.copy()
+    filled[fg == 0] = top
+    ero_nz = cv2.erode(filled, _SQUARE)
+    cut = cv2.bitwise_or(
+        cv2.compare(dil, small, cv2.CMP_GT), cv2.compare(ero_nz, small, cv2.CMP_LT)
+    )
+    inside = cv2.bitwise_and(fg, cv2.bitwise_not(cut))
     contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     lab = particles["label"]
     n = len(lab)

@@ -130,7 +130,7 @@ class SizeDistributionPanel(QtWidgets.QWidget):
             if self.result is not None
             else np.zeros(q.nbins, np.int64)
         )
-        edges, (m_session, m_recent, m_frame) = display_bins([session, recent, frame], q, 45)
+        edges, (m_session, m_recent, m_frame) = display_bins([session, recent, frame], q, 32)
         self.shown = {"edges": edges, "session": m_session, "recent": m_recent, "frame": m_frame}
         norm = self.cb_norm.isChecked()
         log = self.cb_log.isChecked()

@@ -61,7 +61,12 @@ class StatusBar(QtWidgets.QStatusBar):
         for key in ("source", "backend", "frames", "rate", "lag", "queue", "display", "session"):
             lab = QtWidgets.QLabel("")
             self.labels[key] = lab
-            self.addWidget(lab) if key != "session" else self.addPermanentWidget(lab)
+            self.addWidget(lab) if key != "session" else self.addPermanentWidget(lab, 1)
+        # a long session path must not widen the window: elide it, full path in the tooltip
+        self.labels["session"].setSizePolicy(
+            QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred
+        )
+        self.labels["session"].setMinimumWidth(160)
 
     def refresh(self, display_fps: float | None = None, drawn: int = 0) -> None:
         d: dict[str, Any] = {}
@@ -94,3 +99,4 @@ class StatusBar(QtWidgets.QStatusBar):
         L["display"].setText(disp)
         folder = self.session_dir or "–"
         L["session"].setText(f"{self.extra}Session: <b>{folder}</b>")
+        L["session"].setToolTip(folder)

@@ -1,0 +1,124 @@
+"""The Qt-free parts of the window: display scaling, outlines, binning, statistics (no display)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gui_sim_frames import as_record, make_result
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emstream.gui.outlines import (
+    _outlines_per_particle,
+    _outlines_whole_frame,
+    display_factor,
+    downsample,
+    nice_length,
+    particle_outlines,
+    to_display_u8,
+)
+from emstream.gui.session_stats import (
+    QUANTITIES,
+    SessionStatistics,
+    TrendSeries,
+    display_bins,
+    quantiles_from_counts,
+)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64])
+def test_display_scaling_saturates_and_is_monotone(dtype):
+    v = np.linspace(0, 250, 251).astype(dtype)[None, :]
+    u = to_display_u8(v, (50.0, 150.0)).ravel().astype(int)
+    assert (u[:51] == 0).all() and (u[150:] == 255).all()
+    assert (np.diff(u) >= 0).all()
+    assert abs(int(u[100]) - 127) <= 1
+
+
+@given(st.floats(1e-3, 1e6))
+def test_nice_length_is_a_round_number_not_above_target(target):
+    v = nice_length(target)
+    assert 0 < v <= target * (1 + 1e-12)
+    mant = v / 10 ** np.floor(np.log10(v) + 1e-12)
+    assert any(np.isclose(mant, m) for m in (1, 2, 5))
+    assert v * 5 > target * (1 - 1e-12)  # never more than one 1-2-5 step below
+
+
+@given(st.floats(0.5, 100))
+def test_display_factor_is_a_power_of_two_at_or_below_the_ratio(r):
+    f = display_factor(r)
+    assert f & (f - 1) == 0 and 1 <= f <= max(1.0, r) and (f * 2 > r or f == 1)
+
+
+def test_downsample_area_averages():
+    u8 = np.zeros((8, 8), np.uint8)
+    u8[:, ::2] = 200
+    d = downsample(u8, 2)
+    assert d.shape == (4, 4) and (d == 100).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_outline_strategies_agree_one_outline_per_particle(seed):
+    rng = np.random.default_rng(seed)
+    r = make_result(rng, 0, shape=(256, 256), n=40, radius=(2.0, 12.0))
+    n = len(r.particles["label"])
+    a = _outlines_whole_frame(r.labels, r.particles)
+    b = _outlines_per_particle(r.labels, r.particles, np.arange(n))
+    c = particle_outlines(r.labels, r.particles)
+    for o in (a, b, c):
+        assert o.count == n
+        assert np.array_equal(o.rows, np.arange(n))
+        assert int((o.connect == 0).sum()) == n  # one closed loop each
+        # every outline vertex lies inside its particle's bounding box (pixel centres)
+        rows = np.repeat(o.rows, np.diff(o.start))
+        p = r.particles
+        assert (o.x >= p["bbox_min_x_px"][rows]).all() and (o.x <= p["bbox_max_x_px"][rows]).all()
+        assert (o.y >= p["bbox_min_y_px"][rows]).all() and (o.y <= p["bbox_max_y_px"][rows]).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 300), min_size=1, max_size=400))
+def test_display_bins_keep_every_count(values):
+    q = QUANTITIES["equivalent_diameter_nm"]
+    c = q.counts(np.array(values))
+    edges, (m,) = display_bins([c], q, 30)
+    assert m.sum() == c.sum() == len(values)
+    assert len(m) <= 30 and len(edges) == len(m) + 1 and (np.diff(edges) > 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(1, 100), min_size=5, max_size=300))
+def test_binned_quantiles_within_a_bin_of_exact(values):
+    q = QUANTITIES["equivalent_diameter_nm"]
+    v = np.array(values)
+    s, n, w = np.sort(v), len(v), q.width
+    got = quantiles_from_counts(q.counts(v), q.edges, (0.1, 0.5, 0.9))
+    for p, g in zip((0.1, 0.5, 0.9), got, strict=True):
+        # between the order statistics around rank p·n, give or take one fine bin
+        below = s[max(0, int(np.floor(p * n)) - 1)]
+        above = s[min(n - 1, int(np.ceil(p * n)))]
+        assert below - w - 1e-9 <= g <= above + w + 1e-9
+
+
+def test_trend_series_is_bounded_and_spans_the_session():
+    t = TrendSeries(capacity=1000)
+    for i in range(100_000):
+        t.add(float(i), i, 1, 2.0, 2.0, 0.1)
+    a = t.arrays()
+    assert t.n <= 1000 and len(a["t_acq"]) == t.n
+    assert a["t_acq"][0] == 0.0 and a["t_acq"][-1] >= 100_000 - 2 * t.stride
+    assert (np.diff(a["t_acq"]) > 0).all()
+
+
+def test_statistics_count_each_frame_once():
+    rng = np.random.default_rng(5)
+    s = SessionStatistics(recent_frames=3)
+    results = [make_result(rng, i, shape=(128, 128), n=6) for i in range(5)]
+    for r in results:
+        assert s.account(as_record(r))
+        assert not s.account(as_record(r))  # the sink and the listener both saw it
+    total = sum(len(r.particles["label"]) for r in results)
+    assert s.counts() == {"frames_ok": 5, "frames_other": 0, "particles": total}
+    session, recent = s.histogram_snapshot("equivalent_diameter_nm")
+    assert session.sum() == total
+    assert recent.sum() == sum(len(r.particles["label"]) for r in results[-3:])

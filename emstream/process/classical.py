@@ -33,6 +33,8 @@ low-contrast particles are where the learned segmenter is needed.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from skimage.segmentation import watershed
@@ -74,7 +76,9 @@ class ClassicalSegmenter:
         k_low: float = 1.5,
         edge_frac: float = 0.3,
         use_otsu: bool = True,
-        k_peak: float = 4.0,
+        k_peak: float | str = "auto",
+        false_alarms: float = 0.2,
+        k_peak_weak: float = 4.0,
     ):
         if smooth_sigma != "auto" and not (isinstance(smooth_sigma, (int, float)) and smooth_sigma >= 0):
             raise ValueError(f"smooth_sigma must be 'auto' or >= 0, got {smooth_sigma!r}")
@@ -89,7 +93,11 @@ class ClassicalSegmenter:
         self.k_low = float(k_low)
         self.edge_frac = float(edge_frac)
         self.use_otsu = bool(use_otsu)
-        self.k_peak = float(k_peak)
+        self.k_peak = k_peak if k_peak == "auto" else float(k_peak)
+        self.false_alarms = float(false_alarms)
+        self.k_peak_weak = float(k_peak_weak)
+        self._peak_weak = -np.inf
+        self._last_sigma = 1.0
         self._peak = -np.inf
         self._low = 0.0
 
@@ -111,14 +119,17 @@ class ClassicalSegmenter:
         x -= _flat_background(x, valid)
 
         sigma = self._sigma(x, valid)
+        self._last_sigma = sigma
         y = cv2.GaussianBlur(x, (0, 0), sigma) if sigma > 0 else x
         mask = self._threshold(y, valid)
         if valid is not None:
             mask &= valid
         if self.refine_edges:
+            fwhm = max(2.355 * sigma, 1.0)
             mask = _half_max_edges(
                 y, mask, self._low, grow=int(np.ceil(2 * sigma + 2)), frac=self.edge_frac,
-                min_peak=self._peak,
+                min_peak=self._peak, weak_peak=self._peak_weak,
+                weak_min_area=3.0 * math.pi * fwhm * fwhm / 4.0,
             )
         mask = _fill_holes(mask, max_area=int(self.max_hole_frac * h * w))
         n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
@@ -176,39 +187,58 @@ class ClassicalSegmenter:
             t_otsu, _ = cv2.threshold(u8.reshape(1, -1), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
             t = max(t_sigma, lo + float(t_otsu) * (hi - lo) / 255.0)
         self._low = level + self.k_low * spread
-        self._peak = level + self.k_peak * spread
+        if self.k_peak == "auto":
+            area = float(np.count_nonzero(valid)) if valid is not None else float(y.size)
+            k_strong = _false_alarm_level(area, self._last_sigma, self.false_alarms)
+        else:
+            k_strong = float(self.k_peak)
+        self._peak = level + k_strong * spread
+        self._peak_weak = level + min(self.k_peak_weak, k_strong) * spread
         return y > t
 
     def _split_clumps(self, labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
-        """Watershed-split the non-convex components of ``labels`` (labels 1..N, stats rows)."""
+        """Watershed-split the clumps among ``labels`` (labels 1..N, ``stats`` rows 0..N-1).
+
+        A component is a candidate when it is large for its thickness (area > 1.35 π r²,
+        r = largest inscribed radius: two touching disks give 2, a disk 1) or not convex
+        (solidity < ``split_solidity``); its h-maxima then decide how many particles it holds.
+        """
         h, w = labels.shape
-        next_label = int(stats.shape[0]) + 1
-        area = stats[:, cv2.CC_STAT_AREA]
-        cand = np.flatnonzero(area >= 2 * self.min_area_px)
-        for i in cand:
+        n = int(stats.shape[0])
+        dist_all = cv2.distanceTransform((labels > 0).view(np.uint8) if labels.dtype == bool
+                                         else (labels > 0).astype(np.uint8), cv2.DIST_L2, 5)
+        fg = labels > 0
+        rmax = np.zeros(n + 1, np.float32)
+        np.maximum.at(rmax, labels[fg], dist_all[fg])
+        area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+        big = area >= 2 * self.min_area_px
+        fat = area > 1.35 * math.pi * np.maximum(rmax[1:], 0.5) ** 2
+        next_label = n + 1
+        for i in np.flatnonzero(big):
             lab_id = i + 1
             x, y, bw, bh = (int(v) for v in stats[i, :4])
             y0, y1 = max(0, y - 1), min(h, y + bh + 1)
             x0, x1 = max(0, x - 1), min(w, x + bw + 1)
             crop = labels[y0:y1, x0:x1]
             m = (crop == lab_id).astype(np.uint8)
-            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            if not contours:
-                continue
-            c = max(contours, key=cv2.contourArea)
-            hull_area = cv2.contourArea(cv2.convexHull(c))
-            if hull_area <= 0 or cv2.contourArea(c) / hull_area >= self.split_solidity:
-                continue
-            dist = cv2.distanceTransform(m, cv2.DIST_L2, 5)
+            if not fat[i]:
+                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                if not contours:
+                    continue
+                c = max(contours, key=cv2.contourArea)
+                hull_area = cv2.contourArea(cv2.convexHull(c))
+                if hull_area <= 0 or cv2.contourArea(c) / hull_area >= self.split_solidity:
+                    continue
+            dist = np.where(m > 0, dist_all[y0:y1, x0:x1], 0).astype(np.float32)
             dist = cv2.GaussianBlur(dist, (0, 0), 1.0)
             hh = max(1.0, self.h_rel * float(dist.max()))
-            peaks = _h_maxima(dist, hh)
+            peaks = _h_maxima(dist, hh) & m
             npk, markers = cv2.connectedComponents(peaks, connectivity=8)
             if npk <= 2:
                 continue
             ws = watershed(-dist, markers, mask=m.astype(bool))
             sub = np.zeros_like(crop)
-            # first piece keeps the clump's label, the others get new ones
+            # the first piece keeps the clump's label, the others get new ones
             for j in range(1, npk):
                 piece = ws == j
                 if not piece.any():
@@ -218,7 +248,7 @@ class ClassicalSegmenter:
                 else:
                     sub[piece] = next_label
                     next_label += 1
-            region = crop == lab_id
+            region = m > 0
             crop[region] = sub[region]
         return _relabel(labels)
 
@@ -226,22 +256,50 @@ class ClassicalSegmenter:
 _K3 = np.ones((3, 3), np.uint8)
 
 
-def _h_maxima(f: np.ndarray, h: float) -> np.ndarray:
-    """Markers of the maxima of ``f`` that stand at least ``h`` above their saddles (uint8).
+def _false_alarm_level(area_px: float, sigma: float, alpha: float, floor: float = 4.0) -> float:
+    """Peak height (in noise spreads) that smoothed white noise over ``area_px`` exceeds with
+    about ``alpha`` expected maxima per frame.
 
-    Reconstruction by dilation of ``f - h`` under ``f`` (iterated 3×3 dilations, cheap on the
-    small crops used here); the maxima's caps are where ``f`` exceeds the reconstruction by
-    ``h``.
+    Expected Euler characteristic of a Gaussian random field above u (Worsley):
+    ``R · 4 ln 2 · (2π)^(-3/2) · u · exp(-u²/2)`` with ``R = area / FWHM²`` resels, FWHM of the
+    smoothing kernel ``2.355 σ`` (at least 1 px).
     """
-    f = f.astype(np.float32, copy=False)
-    rec = f - np.float32(h)
-    for _ in range(sum(f.shape)):
+    fwhm = max(2.355 * sigma, 1.0)
+    resels = max(area_px, 1.0) / (fwhm * fwhm)
+    c = resels * 4.0 * math.log(2.0) * (2.0 * math.pi) ** -1.5
+    u = floor
+    for _ in range(50):
+        ec = c * u * math.exp(-0.5 * u * u)
+        if ec <= alpha:
+            break
+        u += 0.05
+    return u
+
+
+def _reconstruct(marker: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Grey reconstruction by dilation of ``marker`` under ``mask`` (iterated 3×3 dilations,
+    cheap on the small crops used here)."""
+    rec = np.minimum(marker, mask)
+    for _ in range(sum(mask.shape)):
         prev = rec
         for _ in range(4):  # check for convergence every 4 dilations
-            rec = np.minimum(cv2.dilate(rec, _K3), f)
+            rec = np.minimum(cv2.dilate(rec, _K3), mask)
         if np.array_equal(prev, rec):
             break
-    return ((f - rec) >= np.float32(h) - 1e-3).view(np.uint8)
+    return rec
+
+
+def _h_maxima(f: np.ndarray, h: float) -> np.ndarray:
+    """Markers (uint8) of the maxima of ``f`` that stand at least ``h`` above their saddles.
+
+    The h-maxima transform ``R(f - h)`` flattens every peak of dynamic < h into its
+    neighbourhood; its regional maxima (found by a second reconstruction with a tiny step)
+    are the markers — one per significant peak, however long its ridge.
+    """
+    f = f.astype(np.float32, copy=False)
+    hm = _reconstruct(f - np.float32(h), f)
+    eps = np.float32(1e-3)
+    return ((hm - _reconstruct(hm - eps, hm)) > eps / 2).view(np.uint8)
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -287,7 +345,7 @@ def _flat_background(x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 
 def _half_max_edges(
     y: np.ndarray, seeds: np.ndarray, low: float, grow: int, frac: float = 0.5,
-    min_peak: float = -np.inf,
+    min_peak: float = -np.inf, weak_peak: float = -np.inf, weak_min_area: float = 0.0,
 ) -> np.ndarray:
     """Move each detected object's edge to half of its own peak height.
 
@@ -296,14 +354,17 @@ def _half_max_edges(
     object's peak is taken, its neighbourhood (``grow`` px) is thresholded at
     ``max(low, peak / 2)``, and only the parts connected to a seed are kept.
     """
-    n, seed_lab = cv2.connectedComponents(seeds.view(np.uint8), connectivity=8)
+    n, seed_lab, stats, _ = cv2.connectedComponentsWithStats(seeds.view(np.uint8), connectivity=8)
     if n <= 1:
         return seeds
     fg = seed_lab > 0
     peak = np.full(n, -np.inf, np.float32)
     np.maximum.at(peak, seed_lab[fg], y[fg])
     peak[0] = np.inf
-    weak = peak < min_peak  # seeds that never rise far above the noise: grain, not particles
+    # seeds that never rise far above the noise are grain, not particles, unless they are
+    # moderately high and larger than a noise blob of the smoothing kernel's size
+    seed_area = stats[:, cv2.CC_STAT_AREA]
+    weak = (peak < min_peak) & ~((peak >= weak_peak) & (seed_area >= weak_min_area))
     if weak.any():
         seeds = seeds & ~weak[seed_lab]
         seed_lab = np.where(weak[seed_lab], 0, seed_lab)

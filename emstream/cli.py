@@ -125,6 +125,9 @@ ScreenshotOpt = Annotated[
     Path | None, typer.Option("--screenshot", help="Save the window as PNG when the run ends.")
 ]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=1, max=64, help="Frames processed in parallel (default: by core count).")
+]
 
 
 @dataclass
@@ -143,6 +146,7 @@ class RunOptions:
     screenshot: Path | None = None
     report: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    workers: int | None = None
 
     def as_config(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "extra"}
@@ -323,6 +327,7 @@ def run_session(
         return Pipeline(
             source, segmenter, [*sinks, *extra], session=session, rules=rules,
             watchdog=_build_watchdog(), policy=opts.policy, pixel_size_nm=opts.pixel_size,
+            workers=opts.workers,
         )
 
     pipeline_box: list[Any] = []
@@ -420,6 +425,7 @@ def watch(
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
+    workers: WorkersOpt = None,
     recursive: Annotated[bool, typer.Option(help="Also watch sub-folders.")] = False,
     poll: Annotated[float, typer.Option(min=0.05, help="Rescan interval, s.")] = 0.5,
     min_age: Annotated[float, typer.Option(min=0.0, help="A file must be unchanged this long, s.")] = 1.0,
@@ -434,6 +440,7 @@ def watch(
                       publish, policy.value, gui, screenshot, report,
                       extra={"watch": str(directory), "poll_s": poll, "min_age_s": min_age,
                              "quarantine_after_s": quarantine_after, "recursive": recursive})
+    opts.workers = workers
 
     def make(ledger: Any) -> Any:
         return FolderSource(directory, ledger, poll_s=poll, min_age_s=min_age,
@@ -463,6 +470,7 @@ def listen(
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
+    workers: WorkersOpt = None,
 ) -> None:
     """Process frames arriving over ZeroMQ (emstream v1 or DECTRIS SIMPLON)."""
     try:
@@ -472,6 +480,7 @@ def listen(
     opts = RunOptions(session_dir, exit_when_idle, pixel_size, segmenter.value, backend.value, rules,
                       publish, policy.value, gui, screenshot, report,
                       extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind})
+    opts.workers = workers
 
     def make(ledger: Any) -> Any:  # noqa: ARG001
         return StreamSource(endpoint, protocol=protocol.value, pattern="sub" if sub else "pull",
@@ -498,6 +507,7 @@ def replay(
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
+    workers: WorkersOpt = None,
 ) -> None:
     """Feed a recorded folder through the pipeline at its original pace (or faster)."""
     from emstream.sources.replay import ReplaySource
@@ -505,6 +515,7 @@ def replay(
     opts = RunOptions(session_dir, exit_when_idle, pixel_size, segmenter.value, backend.value, rules,
                       publish, policy.value, gui, screenshot, report,
                       extra={"replay": str(directory), "speed": None if as_fast_as_possible else speed})
+    opts.workers = workers
 
     def make(ledger: Any) -> Any:  # noqa: ARG001
         return ReplaySource(directory, speed=None if as_fast_as_possible or speed == 0 else speed)
@@ -573,6 +584,7 @@ def demo(
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
+    workers: WorkersOpt = None,
 ) -> None:
     """Simulated microscope + folder monitor in one process, with a live view."""
     try:
@@ -604,6 +616,7 @@ def demo(
                       gui, screenshot, report,
                       extra={"demo": {"frames": frames, "fps": fps, "seed": seed, "size": size,
                                      "inject_bad": inject_bad, "folder": str(acq)}})
+    opts.workers = workers
 
     def make(ledger: Any) -> Any:
         sim.start()

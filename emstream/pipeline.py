@@ -18,6 +18,7 @@ Threads and queues::
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -214,7 +215,10 @@ class Pipeline:
     policy : ``"all"`` (never drop; fall behind) or ``"latest"`` (skip the oldest waiting frame).
     pixel_size_nm : overrides every frame's calibration (source ``"override"``).
     first_seq : seq of the first frame; default: the ledger's next seq (restart resumes).
-    queue_size : frames waiting for the worker.
+    queue_size : frames waiting for a worker.
+    workers : frames processed in parallel (prepare/segment/measure release the GIL for much of
+        their work). Results are handed to rules and sinks strictly in ``seq`` order whatever
+        the number of workers. ``None``: 1 on machines with up to 4 cores, else up to 4.
     """
 
     def __init__(
@@ -232,6 +236,7 @@ class Pipeline:
         queue_size: int = 2,
         keep_labels: bool = True,
         polarity: str = "auto",
+        workers: int | None = None,
     ):
         if policy not in ("all", "latest"):
             raise ValueError(f"policy must be 'all' or 'latest', got {policy!r}")
@@ -255,7 +260,16 @@ class Pipeline:
                 if fn is not None:
                     first_seq = max(first_seq, int(fn()))
         self._seq = first_seq
+        if workers is None:
+            cores = os.cpu_count() or 1
+            workers = 1 if cores <= 4 else min(4, cores // 2)
+        self.workers = max(1, int(workers))
         self._work: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        # ordered hand-off: results wait here until every earlier seq is out
+        self._order_lock = threading.Lock()
+        self._next_out = first_seq
+        self._out_of_order: dict[int, FrameRecord] = {}
+        self._workers_left = self.workers
         self._skip_lock = threading.Lock()
         self._stop = threading.Event()
         self._runners = [_SinkRunner(s) for s in self.sinks]
@@ -287,8 +301,9 @@ class Pipeline:
             r.thread.start()
             r.put("open", self.session)
         self._stats.running = True
-        for name, target in (("reader", self._read_loop), ("worker", self._work_loop),
-                             ("monitor", self._monitor_loop)):
+        stages = [("reader", self._read_loop), ("monitor", self._monitor_loop)]
+        stages += [(f"worker-{k}", self._work_loop) for k in range(self.workers)]
+        for name, target in stages:
             t = threading.Thread(target=target, name=f"emstream-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -392,7 +407,8 @@ class Pipeline:
             log.exception("source %s failed", self._stats.source)
         finally:
             self._source_done.set()
-            self._work.put(_STOP)
+            for _ in range(self.workers):
+                self._work.put(_STOP)
             if it is not None and hasattr(it, "close"):
                 try:
                     it.close()
@@ -431,7 +447,7 @@ class Pipeline:
                     return
 
     def _worker_alive(self) -> bool:
-        return len(self._threads) > 1 and self._threads[1].is_alive()
+        return any(t.is_alive() for t in self._threads if t.name.startswith("emstream-worker"))
 
     def _skip(self, frame: Frame, reason: str) -> None:
         rec = TrackedRecord(
@@ -444,7 +460,7 @@ class Pipeline:
             calibration=frame.calibration,
             file_version=file_version_of(frame),
         )
-        self._finish(rec)
+        self._deliver(rec)
 
     def _work_loop(self) -> None:
         try:
@@ -454,15 +470,34 @@ class Pipeline:
                     break
                 item, read_ms = entry
                 if isinstance(item, FrameRecord):
-                    self._finish(item)
+                    self._deliver(item)
                     continue
-                self._finish(self._process(item, read_ms))
+                self._deliver(self._process(item, read_ms))
         except Exception as exc:  # pragma: no cover - _process never raises
             self.error = exc
             log.exception("worker failed")
         finally:
-            self._stop.set()
-            self._close_sinks()
+            with self._order_lock:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last:
+                self._stop.set()
+                with self._order_lock:
+                    # anything left behind a seq that never came (stopped mid-hand-off)
+                    for seq in sorted(self._out_of_order):
+                        self._finish(self._out_of_order.pop(seq))
+                self._close_sinks()
+
+    def _deliver(self, record: FrameRecord) -> None:
+        """Hand records on in ``seq`` order (workers finish out of order)."""
+        with self._order_lock:
+            if record.seq < self._next_out:  # not expected (e.g. seq assigned outside): pass on
+                self._finish(record)
+                return
+            self._out_of_order[record.seq] = record
+            while self._next_out in self._out_of_order:
+                self._finish(self._out_of_order.pop(self._next_out))
+                self._next_out += 1
 
     def _process(self, frame: Frame, read_ms: float) -> FrameRecord:
         """One frame through prepare, segment, measure and rules; never raises."""
@@ -471,12 +506,6 @@ class Pipeline:
                 frame, self.segmenter, polarity=self.polarity, read_ms=read_ms,
                 keep_labels=self.keep_labels,
             )
-            t3 = time.perf_counter()
-            alerts = self._evaluate_rules(result)
-            t4 = time.perf_counter()
-            result.timings_ms["rules"] = (t4 - t3) * 1e3
-            result.timings_ms["total"] += result.timings_ms["rules"]
-            result.t_done = time.time()
             record = TrackedRecord(
                 seq=frame.seq,
                 source_id=frame.source_id,
@@ -487,7 +516,6 @@ class Pipeline:
                 calibration=frame.calibration,
                 file_version=file_version_of(frame),
             )
-            record._alerts = alerts  # type: ignore[attr-defined]
             return record
         except Exception as exc:
             log.exception("processing frame %s (%s) failed", frame.seq, frame.source_id)
@@ -525,8 +553,15 @@ class Pipeline:
             return []
 
     def _finish(self, record: FrameRecord) -> None:
-        """Count, notify, and hand the terminal record (then its alerts) to every sink."""
-        alerts: list[Alert] = list(getattr(record, "_alerts", []))
+        """Rules (in seq order), count, notify, and hand the record and its alerts to every sink."""
+        alerts: list[Alert] = []
+        res = record.result
+        if res is not None and record.status == "ok":
+            t3 = time.perf_counter()
+            alerts = self._evaluate_rules(res)
+            res.timings_ms["rules"] = (time.perf_counter() - t3) * 1e3
+            res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["rules"]
+            res.t_done = time.time()
         if self.watchdog is not None:
             try:
                 alerts += list(self.watchdog.on_frame(record, time.time()))

@@ -130,20 +130,21 @@ class _MemorySource:
         pass
 
 
-def bench_pipeline(images: list[np.ndarray], segmenter: Any) -> dict[str, float]:
+def bench_pipeline(images: list[np.ndarray], segmenter: Any, workers: int | None = None) -> dict[str, float]:
     from emstream.pipeline import Pipeline
     from emstream.sinks.base import Session
     from emstream.sinks.ledger import Ledger
 
     with tempfile.TemporaryDirectory(prefix="emstream-bench-") as d:
         p = Pipeline(_MemorySource(images), segmenter, [Ledger(d)],
-                     session=Session(Path(d), "memory", segmenter.name, t_start=time.time()))
+                     session=Session(Path(d), "memory", segmenter.name, t_start=time.time()),
+                     workers=workers, queue_size=4)
         t0 = time.perf_counter()
         p.run()
         dt = time.perf_counter() - t0
         st = p.stats
     return {"e2e_fps": round(st.processed / dt, 2), "e2e_frames": st.processed,
-            "e2e_seconds": round(dt, 2)}
+            "e2e_seconds": round(dt, 2), "workers": p.workers}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--segmenter", nargs="+", default=["classical", "learned"],
                     choices=["classical", "learned"])
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--workers", type=int, default=None, help="pipeline workers (default: by cores)")
     ap.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end run")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind in args.segmenter:
         try:
-            seg = make_segmenter(kind=kind, backend=args.backend)
+            seg = make_segmenter(kind=kind, backend=args.backend, device=args.device)
         except Exception as exc:  # noqa: BLE001
             print(f"{kind}: unavailable ({exc})")
             continue
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"segmenter": seg.name, "size": size, "frames": args.frames}
             row.update(bench_stages(images, seg))
             if not args.no_pipeline:
-                row.update(bench_pipeline(images, seg))
+                row.update(bench_pipeline(images, seg, args.workers))
             rows.append(row)
             print(json.dumps(row))
     hdr = f"{'segmenter':<36}{'size':>6}{'prep':>8}{'seg':>8}{'meas':>8}{'total':>8}{'fps':>8}{'e2e fps':>9}"

@@ -158,15 +158,12 @@ class CalibratedScaleBar(GraphicsWidgetAnchor, pg.GraphicsObject):
         p2 = view.mapFromViewToItem(self, QtCore.QPointF(self.size, 0))
         w = abs((p2 - p1).x())
         tr = self.text.boundingRect()
-        self.bar.setRect(QtCore.QRectF(-w, -8, w, 8))
-        self.text.setPos(-w / 2 - tr.width() / 2, -8 - 4 - tr.height())
+        # anchored by its top-right corner: text, then the bar below it
         pad = 8
-        left = min(-w, -w / 2 - tr.width() / 2) - pad
-        self.plate.setRect(
-            QtCore.QRectF(
-                left, -8 - 4 - tr.height() - pad, -left + pad, 8 + 4 + tr.height() + 2 * pad
-            )
-        )
+        self.text.setPos(-w / 2 - tr.width() / 2 - pad, pad)
+        self.bar.setRect(QtCore.QRectF(-w - pad, pad + tr.height() + 4, w, 8))
+        left = min(-w, -w / 2 - tr.width() / 2) - 2 * pad
+        self.plate.setRect(QtCore.QRectF(left, 0, -left, tr.height() + 8 + 4 + 2 * pad))
 
 
 class FrameView(QtWidgets.QWidget):
@@ -227,7 +224,8 @@ class FrameView(QtWidgets.QWidget):
 
         self.scale_bar = CalibratedScaleBar()
         self.scale_bar.setParentItem(self.vb)
-        self.scale_bar.anchor((0, 0), (1, 1), offset=(-24, -20))
+        # top-right: burned-in data bars and scale bars usually sit along the bottom edge
+        self.scale_bar.anchor((0, 0), (1, 0), offset=(-16, 16))
 
         self.scale_bar.setVisible(False)  # until a frame is shown
 

@@ -259,8 +259,10 @@ class TrendsPanel(QtWidgets.QWidget):
         if unit != getattr(self, "_unit", None):
             self._unit = unit
             self.plots[1].setLabel("left", unit, **_label_style())
-        x = t["t_acq"]
+        # frames can finish out of acquisition order (several files, stacks): plot in time order
+        order = np.argsort(t["t_acq"], kind="stable")
+        x = t["t_acq"][order]
         self.points = len(x)
         for key, curve in self.curves.items():
-            v = t[key] * (100.0 if key == "coverage" else 1.0)
+            v = t[key][order] * (100.0 if key == "coverage" else 1.0)
             curve.setData(x, v, connect="finite")

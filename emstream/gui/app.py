@@ -270,6 +270,7 @@ def build_review_window(review) -> MonitorWindow:
         act.setEnabled(False)
     win.size_panel.cb_frame.setChecked(False)
     win.size_panel.cb_frame.setVisible(False)
+    win.size_panel.legend.removeItem(win.size_panel.curve_frame)
     win.refresh_all()
     return win
 

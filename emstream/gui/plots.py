@@ -70,7 +70,7 @@ class SizeDistributionPanel(QtWidgets.QWidget):
         self.plot: pg.PlotItem = self.plot_widget.getPlotItem()
         _style_plot(self.plot)
         self.plot.setMenuEnabled(False)
-        self.legend = self.plot.addLegend(offset=(-8, 8), labelTextColor=theme.TEXT)
+        self.legend = self.plot.addLegend(offset=(-8, 34), labelTextColor=theme.TEXT)
         self.curve_session = self.plot.plot(
             name="Session",
             stepMode="center",

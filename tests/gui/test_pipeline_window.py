@@ -202,3 +202,42 @@ def test_haadf_pipeline_screenshot(artifacts_dir, tmp_path):
     )
     assert box["w"].statistics.counts()["frames_ok"] == 12
     assert shot.is_file()
+
+
+def test_review_shows_saved_snapshots(tmp_path, artifacts_dir, rng):
+    """A session with snapshot PNGs: review mode shows them in the frame view."""
+    from gui_sim_frames import as_record, make_result
+
+    from emstream.gui.app import view_session
+    from emstream.gui.snapshots import read_picture
+    from emstream.results import Alert
+    from emstream.sinks.base import Session
+    from emstream.sinks.ledger import Ledger
+
+    led = Ledger(tmp_path)
+    led.open(Session(tmp_path, "folder /data/run7", "classical"))
+    for i in range(8):
+        led.frame_done(as_record(make_result(rng, i, shape=(256, 256), n=12, t_acq=1.7e9 + i)))
+    led.alert(Alert("large particles", "warning", 7, "4 particles ≥ 12 nm"))
+    led.close()
+    snaps = tmp_path / "snapshots"
+    snaps.mkdir()
+    src = artifacts_dir / "gui_bf_overlays.png"
+    if not src.is_file():  # written by test_window; make a small picture otherwise
+        from PySide6 import QtGui
+
+        img = QtGui.QImage(64, 48, QtGui.QImage.Format.Format_RGB32)
+        img.fill(QtGui.QColor("#336699"))
+        img.save(str(snaps / "seq000007_large-particles.png"))
+    else:
+        (snaps / "seq000007_large-particles.png").write_bytes(src.read_bytes())
+    pic = read_picture(snaps / "seq000007_large-particles.png")
+    box = {}
+    shot = artifacts_dir / "gui_review_snapshots.png"
+    assert view_session(tmp_path, shot, on_window=lambda w: box.setdefault("w", w)) == 0
+    w = box["w"]
+    assert w.snapshot_browser.combo.count() == 1
+    assert w.frame_view.image.image.shape == pic.shape
+    assert "Snapshot" in w.frame_view.caption.text()
+    assert w.statistics.counts()["frames_ok"] == 8
+    assert w.alerts_panel.total == 1

@@ -107,7 +107,9 @@ def test_stage_drift_moves_every_particle_by_the_drift():
 
 
 def test_growth_makes_particles_bigger():
+    # supply on: target coverage well above the sample's (no catch-up nucleation: ramp of 1)
     cfg = _still(growth_nm_per_frame=0.1, coverage_start=0.04)
+    cfg.coverage_end = 0.5
     m = Microscope(cfg, seed=6)
     f0 = m.next_frame()
     for _ in range(10):
@@ -119,6 +121,17 @@ def test_growth_makes_particles_bigger():
     growth = np.median([b[i]["equivalent_diameter_nm"] - a[i]["equivalent_diameter_nm"]
                         for i in both])
     assert growth == pytest.approx(2 * 10 * 0.1, abs=0.5)  # diameter grows by 2 x radius growth
+
+
+def test_growth_stops_when_the_supply_runs_out():
+    cfg = _still(growth_nm_per_frame=0.1, coverage_start=0.2)  # target = 0.2, already there
+    m = Microscope(cfg, seed=6)
+    cov = [sum(math.pi * g.r**2 for g in m.grains.values()) for _ in range(1)]
+    for _ in range(60):
+        m.next_frame()
+    cov.append(sum(math.pi * g.r**2 for g in m.grains.values()))
+    Hc, Wc = m.canvas
+    assert cov[-1] / (Hc * Wc) <= 0.3 + 1e-6
 
 
 def test_ostwald_ripening_shrinks_small_and_grows_large():
@@ -230,3 +243,15 @@ def test_sample_frames_look_like_tem(artifacts_dir):
     written.append(path)
     for p in written:
         assert p.stat().st_size > 10_000
+
+
+def test_holey_carbon_holes_stay_empty_while_the_sample_drifts():
+    cfg = SceneConfig(shape=(256, 256), hole=True, coverage_start=0.1, coverage_end=0.3,
+                      ramp_frames=20, nucleation_per_frame=3.0, drift_nm_per_frame=(2.0, 3.0),
+                      banner=False, scale_bar=False)
+    m = Microscope(cfg, seed=12)
+    for _ in range(40):  # drift > one torus period: everything has wrapped around
+        f = m.next_frame()
+    assert m.offset[1] > max(m.canvas) and len(m.grains) > 20  # wrapped around the torus
+    assert not any(m._in_hole(g.sy, g.sx) for g in m.grains.values())
+    assert f.image.shape == (256, 256)

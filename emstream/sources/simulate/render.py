@@ -552,6 +552,7 @@ def support_film(
     *,
     grain: np.ndarray | None = None,
     mottle: np.ndarray | None = None,
+    hole: tuple[np.ndarray, float, bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Carbon film and illumination.
 
@@ -559,7 +560,8 @@ def support_film(
     (1 ± texture; ``hole.level`` inside the holey region, smooth there), ``illum`` the
     illumination profile, ``hole_mask`` a float map in [0, 1] of the holey region or ``None``.
     Precomputed unit-variance ``grain``/``mottle`` textures may be passed (a drifting scene crops
-    them from a larger canvas).
+    them from a larger canvas), and a precomputed holey region ``hole = (mask, level, vacuum)``
+    (used instead of ``optics.hole``).
     """
     H, W = shape
     if grain is None:
@@ -576,13 +578,16 @@ def support_film(
     hole_mask = None
     yy = np.linspace(-1.0, 1.0, H, dtype=np.float32)[:, None]
     xx = np.linspace(-1.0, 1.0, W, dtype=np.float32)[None, :]
-    if optics.hole is not None:
+    if hole is not None:
+        hole_mask, level, vacuum = hole
+    elif optics.hole is not None:
         cy, cx, rad, level, edge, vacuum = optics.hole
         py = np.arange(H, dtype=np.float32)[:, None] - np.float32(cy)
         px = np.arange(W, dtype=np.float32)[None, :] - np.float32(cx)
         d = np.sqrt(py * py + px * px) - np.float32(rad)
         hole_mask = 1.0 / (1.0 + np.exp(np.clip(d / max(edge, 0.3), -30, 30)))
         hole_mask = hole_mask.astype(np.float32)
+    if hole_mask is not None:
         if vacuum:  # no grain in the hole
             carbon = carbon * (1.0 - hole_mask) + hole_mask
         carbon = carbon * (1.0 + hole_mask * np.float32(level - 1.0))

@@ -7,9 +7,10 @@ int32 truth labels, particle list with stable ids) for a sample that evolves fro
   ``drift_jitter_nm``). The particles and the carbon film move together. The sample is a torus
   1.25× the frame so drift can go on forever (a particle that leaves on one side comes back,
   much later, on the other, with its id).
-- **Growth** (Ostwald-like ripening): per frame ``dr = g + o·(r̄/r)·(1 − r̄/r)`` in nm, so
+- **Growth** (Ostwald-like ripening): per frame ``dr = g·s + o·(r̄/r)·(1 − r̄/r)`` in nm, so
   particles above the mean radius ``r̄`` grow, small ones shrink and dissolve
-  (``growth_nm_per_frame`` = g, ``ostwald_nm_per_frame`` = o).
+  (``growth_nm_per_frame`` = g, ``ostwald_nm_per_frame`` = o). The supply ``s`` is 1 up to the
+  target coverage and fades to 0 at 1.5× it, so long sessions stay a monolayer.
 - **Coalescence**: a touching pair starts to sinter with probability ``coalescence_prob`` per
   frame: a neck grows and the centres approach over ``coalescence_frames`` frames, then the pair
   becomes one particle (volume conserved, elongated along the pair axis, relaxing to round). It
@@ -78,7 +79,8 @@ class SceneConfig:
     nucleation_per_frame : mean number of new nuclei per frame (on the whole sample).
     blur_sigma_px, grain_amp, grain_sigma_px, halo_amp, gradient, vignette : optics (see
         :class:`render.Optics`).
-    hole : draw a holey-carbon edge (vacuum) crossing the field.
+    hole : holey carbon film: a quarter of the sample is vacuum holes with curved edges
+        (drifting with the sample; no particles in them).
     banner, scale_bar : burn a data bar / a scale bar into every frame.
     fps : frame rate used for ``t_acq`` spacing.
     t0 : acquisition time of frame 0 (POSIX s; default: when the microscope is made).
@@ -102,7 +104,7 @@ class SceneConfig:
     contrast: float | None = None
     drift_nm_per_frame: tuple[float, float] = (0.2, 0.35)
     drift_jitter_nm: float = 0.1
-    growth_nm_per_frame: float = 0.015
+    growth_nm_per_frame: float = 0.006
     ostwald_nm_per_frame: float = 0.005
     coalescence_prob: float = 0.2
     coalescence_frames: int = 8
@@ -219,12 +221,14 @@ class Microscope:
         # periodic textures on the sample torus: a drifted crop wraps around
         self._grain_tex = periodic_band_noise(self.rng, self.canvas, cfg.grain_sigma_px)
         self._mottle_tex = periodic_band_noise(self.rng, self.canvas, max(min(H, W) / 40, 2.0))
+        # holey carbon: the holes are where a smooth periodic field on the sample torus exceeds
+        # its 75th percentile (curved edges, a quarter of the sample is vacuum; they drift
+        # with the sample and no particle sits in them)
         self._hole = None
         if cfg.hole:
-            rad = 1.5 * max(H, W)
-            ang = self.rng.uniform(0, 2 * math.pi)
-            py, px = self.rng.uniform(0.3, 0.7, 2) * np.array(self.shape)
-            self._hole = (py + rad * math.sin(ang), px + rad * math.cos(ang), rad)
+            sig = min(self.canvas) / 8.0
+            field = periodic_band_noise(self.rng, self.canvas, sig)
+            self._hole = (field, float(np.quantile(field, 0.75)), sig / 1.5)
         w = np.array([max(cfg.shapes.get(s, 0.0), 0.0) for s in SHAPES])
         self._shape_p = w / w.sum() if w.sum() > 0 else np.full(len(SHAPES), 1 / len(SHAPES))
         self._populate()
@@ -241,7 +245,7 @@ class Microscope:
     def _strengths(self, r: np.ndarray) -> np.ndarray:
         """:meth:`_strength` for many radii at once."""
         cfg = self.config
-        rel = np.clip((r / max(self._r_med, 0.5)) ** 0.5, 0.5, 2.0)
+        rel = np.clip((np.maximum(r, 0.0) / max(self._r_med, 0.5)) ** 0.5, 0.5, 2.0)
         if cfg.mode == "bf":
             c = np.minimum((0.4 if cfg.contrast is None else cfg.contrast) * rel, 0.95)
             return -np.log1p(-c)
@@ -258,10 +262,12 @@ class Microscope:
         return g
 
     def _in_hole(self, y: float, x: float) -> bool:
+        """Is the sample position (y, x) inside a hole of the carbon film?"""
         if self._hole is None:
             return False
-        hy, hx, hr = self._hole
-        return math.hypot(y + self.offset[0] - hy, x + self.offset[1] - hx) < hr
+        field, thr, _ = self._hole
+        Hc, Wc = self.canvas
+        return bool(field[int(y) % Hc, int(x) % Wc] > thr)
 
     def _populate(self) -> None:
         cfg = self.config
@@ -297,7 +303,12 @@ class Microscope:
         if self.grains:
             rs = np.array([g.r for g in self.grains.values()])
             rmean = float(rs.mean())
-            g_px = cfg.growth_nm_per_frame / self.nm
+            # growth is fed by the precursor supply: it fades out once the coverage passes the
+            # ramp's target (to zero at 1.5x), so a long session does not fill the frame
+            target = max(cfg.coverage_end, cfg.coverage_start)
+            cov = float((np.pi * rs * rs).sum()) / (Hc * Wc)
+            supply = 1.0 if cov <= target else max(0.0, 1.0 - (cov - target) / (0.5 * target))
+            g_px = supply * cfg.growth_nm_per_frame / self.nm
             o_px = cfg.ostwald_nm_per_frame / self.nm
             q = rmean / np.maximum(rs, 0.3)
             rs = rs + g_px + o_px * q * (1.0 - q)
@@ -467,13 +478,18 @@ class Microscope:
         absorb, thick, labels = draw_particles(parts, self.shape, necks, fragments_new_ids=False)
         grain, mottle = self._textures()
         optics = self.optics
+        hole = None
         if self._hole is not None:
-            hy, hx, hr = self._hole
-            optics.hole = (hy + self.offset[0], hx + self.offset[1], hr,
-                           1.5 if optics.mode == "bf" else 0.2, 1.5, True)
+            field, thr, k = self._hole
+            Hc, Wc = self.canvas
+            oy, ox = (int(round(v)) for v in self.offset)
+            crop = _wrap_crop(field, (-oy) % Hc, (-ox) % Wc, H, W)
+            mask = 1.0 / (1.0 + np.exp(np.clip((thr - crop) * k, -30, 30)))
+            hole = (mask.astype(np.float32), 1.5 if optics.mode == "bf" else 0.2, True)
         dose = self.config.dose * float(self.rng.normal(1.0, 0.01))
         optics.dose = dose
-        carbon, illum, hole_mask = support_film(optics, self.shape, grain=grain, mottle=mottle)
+        carbon, illum, hole_mask = support_film(optics, self.shape, grain=grain, mottle=mottle,
+                                                hole=hole)
         img = form_image(absorb, thick, carbon, illum, optics, self.rng, hole_mask=hole_mask)
         ov = self._overlays(img)
         valid = burn_overlays(img, labels, ov, np.random.default_rng(self._overlay_seed))

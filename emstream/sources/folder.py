@@ -248,6 +248,8 @@ class FolderSource:
                         pass
                 c = _Candidate(st.st_size, st.st_mtime_ns, now, closed=path in closed)
                 self._cands[path] = c
+                if path.lower().endswith(STACK_SUFFIXES):
+                    self._consider(path, c, now, readers)  # new slices as they appear
                 continue
             c.stable += 1
             if path in closed:
@@ -274,9 +276,10 @@ class FolderSource:
         """Queue a settled file, or quarantine one that never completes."""
         age = now - c.first_seen
         if path.lower().endswith(STACK_SUFFIXES):
-            # stacks grow in place: the reader returns only complete slices, so read them as
-            # soon as the file holds still for one scan
-            settled = c.closed or c.stable >= 1
+            # stacks grow in place and the reader returns only the slices that are complete
+            # (header nz and file size agree), so each new version is read at once; a header
+            # that declares more than the file holds waits below like any incomplete file
+            settled = True
         else:
             settled = c.closed or (c.stable >= self.stable_polls and age >= self.min_age_s)
         if not settled:

@@ -204,3 +204,25 @@ def test_restart_without_duplicates(tmp_path):
     assert [Path(i.source_id).name for i in r2.items] == ["f4.tif"]
     con = connect_readonly(ses)
     assert con.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 5
+
+
+def test_stack_slices_are_read_while_the_stack_grows(tmp_path):
+    writers = pytest.importorskip("emstream.sources.simulate.writers")
+    acq, ses = tmp_path / "acq", tmp_path / "ses"
+    acq.mkdir()
+    stack = writers.MrcStackWriter(acq / "live.mrc", 0.3)
+    r = Runner(acq, ses)
+    try:
+        for k in range(3):
+            stack.append(np.full((16, 16), k, np.uint16))
+        # the writer is not done: the slices so far must come through before it goes on
+        r.wait_for(3)
+        for k in range(3, 6):
+            stack.append(np.full((16, 16), k, np.uint16))
+        r.wait_for(6)
+        r.wait_quiet()
+        time.sleep(0.3)
+    finally:
+        r.close()
+    assert [f.source_id for f in r.items] == [f"{acq / 'live.mrc'}#{k}" for k in range(6)]
+    assert [int(f.pixels[0, 0]) for f in r.items] == list(range(6))

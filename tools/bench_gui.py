@@ -148,7 +148,7 @@ def bench_size(app, shape: int, n: int, seconds: float) -> dict:
     th.join()
     elapsed = time.perf_counter() - t0
     displayed = win.displayed - shown0
-    win.close()
+    win.close()  # also ends the sink's display thread
     win.deleteLater()
     app.processEvents()
 

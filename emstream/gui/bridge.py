@@ -130,13 +130,18 @@ class GuiSink(Sink):
         self.signals.eventLogged.emit(event)
 
     def close(self) -> None:
+        self.stop_display()  # prepares the last pending result first
+        self.closed = True
+        self.signals.sessionClosed.emit()
+
+    def stop_display(self, timeout: float = 10.0) -> None:
+        """End the display thread (after preparing what is pending). Safe to call twice."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._worker is not None:
-            self._worker.join(10.0)  # prepares the last pending result first
-        self.closed = True
-        self.signals.sessionClosed.emit()
+        w = self._worker
+        if w is not None and w is not threading.current_thread():
+            w.join(timeout)
 
     # -- display thread ----------------------------------------------------------------------
     def _prepare_loop(self) -> None:

@@ -419,4 +419,6 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._slow_timer.stop()
         self._display_timer.stop()
         self.closing.emit()
+        if self.sink is not None:
+            self.sink.stop_display()
         super().closeEvent(event)

@@ -238,7 +238,11 @@ class Ledger(Sink):
             a = np.asarray(particles[name])
             if dt == "float64":
                 a = a.astype(np.float64)
-                cols.append([None if not math.isfinite(v) else v for v in a.tolist()])
+                vals = a.tolist()
+                bad = np.flatnonzero(~np.isfinite(a))
+                for i in bad.tolist():  # SQLite has no NaN: NULL
+                    vals[i] = None
+                cols.append(vals)
             elif dt == "bool":
                 cols.append([int(v) for v in a.astype(bool).tolist()])
             else:

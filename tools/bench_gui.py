@@ -167,6 +167,9 @@ def bench_size(app, shape: int, n: int, seconds: float) -> dict:
         "statistics_ms_per_frame": round(med(acc), 2),
         "producer_fps": round(produced[0] / elapsed, 1),
         "display_hz": round(displayed / elapsed, 1),
+        # what the two display stages could sustain if each had a core (they run pipelined)
+        "capacity_hz": round(1000.0 / max(med(prep), med(totals)), 1),
+        "load_avg_1min": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
     }
 
 

@@ -48,7 +48,8 @@ def run_simulate(
     inject_bad : ``out``: also write zero-byte / truncated / random-bytes TIFFs and a short MRC;
         ``zmq``: also send malformed / oversized / wrong-shape messages.
     stop : set to stop early.
-    config : the microscope (default :class:`SceneConfig` at ``fps``).
+    config : the microscope (default :class:`SceneConfig` at ``fps``, coverage ramp over
+        ``frames``).
     on_frame : progress callback with each manifest record.
 
     Returns
@@ -59,8 +60,8 @@ def run_simulate(
         raise ValueError("give exactly one of out (a folder) or zmq (an endpoint)")
     if frames < 0:
         raise ValueError(f"frames must be >= 0, got {frames}")
-    if config is None:
-        config = SceneConfig(fps=fps if fps > 0 else 2.0)
+    if config is None:  # sparse → crowded over the session's own length
+        config = SceneConfig(fps=fps if fps > 0 else 2.0, ramp_frames=max(frames, 1))
     if out is not None:
         from .writers import write_session
 

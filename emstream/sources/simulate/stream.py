@@ -127,7 +127,8 @@ def send_stream(
     pattern : ``"push"`` or ``"pub"``.
     malformed : also send the malformed / oversized / wrong-shape messages listed above.
     stop : set to stop early.
-    config : the simulated microscope (default :class:`SceneConfig`).
+    config : the simulated microscope (default :class:`SceneConfig`, coverage ramp over
+        ``frames``).
     manifest : optional JSONL truth file (see module docstring).
     on_bound : called with the actual endpoint once bound/connected.
     on_frame : called with each manifest record after the message is handed to ZeroMQ.
@@ -146,7 +147,9 @@ def send_stream(
     sock = ctx.socket(zmq.PUSH if pattern == "push" else zmq.PUB)
     sock.setsockopt(zmq.SNDHWM, 16)
     series = f"sim-{seed}"
-    scope = Microscope(config or SceneConfig(fps=fps if fps > 0 else 2.0), seed=seed)
+    if config is None:  # sparse → crowded over the session's own length
+        config = SceneConfig(fps=fps if fps > 0 else 2.0, ramp_frames=max(frames, 1))
+    scope = Microscope(config, seed=seed)
     rng = np.random.default_rng([seed, 0x5EED])
     bad_at = _schedule(frames, rng) if malformed else {}
     mf = open(manifest, "a", encoding="utf-8") if manifest is not None else None  # noqa: SIM115

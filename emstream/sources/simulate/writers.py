@@ -217,7 +217,8 @@ def write_session(
     modes : write modes to cycle through (see module docstring).
     inject_bad : also write zero-byte, truncated, random-bytes TIFFs and a short MRC.
     stop : set it to stop early (the manifest still gets its end line).
-    config : the simulated microscope (default :class:`SceneConfig` with ``fps``).
+    config : the simulated microscope (default :class:`SceneConfig` with ``fps`` and the
+        coverage ramp over ``frames``).
     stack_size : slices per MRC stack before a new one starts.
     chunks : pieces per chunked / temp-then-rename write.
     on_frame : called with each manifest record after it is written (progress display).
@@ -232,8 +233,8 @@ def write_session(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
-    if config is None:
-        config = SceneConfig(fps=fps if fps > 0 else 2.0)
+    if config is None:  # sparse → crowded over the session's own length
+        config = SceneConfig(fps=fps if fps > 0 else 2.0, ramp_frames=max(frames, 1))
     scope = Microscope(config, seed=seed)
     rng = np.random.default_rng([seed, 0xBAD])
     bad_at = _bad_schedule(frames, rng) if inject_bad else {}

@@ -96,6 +96,7 @@ class ClassicalSegmenter:
         self.k_peak = k_peak if k_peak == "auto" else float(k_peak)
         self.false_alarms = float(false_alarms)
         self.k_peak_weak = float(k_peak_weak)
+        self._coarse_max = 2  # h-maxima of big clumps on a 2x coarser distance map
         self._peak_weak = -np.inf
         self._last_sigma = 1.0
         self._peak = -np.inf
@@ -124,9 +125,10 @@ class ClassicalSegmenter:
         mask = self._threshold(y, valid)
         if valid is not None:
             mask &= valid
+        seeds = mask
         if self.refine_edges:
             fwhm = max(2.355 * sigma, 1.0)
-            mask = _half_max_edges(
+            mask, seeds = _half_max_edges(
                 y, mask, self._low, grow=int(np.ceil(2 * sigma + 2)), frac=self.edge_frac,
                 min_peak=self._peak, weak_peak=self._peak_weak,
                 weak_min_area=3.0 * math.pi * fwhm * fwhm / 4.0,
@@ -135,7 +137,10 @@ class ClassicalSegmenter:
         n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
         if n <= 1:
             return np.zeros((h, w), np.int32)
-        keep = stats[:, cv2.CC_STAT_AREA] >= self.min_area_px
+        # keep objects that are large enough and hold a (strong enough) seed
+        keep = (stats[:, cv2.CC_STAT_AREA] >= self.min_area_px) & (
+            np.bincount(lab[seeds], minlength=n) > 0
+        )
         keep[0] = False
         lut = np.zeros(n, np.int32)
         lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
@@ -170,7 +175,7 @@ class ClassicalSegmenter:
         return 3.0
 
     def _threshold(self, y: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-        step = max(1, max(y.shape) // 1024)
+        step = max(1, max(y.shape) // 512)
         s = y[::step, ::step]
         v = s[valid[::step, ::step]] if valid is not None else s.ravel()
         if v.size < 16:
@@ -199,9 +204,10 @@ class ClassicalSegmenter:
     def _split_clumps(self, labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
         """Watershed-split the clumps among ``labels`` (labels 1..N, ``stats`` rows 0..N-1).
 
-        A component is a candidate when it is large for its thickness (area > 1.35 π r²,
-        r = largest inscribed radius: two touching disks give 2, a disk 1) or not convex
-        (solidity < ``split_solidity``); its h-maxima then decide how many particles it holds.
+        A component is a candidate when its distance map has two or more cores above 0.8 of
+        its inscribed radius r, or when it is large for its thickness (area > 1.5 π r²: two
+        touching disks give 2, a disk 1) and not convex (solidity < ``split_solidity``); the
+        h-maxima of its distance map then decide how many particles it holds.
         """
         h, w = labels.shape
         n = int(stats.shape[0])
@@ -212,7 +218,7 @@ class ClassicalSegmenter:
         np.maximum.at(rmax, labels[fg], dist_all[fg])
         area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
         big = area >= 2 * self.min_area_px
-        fat = area > 1.35 * math.pi * np.maximum(rmax[1:], 0.5) ** 2
+        fat = area > 1.5 * math.pi * np.maximum(rmax[1:], 0.5) ** 2
         next_label = n + 1
         for i in np.flatnonzero(big):
             lab_id = i + 1
@@ -221,7 +227,14 @@ class ClassicalSegmenter:
             x0, x1 = max(0, x - 1), min(w, x + bw + 1)
             crop = labels[y0:y1, x0:x1]
             m = (crop == lab_id).astype(np.uint8)
-            if not fat[i]:
+            raw_dist = np.where(m > 0, dist_all[y0:y1, x0:x1], 0).astype(np.float32)
+            # two or more cores above 0.8 of the inscribed radius: certainly a clump
+            ncore, _ = cv2.connectedComponents((raw_dist > 0.8 * rmax[lab_id]).view(np.uint8))
+            if ncore <= 2:
+                if not fat[i]:
+                    continue
+                # one core: a clump only if clearly not convex (e.g. a small particle on a
+                # big one); elongated and faceted particles are convex and left whole
                 contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                 if not contours:
                     continue
@@ -229,10 +242,17 @@ class ClassicalSegmenter:
                 hull_area = cv2.contourArea(cv2.convexHull(c))
                 if hull_area <= 0 or cv2.contourArea(c) / hull_area >= self.split_solidity:
                     continue
-            dist = np.where(m > 0, dist_all[y0:y1, x0:x1], 0).astype(np.float32)
-            dist = cv2.GaussianBlur(dist, (0, 0), 1.0)
-            hh = max(1.0, self.h_rel * float(dist.max()))
-            peaks = _h_maxima(dist, hh) & m
+            dist = cv2.GaussianBlur(raw_dist, (0, 0), 1.0)
+            r_in = float(dist.max())
+            hh = max(1.0, self.h_rel * r_in)
+            k = int(min(self._coarse_max, max(1, r_in // 6)))  # the distance map is smooth
+            if k > 1:
+                ch, cw = max(1, m.shape[0] // k), max(1, m.shape[1] // k)
+                coarse = cv2.resize(dist, (cw, ch), interpolation=cv2.INTER_AREA)
+                peaks = cv2.resize(_h_maxima(coarse, hh), (m.shape[1], m.shape[0]),
+                                   interpolation=cv2.INTER_NEAREST) & m
+            else:
+                peaks = _h_maxima(dist, hh) & m
             npk, markers = cv2.connectedComponents(peaks, connectivity=8)
             if npk <= 2:
                 continue
@@ -346,17 +366,18 @@ def _flat_background(x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 def _half_max_edges(
     y: np.ndarray, seeds: np.ndarray, low: float, grow: int, frac: float = 0.5,
     min_peak: float = -np.inf, weak_peak: float = -np.inf, weak_min_area: float = 0.0,
-) -> np.ndarray:
-    """Move each detected object's edge to half of its own peak height.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move each detected object's edge to a fraction of its own peak height.
 
     A global threshold cuts strong particles inside their blurred edge and weak ones too far
     out; the half-maximum contour of a blurred particle lies on its true edge. Each seed
     object's peak is taken, its neighbourhood (``grow`` px) is thresholded at
-    ``max(low, peak / 2)``, and only the parts connected to a seed are kept.
+    ``max(low, frac · peak)``. Returns the grown mask and the seeds that passed the peak
+    test (grown regions without such a seed are to be dropped by the caller).
     """
     n, seed_lab, stats, _ = cv2.connectedComponentsWithStats(seeds.view(np.uint8), connectivity=8)
     if n <= 1:
-        return seeds
+        return seeds, seeds
     fg = seed_lab > 0
     peak = np.full(n, -np.inf, np.float32)
     np.maximum.at(peak, seed_lab[fg], y[fg])
@@ -374,25 +395,23 @@ def _half_max_edges(
     cut = np.maximum(np.float32(low), np.float32(frac) * peak[near])
     grown = (y > cut) & (near > 0)
     grown |= seeds
-    # keep only grown regions that contain a seed
-    m, glab = cv2.connectedComponents(grown.view(np.uint8), connectivity=8)
-    has_seed = np.zeros(m, bool)
-    has_seed[np.unique(glab[seeds])] = True
-    has_seed[0] = False
-    return has_seed[glab]
+    return grown, seeds
 
 
 def _fill_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
-    """Fill background regions enclosed by the mask (not touching the frame) up to max_area."""
-    inv = (~mask).view(np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
-    if n <= 2:
-        return mask
+    """Fill background regions enclosed by the mask (not reaching the frame edge); each hole
+    up to ``max_area`` px (a ring of touching particles may enclose a film patch)."""
     h, w = mask.shape
-    x, y, bw, bh, area = (stats[:, i] for i in range(5))
-    border = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
-    fill = ~border & (area <= max_area)
-    fill[0] = False
-    if not fill.any():
+    pad = np.zeros((h + 2, w + 2), np.uint8)
+    pad[1:-1, 1:-1] = mask
+    cv2.floodFill(pad, None, (0, 0), 2)  # the outside, 4-connected
+    holes = pad[1:-1, 1:-1] == 0
+    total = int(np.count_nonzero(holes))
+    if total == 0:
         return mask
-    return mask | fill[lab]
+    if total > max_area:
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(holes.view(np.uint8), connectivity=4)
+        small = stats[:, cv2.CC_STAT_AREA] <= max_area
+        small[0] = False
+        holes = small[lab]
+    return mask | holes

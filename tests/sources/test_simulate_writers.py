@@ -242,3 +242,13 @@ def test_second_session_in_the_same_folder_overwrites_nothing(tmp_path):
     keys = [(r["file"], r["slice"]) for r in frames]
     assert len(keys) == len(set(keys))
     assert sum(r.get("event") == "end" for r in _manifest(manifest)) == 2
+
+
+def test_run_simulate_haadf_small_frames(tmp_path):
+    manifest = run_simulate(out=tmp_path, frames=2, fps=0, seed=1, mode="haadf", shape=(64, 96),
+                            nm_per_px=0.5, modes=("whole",))
+    recs = _manifest(manifest)
+    assert [r["imaging"] for r in recs[:-1]] == ["haadf", "haadf"]
+    assert tifffile.imread(tmp_path / recs[0]["file"]).shape == (64, 96)
+    with pytest.raises(ValueError):
+        run_simulate(out=tmp_path, frames=1, mode="sem")

@@ -35,6 +35,9 @@ def run_simulate(
     stop: threading.Event | None = None,
     config: SceneConfig | None = None,
     on_frame: Callable[[dict[str, Any]], None] | None = None,
+    mode: str = "bf",
+    shape: tuple[int, int] = (1024, 1024),
+    nm_per_px: float = 0.25,
 ) -> Path | dict[str, Any]:
     """Run the simulated microscope into a folder (``out``) or a ZeroMQ endpoint (``zmq``).
 
@@ -51,6 +54,8 @@ def run_simulate(
     config : the microscope (default :class:`SceneConfig` at ``fps``, coverage ramp over
         ``frames``).
     on_frame : progress callback with each manifest record.
+    mode, shape, nm_per_px : imaging mode (``"bf"`` / ``"haadf"``), frame size and calibration
+        of the default microscope (ignored when ``config`` is given).
 
     Returns
     -------
@@ -60,8 +65,11 @@ def run_simulate(
         raise ValueError("give exactly one of out (a folder) or zmq (an endpoint)")
     if frames < 0:
         raise ValueError(f"frames must be >= 0, got {frames}")
+    if mode not in ("bf", "haadf"):
+        raise ValueError(f"mode must be 'bf' or 'haadf', got {mode!r}")
     if config is None:  # sparse → crowded over the session's own length
-        config = SceneConfig(fps=fps if fps > 0 else 2.0, ramp_frames=max(frames, 1))
+        config = SceneConfig(fps=fps if fps > 0 else 2.0, ramp_frames=max(frames, 1), mode=mode,
+                             shape=(int(shape[0]), int(shape[1])), nm_per_px=float(nm_per_px))
     if out is not None:
         from .writers import write_session
 

@@ -219,13 +219,15 @@ def _tail_areas(sm: np.ndarray, vs: np.ndarray | None) -> tuple[float, float]:
     for mask in (sm < level - _TAIL_K * spread, sm > level + _TAIL_K * spread):
         if vs is not None:
             mask &= vs
-        n, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+        n, lab = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
         if n <= 1:
             out.append(0.0)
             continue
-        x, y, bw, bh, area = (stats[1:, i].astype(np.float64) for i in range(5))
-        border = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
+        area = np.bincount(lab.ravel(), minlength=n).astype(np.float64)
+        border = np.zeros(n, bool)
+        border[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
         ok = (area >= 4) & ~(border & (area > 0.03 * h * w))
+        ok[0] = False
         out.append(float(area[ok].sum()))
     return out[0], out[1]
 

@@ -168,6 +168,15 @@ def test_review_session_shows_ledger(finished_session, artifacts_dir):
     assert w.trends_panel.points == 30
 
 
+def test_gui_script_reviews_a_session(finished_session, tmp_path):
+    from emstream.gui.app import main
+
+    session_dir = finished_session[0]
+    shot = tmp_path / "review.png"
+    assert main([str(session_dir), "--screenshot", str(shot)]) == 0
+    assert shot.stat().st_size > 10_000
+
+
 def test_view_session_without_ledger_is_a_usage_error(tmp_path):
     from emstream.gui.app import view_session
 

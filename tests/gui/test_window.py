@@ -226,6 +226,10 @@ def test_hover_shows_measurements_in_nm(window_factory, rng):
     assert info["Area"].endswith(" nm²")
     win._show_particle((r, 0))
     assert win.particle_table.rowCount() == len(particle_info(r, 0))
+    win.frame_view.select_row(0)  # a click highlights the particle's outline
+    assert not win.frame_view.path_selected.path().isEmpty()
+    win.frame_view.select_row(-1)
+    assert win.frame_view.path_selected.path().isEmpty()
     assert win.frame_view.row_at(-5, -5) == -1
 
 

@@ -137,3 +137,36 @@ def test_later_particle_wins_and_cut_off_piece_is_reassigned():
 def test_optics_defaults_are_sane():
     o = Optics()
     assert o.mode == "bf" and o.dose > 0
+
+
+# -- properties ------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from emstream.sources.simulate.training import random_particle  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from(["round", "ellipse", "polygon", "triangle", "rod"]),
+       r=st.floats(3.0, 40.0), seed=st.integers(0, 2**31 - 1),
+       fy=st.floats(0, 1), fx=st.floats(0, 1))
+def test_nominal_radius_is_the_equal_area_radius(shape, r, seed, fy, fx):
+    """Whatever the shape and its random facets, the truth mask has area ~ pi r^2."""
+    p = random_particle(np.random.default_rng(seed), 100 + fy, 100 + fx, r, shape, 0.5)
+    _, _, lab = draw_particles([p], (200, 200))
+    ratio = np.count_nonzero(lab == 1) / (np.pi * r * r)
+    tol = 0.1 + 0.6 / r  # pixelation of small outlines
+    assert 1 - tol < ratio < 1 + tol
+    assert ndimage.label(lab == 1, structure=EIGHT)[1] == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12))
+def test_keep_connected_leaves_every_id_in_one_piece(seed, n):
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, n + 1, (24, 24)).astype(np.int32)
+    lab = ndimage.median_filter(lab, 3)  # blobs of ids, many of them split
+    keep_connected(lab, fragments_new_ids=bool(seed % 2))
+    for pid, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is not None:
+            assert ndimage.label(lab[sl] == pid, structure=EIGHT)[1] == 1

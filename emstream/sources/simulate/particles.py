@@ -90,7 +90,16 @@ class Particle:
             norm = np.hypot(nx, ny)
             nx, ny = nx / norm, ny / norm
             hk = h * jit / norm  # apothem along the normalised normals
-            bound = float(hk.max()) / math.cos(math.pi / n) * max(sa, sb) * 1.3 + 1.0
+            # irregular facets change the area: rescale so that it is exactly pi r^2 (the level
+            # function is 1-homogeneous, so the outline is rho(t) = 1 / f(unit vector at t)
+            # and the area is 1/2 * integral of rho^2)
+            t = np.linspace(0.0, 2 * math.pi, 720, endpoint=False)
+            proj = np.maximum((np.cos(t)[:, None] * nx + np.sin(t)[:, None] * ny) / hk, 1e-9)
+            f_unit = (proj ** float(self.corner_p)).sum(axis=1) ** (1.0 / float(self.corner_p))
+            area = 0.5 * float(np.mean(1.0 / f_unit**2)) * 2 * math.pi
+            hk = hk * math.sqrt(math.pi * r * r / area)
+            rho_max = float((1.0 / f_unit).max()) * math.sqrt(math.pi * r * r / area)
+            bound = rho_max * 1.05 + 1.0
             geom = ("polygon", nx.astype(np.float32), ny.astype(np.float32),
                     hk.astype(np.float32), bound)
         else:
@@ -394,7 +403,7 @@ def keep_connected(
 ) -> np.ndarray:
     """Make every instance one 8-connected region, in place.
 
-    Every instance is checked (one labelling pass over the frame; ``drawn`` is accepted for
+    Every instance is checked (labelling passes over the frame; ``drawn`` is accepted for
     compatibility and ignored). The largest piece keeps the id; a detached piece that
     touches another particle joins it (it is the part an occluding particle cut off), otherwise
     it becomes a new instance (``fragments_new_ids``) or background when smaller than
@@ -402,15 +411,31 @@ def keep_connected(
     """
     if labels.max() == 0:
         return labels
-    # one pass over the frame: connected regions of equal value (8-connectivity); an id that
-    # owns more than one region is split
+    # a piece handed to a neighbour may touch only a piece of that neighbour that moves on in
+    # turn: repeat until nothing is split (twice is the rule, a few passes at most)
+    for _ in range(6):
+        if not _split_pass(labels, min_fragment_px, fragments_new_ids):
+            return labels
+    # last resort (never seen in practice): keep the largest piece of each id, drop the rest
+    _split_pass(labels, min_fragment_px, False, join=False)
+    return labels
+
+
+def _split_ids(labels: np.ndarray) -> np.ndarray:
+    """Ids owning more than one 8-connected region (one labelling pass over the frame)."""
     comp = measure.label(labels, background=0, connectivity=2)
     comp_label = np.zeros(int(comp.max()) + 1, labels.dtype)
     comp_label[comp.ravel()] = labels.ravel()
     pieces = np.bincount(comp_label[1:], minlength=int(labels.max()) + 1)
-    dirty = np.nonzero(pieces > 1)[0]
+    return np.nonzero(pieces > 1)[0]
+
+
+def _split_pass(labels: np.ndarray, min_fragment_px: int, fragments_new_ids: bool,
+                join: bool = True) -> bool:
+    """Re-assign the detached pieces of split ids once; False when nothing was split."""
+    dirty = _split_ids(labels)
     if len(dirty) == 0:
-        return labels
+        return False
     next_id = int(labels.max()) + 1
     objs = ndimage.find_objects(labels)
     eight = np.ones((3, 3), bool)
@@ -430,9 +455,11 @@ def keep_connected(
             if c == keep:
                 continue
             piece = comp == c
-            ring = ndimage.binary_dilation(piece, eight) & ~piece
-            neigh = sub[ring]
-            neigh = neigh[(neigh > 0) & (neigh != pid)]
+            neigh = np.zeros(0, labels.dtype)
+            if join:
+                ring = ndimage.binary_dilation(piece, eight) & ~piece
+                neigh = sub[ring]
+                neigh = neigh[(neigh > 0) & (neigh != pid)]
             if neigh.size:
                 sub[piece] = np.bincount(neigh).argmax()
             elif fragments_new_ids and sizes[c] >= min_fragment_px:
@@ -440,4 +467,4 @@ def keep_connected(
                 next_id += 1
             else:
                 sub[piece] = 0
-    return labels
+    return True

@@ -255,3 +255,24 @@ def test_holey_carbon_holes_stay_empty_while_the_sample_drifts():
     assert m.offset[1] > max(m.canvas) and len(m.grains) > 20  # wrapped around the torus
     assert not any(m._in_hole(g.sy, g.sx) for g in m.grains.values())
     assert f.image.shape == (256, 256)
+
+
+def test_in_process_source_yields_calibrated_frames_with_truth():
+    import threading
+
+    from emstream.sources.base import Source
+    from emstream.sources.simulate.source import SimulatedSource
+
+    src = SimulatedSource(SceneConfig(shape=(96, 96), nm_per_px=0.3), seed=1, frames=4)
+    assert isinstance(src, Source)
+    frames = list(src.frames(threading.Event()))
+    assert len(frames) == 4
+    for f in frames:
+        assert f.pixels.dtype == np.uint16 and f.calibration.nm_per_px == (0.3, 0.3)
+        ids = sorted(p["id"] for p in f.metadata["truth"]["particles"])
+        lab = src.truth[f.source_id]
+        assert ids == sorted(np.unique(lab[lab > 0]).tolist())
+    assert "simulate" in src.describe()
+    stop = threading.Event()
+    stop.set()
+    assert list(SimulatedSource(seed=2, frames=None).frames(stop)) == []

@@ -1,11 +1,13 @@
 """The synthetic E-TEM microscope: frames with ground truth for the demo, the tests and training.
 
-- :mod:`.render`: the one renderer (particles, carbon film, optics, detector, overlays).
+- :mod:`.render`: the one renderer (:mod:`.particles`, :mod:`.optics`, :mod:`.overlays`).
 - :mod:`.training`: ``training_sample(rng, size)`` — domain-randomised samples for the segmenter.
 - :mod:`.scene`: ``Microscope(SceneConfig, seed).next_frame()`` — an evolving, calibrated session.
 - :mod:`.writers`: ``write_session(out_dir, ...)`` — files written as acquisition software does,
   with the manifest ``simulator-manifest.jsonl``.
 - :mod:`.stream`: ``send_stream(endpoint, ...)`` — the same over ZeroMQ (emstream v1).
+- :mod:`.source`: ``SimulatedSource(config, seed, frames, fps)`` — in-process frames with truth
+  (a :class:`emstream.sources.base.Source`; no files, no sockets).
 
 :func:`run_simulate` is what ``emstream simulate`` and ``emstream demo`` call.
 """

@@ -161,7 +161,7 @@ def test_data_bar_and_scale_bar_yield_no_particles_inside():
     assert len(table["label"]) >= len(disks) - 2
 
 
-def test_sparse_and_crowded_simulator_frames():
+def test_sparse_and_crowded_simulator_frames(artifacts_dir):
     """Precision / recall (IoU > 0.5) and D50 on the simulator's frames at demo settings."""
     scene = pytest.importorskip("emstream.sources.simulate.scene")
     from skimage.segmentation import relabel_sequential
@@ -178,6 +178,9 @@ def test_sparse_and_crowded_simulator_frames():
                 labels = ClassicalSegmenter().segment(p)
                 tp, n_true, n_pred = _iou_matches(relabel_sequential(f.labels)[0], labels)
                 tp_all, true_all, pred_all = tp_all + tp, true_all + n_true, pred_all + n_pred
+                if seed == 3:
+                    _save_overlay(artifacts_dir / f"classical_{mode}_{coverage}.png", f.image,
+                                  f.labels, labels)
                 assert n_pred > 0.4 * n_true
                 if coverage > 0.1:  # enough particles for a stable median
                     table = measure(labels, f.image, Calibration((0.25, 0.25), "file"), p.valid)
@@ -186,6 +189,19 @@ def test_sparse_and_crowded_simulator_frames():
                     assert d50 == pytest.approx(d50_true, rel=0.15), (mode, seed)
     assert tp_all / pred_all >= 0.85  # precision
     assert tp_all / true_all >= 0.65  # recall
+
+
+def _save_overlay(path, image, truth, pred):
+    """Frame with truth outlines (green) and classical outlines (red), for people to look at."""
+    img = image.astype(np.float32)
+    lo, hi = np.percentile(img, (0.5, 99.5))
+    gray = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    out = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    k = np.ones((3, 3), np.uint8)
+    for lab, colour in ((truth, (0, 200, 0)), (pred, (0, 0, 255))):
+        edge = cv2.morphologyEx((lab > 0).astype(np.uint8), cv2.MORPH_GRADIENT, k) > 0
+        out[edge] = colour
+    cv2.imwrite(str(path), out)
 
 
 def _iou_matches(truth, pred):

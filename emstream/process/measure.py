@@ -363,9 +363,14 @@ def _hull_geometry(
         # scaled centre hull; corners add a rectangle sy × sx (Minkowski sum)
         fx = xi * sx
         fy = yi * sy
-        ddx = np.abs(fx[:, :, None] - fx[:, None, :]) + sx
-        ddy = np.abs(fy[:, :, None] - fy[:, None, :]) + sy
-        feret_max[idx] = np.sqrt(ddx * ddx + ddy * ddy).reshape(m, -1).max(1)
+        ddx = np.abs(fx[:, :, None] - fx[:, None, :])
+        ddx += sx
+        ddx *= ddx
+        ddy = np.abs(fy[:, :, None] - fy[:, None, :])
+        ddy += sy
+        ddy *= ddy
+        ddx += ddy
+        feret_max[idx] = np.sqrt(ddx.reshape(m, -1).max(1))
 
         # min width: over hull-edge normals and the two axes (edges of the corner square)
         ex = (xn - xi) * sx

@@ -185,6 +185,9 @@ class ClassicalSegmenter:
             return np.zeros(y.shape, bool)
         level, s_lo, s_hi = background_level(v)
         spread = s_lo if np.isfinite(s_lo) and s_lo > 0 else (s_hi if s_hi > 0 else 1.0)
+        # the prepared image has unit noise spread; smoothing white noise by σ divides it by
+        # 2√π σ: never trust a smaller spread (degenerate, mostly-constant frames)
+        spread = max(spread, 0.5 / (2.0 * math.sqrt(math.pi) * max(self._last_sigma, 0.5)))
         t_sigma = level + self.k_sigma * spread
         # Otsu between film and particles, on the upper part of the distribution
         lo = level - 2 * spread

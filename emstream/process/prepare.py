@@ -73,9 +73,15 @@ def prepare(
     valid = find_banner(img) if mask_banner else None
 
     sample, vsample = _subsample(img, valid)
+    work = img
+    if _low_counts(sample):
+        # a few counts per pixel (electron counting): Poisson noise is skewed and its variance
+        # follows the signal; Anscombe's transform makes it ~Gaussian with unit spread
+        work = _anscombe(img)
+        sample = _anscombe(sample)
     level, spread_lo, spread_hi = background_level(sample if vsample is None else sample[vsample])
     if polarity == "auto":
-        pol = detect_polarity(img, valid)
+        pol = detect_polarity(work, valid)
     elif polarity in ("dark", "bright"):
         pol = polarity
     else:
@@ -84,7 +90,7 @@ def prepare(
     spread = spread_hi if pol == "dark" else spread_lo
     if not np.isfinite(spread) or spread <= 0:
         spread = max(spread_lo, spread_hi, 1e-6) if np.isfinite(max(spread_lo, spread_hi)) else 1.0
-    out = np.subtract(img, np.float32(level), dtype=np.float32)
+    out = np.subtract(work, np.float32(level), dtype=np.float32)
     out *= np.float32(1.0 / spread)
     if valid is not None:
         out[~valid] = 0.0
@@ -102,6 +108,23 @@ def _gray(pixels: np.ndarray) -> np.ndarray:
     if a.dtype == bool:
         a = a.astype(np.uint8)
     return a
+
+
+def _low_counts(sample: np.ndarray) -> bool:
+    """Raw detector counts of a few electrons per pixel (non-negative integers, median < 20)."""
+    s = np.asarray(sample)
+    if s.dtype.kind not in "iuf" or s.dtype == np.uint8 or s.size == 0:
+        return False
+    if s.dtype.kind == "f" and not np.all(np.mod(s[:: max(1, s.size // 4096)], 1) == 0):
+        return False
+    return bool(s.min() >= 0 and np.median(s) < 20)
+
+
+def _anscombe(a: np.ndarray) -> np.ndarray:
+    out = np.asarray(a, dtype=np.float32) + np.float32(0.375)
+    np.sqrt(out, out=out)
+    out *= np.float32(2.0)
+    return out
 
 
 def _subsample(img: np.ndarray, valid: np.ndarray | None, target: int = 512):
@@ -278,7 +301,11 @@ def find_banner(pixels: np.ndarray) -> np.ndarray | None:
     for from_end in (False, True):
         k = _strip_length(cover[::-1] if from_end else cover)
         if 3 <= k <= 0.4 * sh:
-            invalid[(slice(sh - k, sh) if from_end else slice(0, k)), :] = True
+            rows = slice(sh - k, sh) if from_end else slice(0, k)
+            rest = slice(0, sh - k) if from_end else slice(k, sh)
+            if _common_value_share(small[rows], small[rest]) > 0.2:
+                continue  # the "bar" has the image's own commonest value: a sparse count frame
+            invalid[rows, :] = True
             found = True
 
     # scale bars and label boxes: one-valued solid rectangles; text in the bar's value nearby
@@ -312,6 +339,16 @@ def find_banner(pixels: np.ndarray) -> np.ndarray | None:
     kernel = np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)
     invalid = cv2.dilate(np.ascontiguousarray(invalid).view(np.uint8), kernel)
     return invalid == 0
+
+
+def _common_value_share(strip: np.ndarray, rest: np.ndarray) -> float:
+    """Share of ``rest`` pixels equal to the commonest value of ``strip`` (sub-sampled)."""
+    a = strip[::2, ::2].ravel()
+    b = rest[::2, ::2].ravel()
+    if a.size == 0 or b.size == 0:
+        return 0.0
+    vals, counts = np.unique(a, return_counts=True)
+    return float(np.mean(b == vals[int(np.argmax(counts))]))
 
 
 def _flat_runs(img: np.ndarray, run: int) -> np.ndarray:
@@ -362,8 +399,10 @@ def _solid_rectangles(img: np.ndarray, flat: np.ndarray, skip: np.ndarray, run: 
     A candidate is a 4-connected patch of flat runs, all of one value, whose bounding box has
     a frame (its outermost rows and columns) of that exact value and is mostly that value:
     a solid scale bar, or a label box holding a bar and text. ``thin`` (aspect ≥ 3) marks a
-    scale bar; otherwise the box must be at least ``run`` px in both directions. Saturated
-    particles and vacuum regions have no exact rectangular frame and are left alone.
+    scale bar; otherwise the box must be at least ``run`` px in both directions. The value
+    must be rare in the frame (≤ 5 % of pixels: not the zero of a sparse counting frame) and
+    the rectangle small. Saturated particles and vacuum regions have no exact rectangular
+    frame and are left alone.
     """
     cand = flat & ~skip
     if not cand.any():
@@ -374,6 +413,7 @@ def _solid_rectangles(img: np.ndarray, flat: np.ndarray, skip: np.ndarray, run: 
     cand[1:] &= img[1:] == img[:-1]
     cand[:, 1:] &= img[:, 1:] == img[:, :-1]
     n, lab, stats, _ = cv2.connectedComponentsWithStats(cand.view(np.uint8), connectivity=4)
+    sample = img[::4, ::4]
     out = []
     for i in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[i])
@@ -391,8 +431,15 @@ def _solid_rectangles(img: np.ndarray, flat: np.ndarray, skip: np.ndarray, run: 
         thin = bw >= 3 * bh
         if not thin and min(bw, bh) < run:
             continue
+        # annotations are small: a bar spans at most ~60 % of the width, a box ~10 % of the
+        # frame (huge "flat" regions are empty counting-detector frames or clipped vacuum)
+        if bw > 0.6 * img.shape[1] or bw * bh > 0.1 * img.size:
+            continue
         frame = np.concatenate([box[0], box[-1], box[:, 0], box[:, -1]])
         if frame.mean() < 0.9 or box.mean() < 0.5:
+            continue
+        # drawn in a colour the detector rarely produces (not the zero of a sparse count frame)
+        if np.mean(sample == value0) > 0.05:
             continue
         out.append(((y, y + bh, x, x + bw), thin))
     return out

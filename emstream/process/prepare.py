@@ -413,7 +413,9 @@ def _solid_rectangles(img: np.ndarray, flat: np.ndarray, skip: np.ndarray, run: 
     cand[1:] &= img[1:] == img[:-1]
     cand[:, 1:] &= img[:, 1:] == img[:, :-1]
     n, lab, stats, _ = cv2.connectedComponentsWithStats(cand.view(np.uint8), connectivity=4)
-    sample = img[::4, ::4]
+    sample = img[::4, ::4][~skip[::4, ::4]]  # outside data bars found already
+    if sample.size == 0:
+        return []
     out = []
     for i in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[i])

@@ -171,6 +171,17 @@ def test_scale_bar_and_label_are_masked(value):
     assert find_banner(img) is None
 
 
+def test_white_data_bar_and_white_scale_bar_elsewhere():
+    rng = np.random.default_rng(12)
+    img = rng.poisson(500, (512, 512)).astype(np.uint16)
+    img[-80:] = 65535  # a big white data bar ...
+    img[300:306, 100:220] = 65535  # ... does not make the same white "common" for a scale bar
+    valid = find_banner(img)
+    assert valid is not None
+    assert not valid[-80:].any() and not valid[300:306, 100:220].any()
+    assert valid[:290].all()
+
+
 def test_label_box_with_bar_and_text():
     rng = np.random.default_rng(5)
     img, _ = _field(rng, shape=(512, 512))

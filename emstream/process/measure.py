@@ -68,7 +68,8 @@ def measure(
 
     Parameters
     ----------
-    labels : 2-D integer array, 0 = background, 1..N = particles (need not be consecutive).
+    labels : 2-D integer array, 0 = background, 1..N = particles (need not be consecutive,
+        < 2**31; negative values are treated as background).
     raw : the frame's raw pixels (same shape) for ``intensity_mean``; ``None`` gives NaN.
     calibration : pixel size; uncalibrated (or ``None``) makes every ``_nm`` column pixels.
     valid : optional bool mask, False over banners / scale bars; particles touching it are
@@ -89,7 +90,10 @@ def measure(
         raise ValueError(f"labels must be an integer array, got {lab.dtype}")
     if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
         lab = np.where(lab < 0, 0, lab)
-    lab = lab.astype(np.int64, copy=False) if lab.dtype.itemsize > 4 else lab.astype(np.int32, copy=False)
+    small = lab.dtype.itemsize < 4 or lab.dtype == np.int32
+    if not small and lab.size and int(lab.max()) > np.iinfo(np.int32).max:
+        raise ValueError("labels must be < 2**31 (the particle table's label column is int32)")
+    lab = lab.astype(np.int32 if small else np.int64, copy=False)
 
     if calibration is not None and calibration.nm_per_px is not None:
         sy, sx = calibration.nm_per_px

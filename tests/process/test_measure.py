@@ -208,6 +208,21 @@ def test_non_consecutive_labels_and_big_label_values():
     assert t["area_px"].tolist() == [9, 16, 20]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.int64, np.uint64])
+def test_label_dtypes(dtype):
+    lab = np.zeros((20, 20), dtype)
+    lab[2:5, 2:5] = 3
+    lab[10:15, 10:12] = 7
+    t = measure(lab, None, None)
+    assert t["label"].tolist() == [3, 7] and t["area_px"].tolist() == [9, 10]
+    if np.iinfo(dtype).max > 2**31:
+        lab[0, 0] = np.iinfo(dtype).max
+        with pytest.raises(ValueError):
+            measure(lab, None, None)
+    with pytest.raises(ValueError):
+        measure(lab.astype(np.float32), None, None)
+
+
 def _regionprops_check(lab, raw):
     t = measure(lab, raw, None)
     props = regionprops(lab, raw)

@@ -135,11 +135,16 @@ def measure(
     vxx = np.maximum(np.bincount(rl, sum_xx, n) / area - cx * cx, 0.0)
     vxy = np.bincount(rl, ry * sum_x, n) / area - cy * cx
     if raw is not None:
-        integral = cv2.integral(_for_cv(raw), sdepth=cv2.CV_64F)
-        iy = by[run_start]
-        run_sum = (
-            integral[iy + 1, rb + 1] - integral[iy + 1, ra] - integral[iy, rb + 1] + integral[iy, ra]
-        )
+        # runs are disjoint and in raster order: one reduceat over [start, end+1, start, ...]
+        # sums every run (odd slots are the gaps between runs)
+        flat_raw = _gray_raw(raw).ravel()
+        row0 = by[run_start].astype(np.int64) * w
+        bounds = np.empty(2 * rl.size, np.int64)
+        bounds[0::2] = row0 + ra
+        bounds[1::2] = row0 + rb + 1
+        if bounds[-1] >= flat_raw.size:
+            bounds = bounds[:-1]
+        run_sum = np.add.reduceat(flat_raw, bounds, dtype=np.float64)[0::2]
         intensity = np.bincount(rl, run_sum, n) / area
     else:
         intensity = np.full(n, np.nan)
@@ -239,12 +244,12 @@ def _sq_sum(k: np.ndarray) -> np.ndarray:
     return k * (k + 1) * (2 * k + 1) // 6
 
 
-def _for_cv(raw: np.ndarray) -> np.ndarray:
+def _gray_raw(raw: np.ndarray) -> np.ndarray:
     a = np.asarray(raw)
     if a.ndim > 2:
         a = a[..., 0]
-    if a.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
-        a = a.astype(np.float64)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
     return np.ascontiguousarray(a)
 
 

@@ -369,17 +369,18 @@ def _hull_geometry(
         lattice = np.where(inside, np.gcd(np.abs(xn - xi), np.abs(yn - yi)), 0).sum(1)
         hull_count[idx] = area2 / 2.0 + lattice / 2.0 + 1.0
 
-        # scaled centre hull; corners add a rectangle sy × sx (Minkowski sum)
-        fx = xi * sx
-        fy = yi * sy
+        # scaled centre hull; corners add a rectangle sy × sx (Minkowski sum). Pairwise work
+        # in float32 relative to the particle's first vertex (exact to ~1e-7 relative)
+        fx = ((xi - xi[:, :1]) * sx).astype(np.float32)
+        fy = ((yi - yi[:, :1]) * sy).astype(np.float32)
         ddx = np.abs(fx[:, :, None] - fx[:, None, :])
-        ddx += sx
+        ddx += np.float32(sx)
         ddx *= ddx
         ddy = np.abs(fy[:, :, None] - fy[:, None, :])
-        ddy += sy
+        ddy += np.float32(sy)
         ddy *= ddy
         ddx += ddy
-        feret_max[idx] = np.sqrt(ddx.reshape(m, -1).max(1))
+        feret_max[idx] = np.sqrt(ddx.reshape(m, -1).max(1).astype(np.float64))
 
         # min width: over hull-edge normals and the two axes (edges of the corner square)
         ex = (xn - xi) * sx
@@ -387,12 +388,13 @@ def _hull_geometry(
         elen = np.hypot(ex, ey)
         ok = inside & (elen > 0)
         safe = np.where(ok, elen, 1.0)
-        nx = np.where(ok, -ey / safe, 0.0)
-        ny = np.where(ok, ex / safe, 1.0)
-        nx = np.concatenate([nx, np.zeros((m, 1)), np.ones((m, 1))], axis=1)
-        ny = np.concatenate([ny, np.ones((m, 1)), np.zeros((m, 1))], axis=1)
-        proj = nx[:, :, None] * fx[:, None, :] + ny[:, :, None] * fy[:, None, :]
-        width = proj.max(2) - proj.min(2) + np.abs(nx) * sx + np.abs(ny) * sy
+        nx = np.where(ok, -ey / safe, 0.0).astype(np.float32)
+        ny = np.where(ok, ex / safe, 1.0).astype(np.float32)
+        nx = np.concatenate([nx, np.zeros((m, 1), np.float32), np.ones((m, 1), np.float32)], 1)
+        ny = np.concatenate([ny, np.ones((m, 1), np.float32), np.zeros((m, 1), np.float32)], 1)
+        proj = nx[:, :, None] * fx[:, None, :]
+        proj += ny[:, :, None] * fy[:, None, :]
+        width = (proj.max(2) - proj.min(2)).astype(np.float64) + np.abs(nx) * sx + np.abs(ny) * sy
         # invalid (padding / zero-length) edges were given the y-axis normal: a valid candidate
         feret_min[idx] = width.min(1)
         i = j

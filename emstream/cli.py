@@ -302,20 +302,25 @@ def run_session(
         segmenter = _build_segmenter(opts)
     except BaseException:
         ledger.close()
+        close = getattr(source, "close", None)
+        if callable(close):
+            close()
         raise
     sinks = [ledger, *_extra_sinks(opts, session_dir)]
     desc = source.describe() if hasattr(source, "describe") else str(source)
     backend = getattr(segmenter, "name", "?")
     vers = versions()
+    flags = opts.as_config()
     config = {
         "command": command,
         "source": desc,
-        "segmenter": backend,
+        **{k: v for k, v in flags.items() if k not in ("segmenter", "backend")},
+        "segmenter_requested": opts.segmenter,
+        "backend_requested": opts.backend,
+        "segmenter": backend,  # what actually ran, e.g. "unet-s@onnxruntime:CPUExecutionProvider"
         "model": getattr(segmenter, "info", None) or getattr(segmenter, "model_path", None),
-        "backend": backend,
         "t_start": time.time(),
         "versions": vers,
-        **opts.as_config(),
     }
     write_config(session_dir, config)
     session = Session(session_dir=session_dir, source=desc, backend=backend, config=config,

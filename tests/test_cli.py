@@ -145,7 +145,9 @@ def test_watch_exit_when_idle_records_every_file(tmp_path, needs_processing):
     assert {Path(k).name: v for k, v in rows.items()} == {
         "f0.tif": "ok", "f1.tif": "ok", "f2.tif": "ok", "broken.tif": "quarantined"}
     cfg = json.loads((ses / "config.json").read_text())
-    assert cfg["command"] == "watch" and "versions" in cfg and cfg["segmenter"]
+    assert cfg["command"] == "watch" and cfg["versions"]["emstream"]
+    assert cfg["segmenter"] == "classical" and cfg["segmenter_requested"] == "classical"
+    assert cfg["watch"] == str(acq) and cfg["quarantine_after_s"] == 1.0
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert "summary" in r.stderr
     # the same folder replayed, then the session reported

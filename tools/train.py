@@ -205,9 +205,11 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=True)
         cfg = {**json.loads(ck["config"]), **(overrides or {})}
+        cfg["resumes"] = [*cfg.get("resumes", []), {"step": int(ck["step"]), **(overrides or {})}]
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = int(ck["step"])
+        torch.set_num_threads(int(cfg["threads"]))
         rng.bit_generator.state = json.loads(ck["np_rng"])
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
@@ -286,9 +288,9 @@ def main(argv=None) -> int:
         if v is not None and k not in ("synthetic", "real_train"):
             cfg[k] = given[k] = v
     if a.real_train is not None:
-        cfg["real_train"] = parse_indices_text(a.real_train)
+        cfg["real_train"] = given["real_train"] = parse_indices_text(a.real_train)
     if a.synthetic is not None:
-        cfg["synthetic"] = [str(p) for p in a.synthetic]
+        cfg["synthetic"] = given["synthetic"] = [str(p) for p in a.synthetic]
     path = train(cfg, a.out, resume=a.resume, overrides=given)
     print(f"checkpoint: {path}")
     return 0

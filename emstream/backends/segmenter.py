@@ -19,8 +19,8 @@ Per frame:
    :func:`emstream.process.instances.instances_from_maps` (markers from the normalised distance,
    watershed inside the particle mask), pixels outside ``prepared.valid`` are 0.
 
-Thresholds come from the model's ``.json`` sidecar (``threshold``, ``marker_threshold``,
-``min_area_px``) and can be overridden.
+Thresholds and the marker source come from the model's ``.json`` sidecar (``threshold``,
+``marker_threshold``, ``min_area_px``, ``split``, ``sep_sigma``) and can be overridden.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class LearnedSegmenter:
     def __init__(self, backend: InferenceBackend, model_card_info: dict | None = None, *,
                  max_side: int | None = None, tile: int = 1024, margin: int = 64,
                  scale: float = 1.0, threshold: float | None = None,
-                 marker_threshold: float | None = None, min_area_px: int | None = None):
+                 marker_threshold: float | None = None, min_area_px: int | None = None,
+                 split: str | None = None, sep_sigma: float | None = None):
         info = dict(model_card_info or {})
         self.backend = backend
         self.info = info
@@ -87,6 +88,8 @@ class LearnedSegmenter:
                                       else info.get("marker_threshold", 0.5))
         self.min_area_px = int(min_area_px if min_area_px is not None
                                else info.get("min_area_px", 4))
+        self.split = str(split if split is not None else info.get("split", "map"))
+        self.sep_sigma = float(sep_sigma if sep_sigma is not None else info.get("sep_sigma", 0.0))
 
     # -- network -------------------------------------------------------------------------
     def _run_padded(self, img: np.ndarray) -> np.ndarray:
@@ -135,9 +138,19 @@ class LearnedSegmenter:
         valid = prepared.valid
         img = normalize_image(raw, valid=valid)
         logits = self.maps(img)
+        return self.instances(logits, valid)
+
+    def instances(self, logits: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Particles from the network's logit maps (thresholds and split mode of this model)."""
+        if self.split == "map":  # logits straight in, thresholds in logit space
+            sep, marker = logits[1], _logit(self.marker_threshold)
+        else:
+            sep = 1.0 / (1.0 + np.exp(-np.clip(logits[1], -30, 30)))
+            marker = self.marker_threshold
         return instances_from_maps(
-            logits[0], logits[1], valid=valid, threshold=_logit(self.threshold),
-            marker_threshold=_logit(self.marker_threshold), min_area_px=self.min_area_px)
+            logits[0], sep, valid=valid, threshold=_logit(self.threshold),
+            marker_threshold=marker, min_area_px=self.min_area_px, split=self.split,
+            sep_sigma=self.sep_sigma)
 
     def close(self) -> None:
         self.backend.close()

@@ -94,3 +94,13 @@ def test_labels_lie_inside_foreground_and_are_consecutive(specs):
     assert np.array_equal(ids, np.arange(ids.size))  # 0..N without gaps
     # deterministic
     assert np.array_equal(out, instances_from_maps(fg, dist, min_area_px=1))
+
+
+def test_shape_split_separates_touching_disks_without_a_distance_map():
+    truth, fg, _ = disks((80, 120), [(40, 40, 20), (40, 78, 19)])
+    flat = np.where(fg > 0, 0.6, 0.0).astype(np.float32)  # an uninformative separation map
+    assert instances_from_maps(fg, flat).max() == 1
+    assert instances_from_maps(fg, flat, split="shape").max() == 2
+    assert instances_from_maps(fg, flat, split="both", marker_threshold=0.7).max() == 2
+    with pytest.raises(ValueError):
+        instances_from_maps(fg, flat, split="magic")

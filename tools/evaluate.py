@@ -93,6 +93,7 @@ class Score:
         self.tp = self.n_gt = self.n_pred = 0
         self.rel_err: list[float] = []
         self.frames = 0
+        self.frame_f1: list[float] = []
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         pairs, n_gt, n_pred, ga, pa = match_instances(gt, pred)
@@ -100,6 +101,8 @@ class Score:
         self.n_gt += n_gt
         self.n_pred += n_pred
         self.frames += 1
+        if n_gt or n_pred:
+            self.frame_f1.append(2 * len(pairs) / (n_gt + n_pred))
         for g, p, _ in pairs:
             dg, dp = np.sqrt(4 * ga[g] / np.pi), np.sqrt(4 * pa[p] / np.pi)
             self.rel_err.append(abs(dp - dg) / dg)
@@ -110,6 +113,7 @@ class Score:
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
         return {"frames": self.frames, "true": self.n_gt, "predicted": self.n_pred, "tp": self.tp,
                 "precision": round(prec, 4), "recall": round(rec, 4), "f1": round(f1, 4),
+                "mean_frame_f1": round(float(np.mean(self.frame_f1)), 4) if self.frame_f1 else None,
                 "median_rel_diameter_error": round(float(np.median(self.rel_err)), 4)
                 if self.rel_err else None}
 
@@ -236,13 +240,16 @@ def speed(model: str, n: int = 12, shape=(1024, 1024)) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def markdown(results: dict) -> str:
-    lines = ["| set | segmenter | frames | true | F1 | precision | recall | median diameter error |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | segmenter | frames | true | F1 (pooled) | precision | recall | "
+             "mean F1 per frame | median diameter error |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in results["rows"]:
         r = row["result"]
         err = r["median_rel_diameter_error"]
+        mf1 = r.get("mean_frame_f1")
         lines.append(f"| {row['set']} | {row['segmenter']} | {r['frames']} | {r['true']} | "
                      f"**{r['f1']:.3f}** | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{'—' if mf1 is None else f'{mf1:.3f}'} | "
                      f"{'—' if err is None else f'{100 * err:.1f} %'} |")
     if results.get("speed"):
         s = results["speed"]

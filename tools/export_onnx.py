@@ -102,6 +102,8 @@ def export(ckpt: Path, name: str, out_dir: Path, thresholds: dict | None = None)
         "threshold": 0.5,
         "marker_threshold": 0.5,
         "min_area_px": 4,
+        "split": "map",
+        "sep_sigma": 0.0,
         "onnx_bytes": onnx_path.stat().st_size,
         "sha256": file_sha256(onnx_path),
         "training": {"checkpoint": ckpt.name, "step": int(ck.get("step", 0)), "config": cfg},
@@ -131,9 +133,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--marker-threshold", type=float, default=None)
     ap.add_argument("--min-area-px", type=int, default=None)
+    ap.add_argument("--split", choices=["map", "shape", "both"], default=None,
+                    help="marker source for touching particles (see process/instances.py)")
+    ap.add_argument("--sep-sigma", type=float, default=None)
     a = ap.parse_args(argv)
     th = {k: v for k, v in (("threshold", a.threshold), ("marker_threshold", a.marker_threshold),
-                            ("min_area_px", a.min_area_px)) if v is not None}
+                            ("min_area_px", a.min_area_px), ("split", a.split),
+                            ("sep_sigma", a.sep_sigma)) if v is not None}
     info = export(a.checkpoint, a.name, a.out_dir, th)
     print(json.dumps({k: info[k] for k in ("name", "onnx_bytes", "sha256",
                                            "parity_max_abs_logit_diff")}, indent=2))

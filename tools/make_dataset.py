@@ -147,8 +147,34 @@ def _relabel_connected(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def scene_sample(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One frame of the time-series microscope (``Microscope(SceneConfig)``, what the demo
+    streams) with randomised mode, dose, size, contrast, blur and coverage."""
+    from emstream.sources.simulate.scene import Microscope, SceneConfig
+
+    mode = "bf" if rng.random() < 0.5 else "haadf"
+    cfg = SceneConfig(
+        shape=(size, size), mode=mode, nm_per_px=0.5,
+        dose=float(np.exp(rng.uniform(np.log(20), np.log(1000)))),
+        median_diameter_nm=float(np.exp(rng.uniform(np.log(2.5), np.log(30)))),
+        size_sigma=float(rng.uniform(0.1, 0.4)),
+        coverage_start=float(rng.uniform(0.01, 0.3)), coverage_end=float(rng.uniform(0.05, 0.4)),
+        ramp_frames=4, touching_fraction=float(rng.uniform(0, 0.4)),
+        contrast=float(rng.uniform(0.15, 0.6)) if mode == "bf" else float(rng.uniform(0.5, 4)),
+        blur_sigma_px=float(rng.uniform(0.5, 2.0)), banner=bool(rng.random() < 0.3),
+        scale_bar=bool(rng.random() < 0.3), hole=bool(rng.random() < 0.15))
+    mic = Microscope(cfg, seed=int(rng.integers(1 << 30)))
+    frame = mic.next_frame()
+    for _ in range(int(rng.integers(0, 3))):
+        frame = mic.next_frame()
+    valid = frame.valid if frame.valid is not None else np.ones(frame.image.shape, bool)
+    return frame.image, np.asarray(frame.labels, np.int32), {"mode": mode, "valid": valid}
+
+
 def get_sampler(name: str = "auto"):
     """``(callable(rng, size) -> (image, labels, meta), name)``: the simulator's, else fallback."""
+    if name == "scene":
+        return scene_sample, "tools.make_dataset.scene_sample"
     if name in ("auto", "simulator"):
         try:
             from emstream.sources.simulate.training import training_sample
@@ -247,7 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--generator", default="auto", choices=["auto", "simulator", "fallback"])
+    ap.add_argument("--generator", default="auto", choices=["auto", "simulator", "scene", "fallback"])
     ap.add_argument("--no-labels", action="store_true",
                     help="store only image/fg/dist (training caches: less memory)")
     a = ap.parse_args(argv)

@@ -105,6 +105,28 @@ def process_frame(
     )
 
 
+class _Serialized:
+    """One ``segment`` call at a time (GPU runtimes such as a TensorRT execution context are
+    not thread-safe); prepare and measure still run in parallel workers."""
+
+    def __init__(self, segmenter: Any):
+        self.inner = segmenter
+        self.name = getattr(segmenter, "name", type(segmenter).__name__)
+        self._lock = threading.Lock()
+
+    def segment(self, prepared: Any) -> Any:
+        with self._lock:
+            return self.inner.segment(prepared)
+
+
+def _thread_safe(segmenter: Any) -> bool:
+    """A segmenter may say ``thread_safe = True``; the classical baseline is (pure numpy/scipy)."""
+    flag = getattr(segmenter, "thread_safe", None)
+    if flag is not None:
+        return bool(flag)
+    return getattr(segmenter, "name", "") == "classical"
+
+
 @dataclass
 class PipelineStats:
     """A snapshot for the terminal view and the GUI status bar."""
@@ -264,6 +286,8 @@ class Pipeline:
             cores = os.cpu_count() or 1
             workers = 1 if cores <= 4 else min(4, cores // 2)
         self.workers = max(1, int(workers))
+        self._segmenter = (segmenter if self.workers == 1 or _thread_safe(segmenter)
+                           else _Serialized(segmenter))
         self._work: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         # ordered hand-off: results wait here until every earlier seq is out
         self._order_lock = threading.Lock()
@@ -503,7 +527,7 @@ class Pipeline:
         """One frame through prepare, segment, measure and rules; never raises."""
         try:
             result = process_frame(
-                frame, self.segmenter, polarity=self.polarity, read_ms=read_ms,
+                frame, self._segmenter, polarity=self.polarity, read_ms=read_ms,
                 keep_labels=self.keep_labels,
             )
             record = TrackedRecord(

@@ -294,3 +294,37 @@ def test_parallel_workers_deliver_in_seq_order(tmp_path):
     assert rule.seen == [s for s in range(13) if s != 5]
     assert [a.seq for a in col.alerts] == rule.seen
     assert p.stats.processed == 12 and p.stats.quarantined == 1
+
+
+class CountingSegmenter:
+    """Not declared thread-safe: the pipeline must never call it from two workers at once."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.inner = make_segmenter("classical")
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+
+    def segment(self, prepared):
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        time.sleep(0.02)
+        try:
+            return self.inner.segment(prepared)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_segmenter_not_thread_safe_is_serialised(tmp_path):
+    seg = CountingSegmenter()
+    col = Collect()
+    p = Pipeline(ListSource([make_frame(i) for i in range(8)]), seg, [col],
+                 session=session(tmp_path), workers=3, queue_size=4)
+    p.run()
+    assert [r.status for r in col.records] == ["ok"] * 8
+    assert seg.max_active == 1
+    assert col.records[0].result.backend == "counting"

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -178,33 +179,23 @@ def _build_rules(opts: RunOptions) -> Any:
 
 
 def _build_watchdog() -> Any:
-    try:
-        from emstream.process.watchdog import Watchdog
-    except ImportError:
-        return None
+    from emstream.process.watchdog import Watchdog
+
     return Watchdog()
 
 
-def _extra_sinks(opts: RunOptions, session_dir: Path) -> list[Any]:
+def _extra_sinks(opts: RunOptions, session_dir: Path, rules: Any) -> list[Any]:
+    from emstream.sinks.actions import ActionsSink
+    from emstream.sinks.publish import Publisher
+
     sinks: list[Any] = []
     if opts.publish:
         try:
-            from emstream.sinks.publish import Publisher
-        except ImportError as exc:
-            raise _missing("--publish", exc) from exc
-        try:
-            sinks.append(Publisher(opts.publish))
+            sinks.append(Publisher(opts.publish, rules=rules))
         except EmstreamError as exc:
             raise _fail(f"--publish: {exc}", 2) from exc
-    try:
-        from emstream.sinks.actions import ActionsSink
-    except ImportError:
-        pass
-    else:
-        try:
-            sinks.append(ActionsSink(session_dir))
-        except Exception as exc:  # noqa: BLE001 - actions are optional
-            log.warning("alert actions disabled: %s", exc)
+    # Snapshots, the alert log and command hooks of the rules that ask for them.
+    sinks.append(ActionsSink(session_dir, rules=rules))
     return sinks
 
 
@@ -306,7 +297,7 @@ def run_session(
         if callable(close):
             close()
         raise
-    sinks = [ledger, *_extra_sinks(opts, session_dir)]
+    sinks = [ledger, *_extra_sinks(opts, session_dir, rules)]
     desc = source.describe() if hasattr(source, "describe") else str(source)
     backend = getattr(segmenter, "name", "?")
     vers = versions()
@@ -612,11 +603,14 @@ def demo(
     def simulate_thread() -> None:
         try:
             write_session(acq, frames=frames, fps=fps, seed=seed, stop=stop, inject_bad=inject_bad,
-                          config=SceneConfig(shape=(size, size), fps=fps))
+                          config=SceneConfig(shape=(size, size), fps=fps, ramp_frames=frames))
         except BaseException as exc:  # noqa: BLE001
             sim_error.append(exc)
 
     sim = threading.Thread(target=simulate_thread, name="simulator", daemon=True)
+    if rules is None:  # the embedded example rules, so the demo shows target alerts too
+        rules = acq / "demo_rules.toml"
+        rules.write_bytes(resources.files("emstream").joinpath("demo_rules.toml").read_bytes())
     opts = RunOptions(session_dir, None, None, segmenter.value, backend.value, rules, publish, "all",
                       gui, screenshot, report,
                       extra={"demo": {"frames": frames, "fps": fps, "seed": seed, "size": size,

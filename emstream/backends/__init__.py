@@ -91,8 +91,9 @@ def make_segmenter(kind: str = "auto", backend: str = "auto", device: str = "aut
 
     Parameters
     ----------
-    kind : ``"auto"`` (learned if possible, else classical with a warning), ``"learned"``
-        (raise if it cannot run) or ``"classical"``.
+    kind : ``"auto"`` (the learned model if it can run here and its sidecar does not say
+        ``"auto_default": false`` — set when its evaluation did not beat the classical baseline —
+        else classical), ``"learned"`` (raise if it cannot run) or ``"classical"``.
     backend : ``"auto"``, ``"tensorrt"``, ``"onnxruntime"`` or ``"torch"``.
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
     model : model name in ``engines/`` or path to an ``.onnx`` (default: the shipped one).
@@ -105,6 +106,19 @@ def make_segmenter(kind: str = "auto", backend: str = "auto", device: str = "aut
         from emstream.process.classical import ClassicalSegmenter
 
         return ClassicalSegmenter()
+    if kind == "auto" and model is None:
+        # The shipped model's sidecar records whether its evaluation beat the classical
+        # baseline; "auto" gives the operator the better-measured segmenter.
+        try:
+            files = find_model()
+        except BackendUnavailable:
+            files = None
+        if files is not None and files.info.get("auto_default") is False:
+            from emstream.process.classical import ClassicalSegmenter
+
+            log.info("segmenter: classical (%s: %s; --segmenter learned runs it anyway)",
+                     files.label, files.info.get("auto_default_reason", "not the auto default"))
+            return ClassicalSegmenter()
     try:
         be, files = make_backend(backend, device, model)
     except BackendUnavailable as e:

@@ -179,3 +179,26 @@ def test_tiled_maps_match_whole_frame_maps_in_the_interior(random_model):
     assert whole.shape == tiled.shape == (2, 512, 900)
     agree = ((whole[0] > 0) == (tiled[0] > 0)).mean()
     assert agree > 0.99
+
+
+@pytest.mark.parametrize("auto_default, expected", [(False, "classical"), (True, "unet-s@")])
+def test_auto_kind_follows_the_models_recorded_evaluation(tmp_path, monkeypatch, random_model,
+                                                          auto_default, expected):
+    """``auto`` runs the shipped model only when its evaluation beat the classical baseline."""
+    import json
+
+    for suffix in (".onnx", ".pt", ".json"):
+        (tmp_path / f"unet-s{suffix}").write_bytes(random_model.with_suffix(suffix).read_bytes())
+    info = json.loads((tmp_path / "unet-s.json").read_text())
+    info["auto_default"] = auto_default
+    (tmp_path / "unet-s.json").write_text(json.dumps(info))
+    monkeypatch.setattr(backends_base, "engines_dirs", lambda: [tmp_path])
+    seg = backends.make_segmenter("auto", backend="onnxruntime")
+    assert seg.name.startswith(expected)
+    assert backends.make_segmenter("learned", backend="onnxruntime").name.startswith("unet-s@")
+
+
+def test_the_shipped_model_records_its_auto_default():
+    files = backends_base.find_model()
+    assert isinstance(files.info.get("auto_default"), bool)
+    assert files.info.get("auto_default_reason")

@@ -168,10 +168,8 @@ def _build_segmenter(opts: RunOptions) -> Any:
 def _build_rules(opts: RunOptions) -> Any:
     if opts.rules is None:
         return None
-    try:
-        from emstream.rules_file import RulesFile
-    except ImportError as exc:
-        raise _missing("--rules", exc) from exc
+    from emstream.rules_file import RulesFile
+
     try:
         return RulesFile(opts.rules)
     except ConfigError as exc:
@@ -214,13 +212,13 @@ def _want_gui(opts: RunOptions) -> bool:
 
 
 def _write_report(session_dir: Path) -> None:
+    """The report and the exports, written when a session ends."""
+    from emstream.sinks.export import export_session
+    from emstream.sinks.report import write_report
+
     try:
-        from emstream.sinks.report import write_report
-    except ImportError:
-        return
-    try:
-        path = write_report(session_dir)
-        err.print(f"report: {path}")
+        err.print(f"report: {write_report(session_dir)}")
+        export_session(session_dir)
     except Exception as exc:  # noqa: BLE001 - the session is recorded either way
         err.print(f"[yellow]report not written:[/] {exc}")
 
@@ -469,10 +467,8 @@ def listen(
     workers: WorkersOpt = None,
 ) -> None:
     """Process frames arriving over ZeroMQ (emstream v1 or DECTRIS SIMPLON)."""
-    try:
-        from emstream.sources.zmq import StreamSource
-    except ImportError as exc:
-        raise _missing("the ZeroMQ source", exc) from exc
+    from emstream.sources.zmq import StreamSource
+
     opts = RunOptions(session_dir, exit_when_idle, pixel_size, segmenter.value, backend.value, rules,
                       publish, policy.value, gui, screenshot, report,
                       extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind})
@@ -536,10 +532,8 @@ def simulate(
         raise _fail("give exactly one of --out DIR or --zmq ENDPOINT", 2)
     if imaging not in ("bf", "haadf"):
         raise _fail(f"--imaging must be bf or haadf, got {imaging!r}", 2)
-    try:
-        from emstream.sources.simulate import SceneConfig, run_simulate
-    except ImportError as exc:
-        raise _missing("the simulator", exc) from exc
+    from emstream.sources.simulate import SceneConfig, run_simulate
+
     config = SceneConfig(shape=(size, size), fps=fps, mode=imaging)
     done = [0]
 
@@ -583,12 +577,9 @@ def demo(
     workers: WorkersOpt = None,
 ) -> None:
     """Simulated microscope + folder monitor in one process, with a live view."""
-    try:
-        from emstream.sources.simulate.scene import SceneConfig
-        from emstream.sources.simulate.writers import write_session
-    except ImportError as exc:
-        raise _missing("the simulator", exc) from exc
     from emstream.sources.folder import FolderSource
+    from emstream.sources.simulate.scene import SceneConfig
+    from emstream.sources.simulate.writers import write_session
 
     tmp = None
     if out_dir is None:
@@ -698,11 +689,8 @@ def analyze(
     """Segment and measure files once and write the particle table as JSON."""
     from emstream.frame import Calibration
     from emstream.pipeline import make_segmenter, process_frame
+    from emstream.sources.readers import read_frames
 
-    try:
-        from emstream.sources.readers import read_frames
-    except ImportError as exc:
-        raise _missing("the file readers", exc) from exc
     try:
         seg = make_segmenter(kind=segmenter.value, backend=backend.value)
     except (EmstreamError, ImportError) as exc:
@@ -779,26 +767,19 @@ def frame_json(res: Any) -> dict[str, Any]:
 @app.command()
 def report(
     session: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Session folder.")],
+    imagej: Annotated[bool, typer.Option("--imagej", help="CSV with ImageJ column headers.")] = False,
 ) -> None:
-    """Write the HTML report (and CSV/Parquet exports) of a session."""
+    """Write the HTML report and the CSV/Parquet exports of a session."""
+    from emstream.sinks.export import export_session
     from emstream.sinks.ledger import ledger_path
+    from emstream.sinks.report import write_report
 
     if not ledger_path(session).exists():
         raise _fail(f"{session} is not a session folder (no ledger.sqlite)", 2)
     try:
-        from emstream.sinks.report import write_report
-    except ImportError as exc:
-        raise _missing("the report", exc) from exc
-    try:
-        from emstream.sinks.export import export_session
-    except ImportError:
-        export_session = None
-    try:
-        path = write_report(session)
-        out.print(f"report: {path}")
-        if export_session is not None:
-            for p in export_session(session):
-                out.print(f"export: {p}")
+        out.print(f"report: {write_report(session)}")
+        for p in export_session(session, imagej=imagej):
+            out.print(f"export: {p}")
     except EmstreamError as exc:
         raise _fail(str(exc)) from exc
 
@@ -821,10 +802,8 @@ def engine_info_cmd(
     model: Annotated[Path | None, typer.Option(help="ONNX model (default: the shipped one).")] = None,
 ) -> None:
     """Model, hash and cached engines."""
-    try:
-        from emstream.backends import engine_info
-    except ImportError as exc:
-        raise _missing("engine tools", exc) from exc
+    from emstream.backends import engine_info
+
     try:
         info = engine_info(model)
     except EmstreamError as exc:
@@ -837,10 +816,8 @@ def engine_build_cmd(
     model: Annotated[Path | None, typer.Option(help="ONNX model (default: the shipped one).")] = None,
 ) -> None:
     """Build (or rebuild) the TensorRT engine for this GPU."""
-    try:
-        from emstream.backends import engine_build
-    except ImportError as exc:
-        raise _missing("engine tools", exc) from exc
+    from emstream.backends import engine_build
+
     try:
         path = engine_build(model)
     except EmstreamError as exc:

@@ -39,26 +39,19 @@ _STOP = object()
 
 
 def make_segmenter(kind: str = "auto", backend: str = "auto", device: str = "auto", model: Any = None):
-    """The one place that chooses a segmenter.
+    """The one place that chooses a segmenter (see :func:`emstream.backends.make_segmenter`).
 
-    Uses engineer E's :func:`emstream.backends.make_segmenter` when it is available; until then
-    (or when it cannot run here and ``kind`` is not ``"learned"``) the classical baseline.
+    Unless ``kind`` is ``"learned"``, a learned segmenter that fails to start falls back to the
+    classical baseline with a warning, so a broken GPU install never stops a session.
     """
-    try:
-        from emstream.backends import make_segmenter as _make  # type: ignore[attr-defined]
-    except ImportError:
-        _make = None
-    if _make is not None:
-        try:
-            return _make(kind=kind, backend=backend, device=device, model=model)
-        except Exception as exc:
-            if kind == "learned":
-                raise
-            log.warning("learned segmenter unavailable (%s): using the classical baseline", exc)
-    elif kind == "learned":
-        from emstream.errors import BackendUnavailable
+    from emstream.backends import make_segmenter as _make
 
-        raise BackendUnavailable("no learned segmenter is installed in this build")
+    try:
+        return _make(kind=kind, backend=backend, device=device, model=model)
+    except Exception as exc:
+        if kind == "learned":
+            raise
+        log.warning("learned segmenter unavailable (%s): using the classical baseline", exc)
     from emstream.process.classical import ClassicalSegmenter
 
     return ClassicalSegmenter()

@@ -4,9 +4,11 @@ The pipeline calls :class:`GuiSink` from the sink's own thread. The sink never t
 it updates the session statistics (cheap, fixed bins) and puts the result in a one-slot mailbox.
 A display thread takes the newest result from the mailbox, prepares it for drawing (uint8
 scaling, outlines, target mask: numpy/OpenCV, no Qt) and wakes the GUI thread with a queued Qt
-signal; the window pulls the prepared frame at most ~30 times a second. A fast pipeline never
-waits for the display and the display never builds up a backlog (python-microscope's "newest
-frame only" rule); frames that arrive while one is being prepared or drawn are simply skipped.
+signal; the window pulls the prepared frame at most ~30 times a second. The display thread
+prepares the next frame only once the window has taken the previous one, so no frame is prepared
+and then thrown away, and a minimised window costs nothing. A fast pipeline never waits for the
+display and the display never builds up a backlog (python-microscope's "newest frame only"
+rule); frames that arrive while one is being prepared or drawn are simply skipped.
 """
 
 from __future__ import annotations
@@ -145,9 +147,15 @@ class GuiSink(Sink):
 
     # -- display thread ----------------------------------------------------------------------
     def _prepare_loop(self) -> None:
+        # Prepare only when the GUI has taken the previous frame (the ready slot is empty): one
+        # frame is prepared while the GUI draws the one before, and none is prepared only to be
+        # overwritten. On 2 cores a display thread that ran flat out would take the GIL and a
+        # core away from the GUI thread for frames nobody sees.
         while True:
             with self._cond:
-                while not self._stopping and (self._pending is None or self._paused):
+                while not self._stopping and (
+                    self._pending is None or self._paused or self._ready is not None
+                ):
                     self._cond.wait()
                 r, self._pending = self._pending, None
                 if r is None:  # stopping and nothing left
@@ -174,4 +182,6 @@ class GuiSink(Sink):
         with self._cond:
             self._notified = False
             item, self._ready = self._ready, None
+            if item is not None:
+                self._cond.notify_all()  # the display thread may prepare the next one
         return item

@@ -28,7 +28,7 @@ from emstream.gui.outlines import (
 )
 from emstream.results import FrameResult
 
-__all__ = ["FrameView", "CalibratedScaleBar", "particle_info"]
+__all__ = ["FrameView", "CalibratedScaleBar", "outline_paths", "particle_info"]
 
 #: Contrast presets: (label, low percentile, high percentile).
 CONTRAST_PRESETS = [
@@ -90,6 +90,34 @@ def particle_info(
     if matches is not None:
         out.append(("Matches target rule", "yes" if matches else "no"))
     return out
+
+
+def outline_paths(
+    outlines: Outlines | None, matches: np.ndarray | None, n: int
+) -> tuple[QtGui.QPainterPath, QtGui.QPainterPath, int]:
+    """One ``QPainterPath`` per colour: (target particles, other particles, outlines in them).
+
+    ``QPainterPath`` is a plain value type (no widget, no QObject), so the display thread builds
+    these and the GUI thread only hands them to the two path items.
+    """
+    if outlines is None or outlines.count == 0:
+        return QtGui.QPainterPath(), QtGui.QPainterPath(), 0
+    m = (
+        np.asarray(matches, bool)
+        if matches is not None and len(matches) == n
+        else np.zeros(n, bool)
+    )
+    # usually no particle matches a target rule: then every outline is "other", no copy needed
+    parts = (outlines.select(m), outlines.select(~m)) if m.any() else (None, outlines)
+    paths = []
+    drawn = 0
+    for sel in parts:
+        if sel is None or sel.count == 0:
+            paths.append(QtGui.QPainterPath())
+            continue
+        drawn += sel.count
+        paths.append(pg.arrayToQPath(sel.x, sel.y, connect=sel.connect, finiteCheck=False))
+    return paths[0], paths[1], drawn
 
 
 class CalibratedScaleBar(GraphicsWidgetAnchor, pg.GraphicsObject):
@@ -282,11 +310,13 @@ class FrameView(QtWidgets.QWidget):
         outlines: Outlines | None = None,
         display: tuple[np.ndarray, tuple[float, float]] | None = None,
         small: tuple[np.ndarray | None, int] = (None, 0),
+        paths: tuple[QtGui.QPainterPath, QtGui.QPainterPath, int] | None = None,
     ) -> None:
         """Show ``result``: image, outlines (``matches`` = target mask per row), scale bar.
 
         ``display`` = (uint8 pixels, levels) already prepared off the GUI thread, else they are
-        computed here with the current contrast setting.
+        computed here with the current contrast setting. ``paths`` = :func:`outline_paths` of
+        these outlines and matches, built off the GUI thread (else built here).
         """
         t0 = time.perf_counter()
         if display is not None:
@@ -321,7 +351,10 @@ class FrameView(QtWidgets.QWidget):
                 else None
             )
         t3 = time.perf_counter()
-        self._draw_outlines()
+        if paths is not None and outlines is not None:
+            self._set_paths(paths)
+        else:
+            self._draw_outlines()
         if not same:
             self._selected_row = -1
             self.path_selected.setPath(QtGui.QPainterPath())
@@ -423,24 +456,13 @@ class FrameView(QtWidgets.QWidget):
 
     # -- internals -------------------------------------------------------------------------------
     def _draw_outlines(self) -> None:
-        o = self.outlines
-        if o is None or o.count == 0 or self.result is None:
-            self.path_match.setPath(QtGui.QPainterPath())
-            self.path_other.setPath(QtGui.QPainterPath())
-            self.outlines_drawn = 0
-            return
-        n = len(self.result.particles["label"])
-        m = self.matches if self.matches is not None else np.zeros(n, bool)
-        drawn = 0
-        for item, keep in ((self.path_match, m), (self.path_other, ~m)):
-            sel = o.select(keep)
-            drawn += sel.count
-            item.setPath(
-                pg.arrayToQPath(sel.x, sel.y, connect=sel.connect, finiteCheck=False)
-                if sel.count
-                else QtGui.QPainterPath()
-            )
-        self.outlines_drawn = drawn
+        n = len(self.result.particles["label"]) if self.result is not None else 0
+        self._set_paths(outline_paths(self.outlines if n else None, self.matches, n))
+
+    def _set_paths(self, paths: tuple[QtGui.QPainterPath, QtGui.QPainterPath, int]) -> None:
+        match, other, self.outlines_drawn = paths
+        self.path_match.setPath(match)
+        self.path_other.setPath(other)
 
     def _update_caption(self) -> None:
         r = self.result

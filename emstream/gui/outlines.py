@@ -245,6 +245,8 @@ class DisplayFrame:
     #: ``u8`` area-averaged by ``factor`` (a power of two) for the current zoom, or None.
     small: np.ndarray | None = None
     factor: int = 1
+    #: Ready-made outline paths (built by the window's display thread with Qt value types).
+    paths: object = None
 
     @property
     def nbytes(self) -> int:

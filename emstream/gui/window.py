@@ -15,7 +15,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from emstream.gui import theme
 from emstream.gui.alerts_panel import AlertBanner, AlertsPanel
 from emstream.gui.bridge import GuiSink
-from emstream.gui.frame_view import CONTRAST_PRESETS, FrameView, particle_info
+from emstream.gui.frame_view import CONTRAST_PRESETS, FrameView, outline_paths, particle_info
 from emstream.gui.outlines import DisplayFrame, prepare_display
 from emstream.gui.plots import SizeDistributionPanel, TrendsPanel
 from emstream.gui.session_stats import SessionStatistics
@@ -262,13 +262,18 @@ class MonitorWindow(QtWidgets.QMainWindow):
     def prepare(self, result: FrameResult) -> DisplayFrame:
         """Ready ``result`` for drawing (display thread: numpy/OpenCV only, no widgets)."""
         fv = self.frame_view
-        return prepare_display(
+        d = prepare_display(
             result,
             low_pct=fv.low_pct,
             high_pct=fv.high_pct,
             matching=self.matches_for,
             factor=fv.shown_factor or 1,
         )
+        # the outline paths too: QPainterPath is a value type, safe to build off the GUI thread
+        t0 = time.perf_counter()
+        d.paths = outline_paths(d.outlines, d.matches, len(result.particles.get("label", ())))
+        d.prepare_ms += (time.perf_counter() - t0) * 1e3
+        return d
 
     def show_result(self, item: FrameResult | DisplayFrame) -> None:
         """Display one result now (prepared or not) and remember it in the step-back ring."""
@@ -291,6 +296,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
             outlines=d.outlines,
             display=(d.u8, d.levels),
             small=(d.small, d.factor),
+            paths=d.paths,
         )
         # the size histogram follows at ≤ 5 Hz while live (every frame when stepping/paused)
         now = time.monotonic()

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emstream.gui.outlines import (
+    _outlines_mosaic,
     _outlines_per_particle,
     _outlines_whole_frame,
     display_factor,
@@ -65,7 +66,11 @@ def test_outline_strategies_agree_one_outline_per_particle(seed):
     a = _outlines_whole_frame(r.labels, r.particles)
     b = _outlines_per_particle(r.labels, r.particles, np.arange(n))
     c = particle_outlines(r.labels, r.particles)
-    for o in (a, b, c):
+    d = _outlines_mosaic(r.labels, r.particles, np.arange(n))
+    # the mosaic traces exactly what the crop-by-crop loop traces, in one findContours call
+    for got, want in ((d.x, b.x), (d.y, b.y), (d.connect, b.connect), (d.start, b.start)):
+        assert np.array_equal(got, want)
+    for o in (a, b, c, d):
         assert o.count == n
         assert np.array_equal(o.rows, np.arange(n))
         assert int((o.connect == 0).sum()) == n  # one closed loop each
@@ -74,6 +79,34 @@ def test_outline_strategies_agree_one_outline_per_particle(seed):
         p = r.particles
         assert (o.x >= p["bbox_min_x_px"][rows]).all() and (o.x <= p["bbox_max_x_px"][rows]).all()
         assert (o.y >= p["bbox_min_y_px"][rows]).all() and (o.y <= p["bbox_max_y_px"][rows]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint16, np.int64])
+@pytest.mark.parametrize("seed", [3, 4])
+def test_outline_mosaic_equals_crop_loop_on_fragmented_touching_labels(seed, dtype):
+    """Overlapping ellipses: touching instances, labels split in pieces, frame edges."""
+    import cv2
+
+    from emstream.frame import Calibration
+    from emstream.process.measure import measure
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((200, 300), np.int32)
+    for k in range(1, 120):
+        c = (int(rng.integers(-5, 305)), int(rng.integers(-5, 205)))
+        ax = (int(rng.integers(1, 14)), int(rng.integers(1, 14)))
+        cv2.ellipse(labels, c, ax, float(rng.uniform(0, 180)), 0, 360, k, -1)
+    labels = labels.astype(dtype)
+    particles = measure(labels, labels.astype(np.float32), Calibration.none())
+    n = len(particles["label"])
+    assert n > 50
+    a = _outlines_per_particle(labels, particles, np.arange(n))
+    b = _outlines_mosaic(labels, particles, np.arange(n))
+    assert b.count == n
+    for got, want in ((b.rows, a.rows), (b.x, a.x), (b.y, a.y), (b.start, a.start)):
+        assert np.array_equal(got, want)
+    some = np.arange(0, n, 3)
+    assert np.array_equal(_outlines_mosaic(labels, particles, some).rows, some)
 
 
 @settings(max_examples=40, deadline=None)

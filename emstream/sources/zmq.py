@@ -297,6 +297,7 @@ class StreamSource:
         self._running = False
         self._auth: ThreadAuthenticator | None = None
         self._monitor: zmq.Socket | None = None
+        self._reconnect_pending = False  # set on a dropped sender, acted on once drained
 
         self._ctx = zmq.Context()
         try:
@@ -430,6 +431,10 @@ class StreamSource:
                     if self._monitor is not None and self._monitor in ready:
                         self._on_monitor_event()
                     if self._sock not in ready:
+                        # Reconnect only once every message the dropped peer delivered has
+                        # been read: disconnect() discards the pipe with whatever is queued.
+                        if self._reconnect_pending:
+                            self._reconnect()
                         continue
                     parts, extra = self._recv_message()
                 except zmq.ZMQError as exc:
@@ -487,11 +492,15 @@ class StreamSource:
             log.warning("%s: sender connection dropped (stopped, or a message above the cap)",
                         self.endpoint)
             if not self.bind:
-                try:
-                    self._sock.disconnect(self.endpoint)
-                except zmq.ZMQError:
-                    pass  # already gone
-                self._sock.connect(self.endpoint)
+                self._reconnect_pending = True
+
+    def _reconnect(self) -> None:
+        self._reconnect_pending = False
+        try:
+            self._sock.disconnect(self.endpoint)
+        except zmq.ZMQError:
+            pass  # already gone
+        self._sock.connect(self.endpoint)
 
     def _teardown(self) -> None:
         monitor = getattr(self, "_monitor", None)

@@ -49,7 +49,7 @@ def test_stall_alert_when_the_simulator_pauses(tmp_path):
             on_bound=on_bound,
             on_frame=on_frame,
             stop=stop,
-            linger_ms=0,
+            linger_ms=5000,  # close() must not drop the last frames still queued
         ),
         daemon=True,
     )

@@ -302,3 +302,22 @@ def test_curve_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="folder of client"):
         StreamSource("tcp://127.0.0.1:0", bind=True, curve_keys=secret,
                      curve_allow=tmp_path / "nope")
+
+
+def test_frames_queued_before_the_sender_left_are_not_lost(ctx):
+    """A sender that sends and quits: everything it delivered is read before reconnecting.
+
+    (Reconnecting discards the dropped connection's pipe, so reading must come first.)
+    """
+    push = ctx.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    with StreamSource(f"tcp://127.0.0.1:{port}") as source:
+        time.sleep(0.3)  # connected
+        for i in range(10):
+            push.send_multipart(encode_v1(image(i), seq=i, series="run1", t_acq=1.0 + i))
+        push.close(linger=5000)  # all delivered, then the connection drops
+        time.sleep(0.5)  # the disconnect is reported while the frames wait unread
+        got = frames_only(collect(source, lambda xs: len(xs) == 10))
+        stats = source.stats
+    assert [f.metadata["seq"] for f in got] == list(range(10))
+    assert stats.disconnects >= 1

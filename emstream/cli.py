@@ -831,6 +831,7 @@ def doctor() -> None:
     from rich.table import Table
 
     from emstream.config import versions
+    from emstream.pipeline import make_segmenter
 
     t = Table(title=f"emstream {__version__} doctor")
     t.add_column("component")
@@ -854,6 +855,11 @@ def doctor() -> None:
 
         for b in backend_report():
             row(f"backend {b.get('name')}", bool(b.get("available")), str(b.get("detail", "")))
+        auto = make_segmenter("auto")
+        row("segmenter auto", True, f"→ {auto.name}" + (
+            "" if auto.name != "classical" else
+            " (the shipped model is not the automatic default or cannot run here;"
+            " --segmenter learned runs it)"))
     except ImportError as exc:
         row("backends", False, f"backend report unavailable: {exc}")
     except Exception as exc:  # noqa: BLE001

@@ -275,18 +275,15 @@ def display_bins(
         lo_i, hi_i = 0, min(q.nbins, max_bins)
     else:
         lo_i, hi_i = int(nz[0]), int(nz[-1]) + 1
-    span = hi_i - lo_i
+    # the smallest nice factor whose bins, aligned to multiples of it, are at most max_bins
+    # (aligning can add one bin: 31 for a span of exactly 30 that straddles a boundary)
+    first, last = lo_i, hi_i
     factor = 1
-    for mag in (1, 10, 100, 1000, 10_000):
-        for m in (1, 2, 5):
-            if span / (m * mag) <= max_bins:
-                factor = m * mag
-                break
-        else:
-            continue
-        break
-    lo_i = (lo_i // factor) * factor
-    hi_i = min(q.nbins, -(-hi_i // factor) * factor)
+    for factor in (m * mag for mag in (1, 10, 100, 1000, 10_000) for m in (1, 2, 5)):
+        lo_i = (first // factor) * factor
+        hi_i = min(q.nbins, -(-last // factor) * factor)
+        if -(-(hi_i - lo_i) // factor) <= max_bins:
+            break
     if hi_i <= lo_i:
         hi_i = min(q.nbins, lo_i + factor)
     n = -(-(hi_i - lo_i) // factor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gui_sim_frames import as_record, make_result
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from emstream.gui.outlines import (
@@ -111,6 +111,7 @@ def test_outline_mosaic_equals_crop_loop_on_fragmented_touching_labels(seed, dty
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(0, 300), min_size=1, max_size=400))
+@example([43.0, 117.5])  # a span of 30 fine bins straddling a merge boundary: was 31 bins
 def test_display_bins_keep_every_count(values):
     q = QUANTITIES["equivalent_diameter_nm"]
     c = q.counts(np.array(values))

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-writers = pytest.importorskip("emstream.sources.simulate.writers")
-scene = pytest.importorskip("emstream.sources.simulate.scene")
-pytest.importorskip("emstream.process.classical")
+import emstream.sources.simulate.scene as scene
+import emstream.sources.simulate.writers as writers
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")]
 

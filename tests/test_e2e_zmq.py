@@ -19,8 +19,6 @@ import numpy as np
 import pytest
 
 zmq = pytest.importorskip("zmq")
-pytest.importorskip("emstream.sources.zmq")
-pytest.importorskip("emstream.process.classical")
 from emstream.sources.protocol import encode_v1  # noqa: E402
 
 pytestmark = pytest.mark.slow

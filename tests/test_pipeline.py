@@ -6,16 +6,12 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from emstream.frame import Calibration, Frame
 from emstream.pipeline import Pipeline, make_segmenter
 from emstream.results import Alert, FrameRecord
 from emstream.sinks.base import Session, Sink
 from emstream.sinks.ledger import Ledger, connect_readonly
-
-pytest.importorskip("emstream.process.prepare")
-pytest.importorskip("emstream.process.classical")
 
 
 def disks_image(seed: int, n: int = 6, size: int = 128) -> np.ndarray:

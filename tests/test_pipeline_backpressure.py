@@ -14,10 +14,6 @@ from emstream.sinks.ledger import Ledger, connect_readonly
 from emstream.sources.folder import FolderSource
 
 tifffile = pytest.importorskip("tifffile")
-pytest.importorskip("emstream.process.classical")
-pytest.importorskip("emstream.sources.readers")
-
-
 class SlowSegmenter:
     """The classical segmenter, slowed down so the burst waits on disk."""
 

@@ -62,36 +62,14 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def disk_field(size: int, seed: int) -> np.ndarray:
-    """Dark disks (4–30 px radius) on a bright, noisy, slightly graded background (uint16)."""
-    rng = np.random.default_rng(seed)
-    img = np.full((size, size), 3000.0, np.float32)
-    img += np.linspace(-200, 200, size, dtype=np.float32)[None, :]
-    n = int(150 * (size / 1024) ** 2)
-    cy, cx = rng.uniform(0, size, (2, n))
-    rr = rng.uniform(4, 30, n)
-    for y, x, r in zip(cy, cx, rr, strict=True):
-        y0, y1 = int(max(0, y - r - 1)), int(min(size, y + r + 2))
-        x0, x1 = int(max(0, x - r - 1)), int(min(size, x + r + 2))
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        img[y0:y1, x0:x1][(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 1500.0
-    img = rng.poisson(np.clip(img, 1, None) / 10.0).astype(np.float32) * 10.0
-    return np.clip(img, 0, 65535).astype(np.uint16)
-
-
 def make_frames(size: int, n: int, seed: int = 0) -> list[np.ndarray]:
-    try:
-        from emstream.sources.simulate.scene import Microscope, SceneConfig  # engineer A
+    from emstream.sources.simulate.scene import Microscope, SceneConfig
 
-        # a moderately crowded bright-field field: ~15 % coverage of ~20 px particles
-        # (~500 particles at 1024², ~2000 at 2048²)
-        cfg = SceneConfig(shape=(size, size), coverage_start=0.15, coverage_end=0.15,
-                          median_diameter_nm=5.0)
-        mic = Microscope(cfg, seed=seed)
-        return [np.asarray(mic.next_frame().image, dtype=np.uint16) for _ in range(n)]
-    except Exception:  # noqa: BLE001 - simulator absent or different: a disk field will do
-        base = [disk_field(size, seed + k) for k in range(min(n, 4))]
-        return [base[k % len(base)] for k in range(n)]
+    # a moderately crowded bright-field field: ~15 % coverage of ~20 px particles
+    cfg = SceneConfig(shape=(size, size), coverage_start=0.15, coverage_end=0.15,
+                      median_diameter_nm=5.0)
+    mic = Microscope(cfg, seed=seed)
+    return [np.asarray(mic.next_frame().image, dtype=np.uint16) for _ in range(n)]
 
 
 def _frame(pixels: np.ndarray, k: int) -> Frame:

@@ -29,6 +29,7 @@ from typing import Any
 from emstream.errors import IncompleteFile, UnreadableFile
 from emstream.frame import Frame
 from emstream.results import Event, FrameRecord
+from emstream.sources import readers
 from emstream.sources.base import FILE_VERSION_KEY, READ_MS_KEY, TrackedRecord
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,6 @@ def ignored_name(name: str) -> bool:
     """Names acquisition software uses while writing: temp, partial, hidden and lock files."""
     low = name.lower()
     return name.startswith((".", "~")) or low.endswith(_IGNORED_SUFFIXES)
-
-
-def _readers():
-    from emstream.sources import readers  # engineer B's package; imported lazily
-
-    return readers
 
 
 @dataclass
@@ -215,7 +210,6 @@ class FolderSource:
                 log.warning("cannot scan %s: %s", d, exc)
 
     def _scan(self) -> None:
-        readers = _readers()
         now = time.monotonic()
         with self._closed_lock:
             closed, self._closed_paths = self._closed_paths, set()
@@ -334,7 +328,6 @@ class FolderSource:
         if c is None:
             return
         version = c.version
-        readers = _readers()
         # re-check the version right before reading: it may have changed since queued
         try:
             st = os.stat(path)

@@ -1,4 +1,4 @@
-"""Synthetic frames for the GUI tests, measured by the real measurement code (engineer D)."""
+"""Synthetic frames for the GUI tests, measured by the real measurement code."""
 
 from __future__ import annotations
 

@@ -11,10 +11,8 @@ import pytest
 
 pytestmark = pytest.mark.gui
 
-pipeline_mod = pytest.importorskip("emstream.pipeline")
-pytest.importorskip("emstream.process.prepare")
-pytest.importorskip("emstream.sinks.ledger")
-scene = pytest.importorskip("emstream.sources.simulate.scene")
+import emstream.pipeline as pipeline_mod  # noqa: E402
+import emstream.sources.simulate.scene as scene  # noqa: E402
 
 RULES = """
 [[rules]]
@@ -32,7 +30,7 @@ def _key(a: np.ndarray) -> bytes:
 
 
 class SimulatedSource:
-    """Frames from engineer A's simulated microscope, as a stream source would deliver them."""
+    """Frames from the simulated microscope, as a stream source would deliver them."""
 
     def __init__(self, sims):
         self.sims = sims

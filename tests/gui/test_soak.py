@@ -13,9 +13,8 @@ from gui_sim_frames import draw_scene
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
-pipeline_mod = pytest.importorskip("emstream.pipeline")
-pytest.importorskip("emstream.process.prepare")
-pytest.importorskip("emstream.sinks.ledger")
+import emstream.pipeline as pipeline_mod  # noqa: E402
+
 psutil = pytest.importorskip("psutil")
 
 N_FRAMES = 2_000

@@ -163,8 +163,9 @@ def test_data_bar_and_scale_bar_yield_no_particles_inside():
 
 def test_sparse_and_crowded_simulator_frames(artifacts_dir):
     """Precision / recall (IoU > 0.5) and D50 on the simulator's frames at demo settings."""
-    scene = pytest.importorskip("emstream.sources.simulate.scene")
     from skimage.segmentation import relabel_sequential
+
+    import emstream.sources.simulate.scene as scene
 
     tp_all = true_all = pred_all = 0
     for mode in ("bf", "haadf"):

@@ -8,13 +8,9 @@ from hypothesis import strategies as st
 from skimage.draw import disk
 
 from emstream.frame import Calibration
+from emstream.process.measure import measure
 from emstream.process.rules import RuleEngine, RuleSet
 from tests.process.test_rules_helpers import result
-
-try:
-    from emstream.process.measure import measure
-except ImportError:  # pragma: no cover - engineer D's module not there yet
-    measure = None
 
 
 def engine(for_frames: int, clear_frames: int, cooldown_s: float) -> RuleEngine:
@@ -135,10 +131,6 @@ def _disk_frame(
 def test_scripted_session_targets_appear_at_known_frame(first, for_frames, seed, flicker):
     """Measured frames (drawn disks + the real ``measure``): the alert fires within for_frames of
     the targets' first appearance and never before."""
-    if measure is None:
-        import pytest
-
-        pytest.skip("emstream.process.measure is not available")
     rng = np.random.default_rng(seed)
     cal = Calibration((0.5, 0.5), "override")
     eng = RuleEngine(

@@ -6,17 +6,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-import pytest
-
+import emstream.pipeline as pipeline
+import emstream.process.classical as classical
+import emstream.sinks.ledger as ledger_mod
+import emstream.sources.simulate.scene as scene
+import emstream.sources.simulate.stream as stream
+import emstream.sources.zmq as zmq_source
 from emstream.process.watchdog import Watchdog
 from emstream.sinks.base import Session
-
-stream = pytest.importorskip("emstream.sources.simulate.stream")
-scene = pytest.importorskip("emstream.sources.simulate.scene")
-zmq_source = pytest.importorskip("emstream.sources.zmq")
-pipeline = pytest.importorskip("emstream.pipeline")
-ledger_mod = pytest.importorskip("emstream.sinks.ledger")
-classical = pytest.importorskip("emstream.process.classical")
 
 PAUSE_AT = 3
 

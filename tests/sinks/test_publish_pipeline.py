@@ -10,9 +10,11 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import zmq
 
+import emstream.pipeline as pipeline
+import emstream.process.classical as classical
+import emstream.sinks.ledger as ledger_mod
 from emstream.frame import Calibration, Frame
 from emstream.process.rules import RuleEngine, RuleSet
 from emstream.process.watchdog import Watchdog
@@ -20,10 +22,6 @@ from emstream.sinks.actions import ActionsSink
 from emstream.sinks.base import Session
 from emstream.sinks.publish import Publisher
 from tests.sinks.test_report_helpers import _draw
-
-pipeline = pytest.importorskip("emstream.pipeline")
-ledger_mod = pytest.importorskip("emstream.sinks.ledger")
-classical = pytest.importorskip("emstream.process.classical")
 
 FIRST = 6  # targets appear in this frame
 FOR = 2

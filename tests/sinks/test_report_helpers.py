@@ -2,8 +2,7 @@
 
 Frames are drawn (bright-field-like: carbon film noise, dark sphere-profile particles that grow
 slowly, Poisson noise), measured with the real ``measure`` and ``summarize``, run through the
-real rule engine, watchdog and actions sink, and recorded with engineer F's ``Ledger`` (falling
-back to the public SQL schema when that module is missing).
+real rule engine, watchdog and actions sink, and recorded with the real ``Ledger``.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from emstream.process.watchdog import Watchdog
 from emstream.results import Event, FrameRecord, FrameResult
 from emstream.sinks.actions import ActionsSink
 from emstream.sinks.base import Session
+from emstream.sinks.ledger import Ledger
 
 RULES = """
 [[rules]]
@@ -105,12 +105,7 @@ def build_session(
     }
     (session_dir / "config.json").write_text(json.dumps(config, indent=2))
     session = Session(session_dir, config["source"], "classical", config, config["versions"], T0)
-    try:
-        from emstream.sinks.ledger import Ledger
-
-        ledger = Ledger(session_dir)
-    except ImportError:  # pragma: no cover - F's ledger missing: the public schema
-        ledger = _SchemaLedger(session_dir)
+    ledger = Ledger(session_dir)
     actions = ActionsSink(session_dir)
     engine = RuleEngine(RuleSet.from_toml_text(RULES))
     dog = Watchdog(stall_s=20)
@@ -182,93 +177,3 @@ def build_session(
     for s in (actions, ledger):
         s.close()
     return {"alerts": alerts_all, "n_frames": n_frames, "engine": engine}
-
-
-class _SchemaLedger:  # pragma: no cover - only when emstream.sinks.ledger is missing
-    def __init__(self, session_dir):
-        import sqlite3
-
-        from emstream.sinks.schema import SCHEMA
-
-        self.con = sqlite3.connect(str(Path(session_dir) / "ledger.sqlite"))
-        self.con.executescript(SCHEMA)
-
-    def open(self, session):
-        for k, v in (
-            ("source", session.source),
-            ("backend", session.backend),
-            ("config", session.config),
-            ("versions", session.versions),
-            ("t_start", session.t_start),
-        ):
-            self.con.execute("INSERT OR REPLACE INTO session VALUES (?, ?)", (k, json.dumps(v)))
-
-    def frame_done(self, rec):
-        from emstream.results import PARTICLE_COLUMNS
-
-        r = rec.result
-        s = r.summary if r else None
-        c = r.calibration if r else None
-        self.con.execute(
-            "INSERT INTO frames (seq, source, status, reason, t_acq, t_arrival, t_done, nm_per_px_y, nm_per_px_x,"
-            " calibration_source, unit, count, coverage, mean_diameter, d10, d50, d90, backend, timings_json)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                rec.seq,
-                rec.source_id,
-                rec.status,
-                rec.reason or None,
-                rec.t_acq,
-                rec.t_arrival,
-                r.t_done if r else None,
-                c.nm_per_px[0] if c and c.nm_per_px else None,
-                c.nm_per_px[1] if c and c.nm_per_px else None,
-                c.source if c else None,
-                r.unit if r else None,
-                s.count if s else None,
-                s.coverage if s else None,
-                s.mean_diameter if s else None,
-                s.d10 if s else None,
-                s.d50 if s else None,
-                s.d90 if s else None,
-                r.backend if r else None,
-                json.dumps(r.timings_ms) if r else None,
-            ),
-        )
-        if r is not None:
-            cols = list(PARTICLE_COLUMNS)
-            for j in range(len(r.particles["label"])):
-                vals = [rec.seq] + [r.particles[k][j].item() for k in cols]
-                self.con.execute(
-                    f"INSERT INTO particles (seq, {', '.join(cols)}) VALUES ({', '.join('?' * (len(cols) + 1))})",
-                    vals,
-                )
-
-    def alert(self, a):
-        self.con.execute(
-            "INSERT INTO alerts (seq, name, severity, t, message, particles_json, builtin, snapshot)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (
-                a.seq,
-                a.rule,
-                a.severity,
-                a.t,
-                a.message,
-                json.dumps(a.particle_labels),
-                int(a.builtin),
-                getattr(a, "snapshot", None),
-            ),
-        )
-
-    def event(self, e):
-        self.con.execute(
-            "INSERT INTO events (t, kind, message, data_json) VALUES (?,?,?,?)",
-            (e.t, e.kind, e.message, "{}"),
-        )
-
-    def close(self):
-        self.con.execute(
-            "INSERT OR REPLACE INTO session VALUES ('t_stop', ?)", (json.dumps(time.time()),)
-        )
-        self.con.commit()
-        self.con.close()

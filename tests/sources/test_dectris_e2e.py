@@ -20,9 +20,6 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 cbor2 = pytest.importorskip("cbor2")
-pytest.importorskip("emstream.cli")
-pytest.importorskip("emstream.process.classical")
-
 pytestmark = pytest.mark.slow
 
 

@@ -16,7 +16,6 @@ from emstream.sinks.ledger import Ledger, connect_readonly
 from emstream.sources.base import TrackedRecord, file_version_of
 from emstream.sources.folder import FolderSource, ignored_name
 
-readers = pytest.importorskip("emstream.sources.readers")
 tifffile = pytest.importorskip("tifffile")
 mrcfile = pytest.importorskip("mrcfile")
 
@@ -207,7 +206,7 @@ def test_restart_without_duplicates(tmp_path):
 
 
 def test_stack_slices_are_read_while_the_stack_grows(tmp_path):
-    writers = pytest.importorskip("emstream.sources.simulate.writers")
+    import emstream.sources.simulate.writers as writers
     acq, ses = tmp_path / "acq", tmp_path / "ses"
     acq.mkdir()
     stack = writers.MrcStackWriter(acq / "live.mrc", 0.3)

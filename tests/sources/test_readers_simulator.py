@@ -6,11 +6,10 @@ import json
 
 import pytest
 
+import emstream.sources.simulate.scene as scene
+import emstream.sources.simulate.writers as writers
 from emstream.errors import IncompleteFile, UnreadableFile
 from emstream.sources.readers import check_complete, is_supported, read_frames
-
-writers = pytest.importorskip("emstream.sources.simulate.writers")
-scene = pytest.importorskip("emstream.sources.simulate.scene")
 
 
 def test_simulated_session_reads_as_the_manifest_says(tmp_path):

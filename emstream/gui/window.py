@@ -231,6 +231,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
     def _on_result_ready(self) -> None:
         if self.paused or self._display_timer.isActive():
             return
+        if self.isMinimized():
+            # nothing to draw on: leave the frame in the sink (its display thread then idles
+            # too, see GuiSink); changeEvent pulls the newest when the window comes back
+            return
         wait = DISPLAY_INTERVAL_MS - (time.monotonic() - self._last_display) * 1e3
         self._display_timer.start(max(0, int(wait)))
 
@@ -420,6 +424,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.pull_newest()
         self.size_panel.refresh()
         self.refresh_slow()
+
+    def changeEvent(self, event: QtCore.QEvent) -> None:  # noqa: N802 (Qt override)
+        super().changeEvent(event)
+        if event.type() == QtCore.QEvent.Type.WindowStateChange and not self.isMinimized():
+            self._on_result_ready()  # restored: show the newest at once
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 (Qt override)
         self._slow_timer.stop()

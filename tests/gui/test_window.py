@@ -435,3 +435,24 @@ def test_outline_paths_equal_pyqtgraphs_and_split_by_target(qapp, rng):
     assert other.elementCount() == len(o.select(~m).x)
     _, everything, drawn = outline_paths(o, None, n)
     assert drawn == n and everything == want
+
+
+def test_minimised_window_draws_nothing_and_catches_up(qtbot, window_factory, rng):
+    from emstream.gui.bridge import GuiSink
+
+    sink = GuiSink()
+    win = window_factory(sink)
+    first = make_result(rng, 0, shape=(128, 128), n=6)
+    feed(sink, [first]).join(10)
+    qtbot.waitUntil(lambda: win.frame_view.result is first, timeout=10_000)
+    win.showMinimized()
+    qtbot.waitUntil(win.isMinimized, timeout=5_000)
+    shown = win.displayed
+    more = [make_result(rng, i, shape=(128, 128), n=6) for i in range(1, 8)]
+    feed(sink, more).join(10)
+    qtbot.waitUntil(lambda: sink.statistics.counts()["frames_ok"] == 8, timeout=10_000)
+    qtbot.wait(150)
+    assert win.displayed == shown  # no display work while minimised ...
+    assert sink.prepared <= 3  # ... and the display thread prepared at most one ahead
+    win.showNormal()
+    qtbot.waitUntil(lambda: win.frame_view.result is more[-1], timeout=10_000)

@@ -316,14 +316,18 @@ def _write_bad(out: Path, kind: str, i: int, frame: SimFrame, last_tiff: bytes |
     if kind == "mrc_short":
         name = f"bad_stack_{i:06d}.mrc"
         path = out / name
-        w = MrcStackWriter(path, frame.nm_per_px)
+        # Built under a temporary name and renamed, so a watcher never sees the two complete
+        # slices before the header claims four (that would be a legitimate growing stack).
+        tmp = out / f"{name}.tmp"
+        w = MrcStackWriter(tmp, frame.nm_per_px)
         w.append(frame.image)
         w.append(frame.image)
-        with open(path, "r+b") as fh:  # header claims 4 slices, the file holds 2
+        with open(tmp, "r+b") as fh:  # header claims 4 slices, the file holds 2
             fh.seek(8)
             fh.write(np.int32(4).tobytes())
             fh.seek(36)
             fh.write(np.int32(4).tobytes())
+        os.replace(tmp, path)
     else:
         name = f"bad_{i:06d}.tif"
         path = out / name

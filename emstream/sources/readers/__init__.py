@@ -36,6 +36,7 @@ or :func:`check_complete` for a bad file.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -150,42 +151,23 @@ def _looks_like_dm(head: bytes) -> bool:
     return False
 
 
+#: format -> reader module; each module has ``read_<module>`` and ``check_<module>``
+#: (imported on first use: the GPL readers are optional).
+_MODULES = {"tiff": "tiff", "mrc": "mrc", "dm": "dm", "ser": "ser", "emi": "ser", "emd": "emd"}
+
+
 def _reader(fmt: str) -> Callable[..., list[Frame]]:
-    if fmt == "tiff":
-        from .tiff import read_tiff
-        return read_tiff
-    if fmt == "mrc":
-        from .mrc import read_mrc
-        return read_mrc
-    if fmt == "dm":
-        from .dm import read_dm
-        return read_dm
-    if fmt in ("ser", "emi"):
-        from .ser import read_ser
-        return read_ser
-    if fmt == "emd":
-        from .emd import read_emd
-        return read_emd
-    raise UnreadableFile(f"unsupported format {fmt!r}")
+    if fmt not in _MODULES:
+        raise UnreadableFile(f"unsupported format {fmt!r}")
+    mod = _MODULES[fmt]
+    return getattr(importlib.import_module(f".{mod}", __package__), f"read_{mod}")
 
 
 def _checker(fmt: str) -> Callable[[Path], None] | None:
-    if fmt == "tiff":
-        from .tiff import check_tiff
-        return check_tiff
-    if fmt == "mrc":
-        from .mrc import check_mrc
-        return check_mrc
-    if fmt == "dm":
-        from .dm import check_dm
-        return check_dm
-    if fmt == "ser":
-        from .ser import check_ser
-        return check_ser
-    if fmt == "emd":
-        from .emd import check_emd
-        return check_emd
-    return None
+    if fmt not in _MODULES or fmt == "emi":  # a lone .emi holds metadata, not frames
+        return None
+    mod = _MODULES[fmt]
+    return getattr(importlib.import_module(f".{mod}", __package__), f"check_{mod}")
 
 
 def _stat(p: Path) -> int:

@@ -20,7 +20,9 @@ Per frame:
    watershed inside the particle mask), pixels outside ``prepared.valid`` are 0.
 
 Thresholds and the marker source come from the model's ``.json`` sidecar (``threshold``,
-``marker_threshold``, ``min_area_px``, ``split``, ``sep_sigma``) and can be overridden.
+``marker_threshold``, ``min_area_px``, ``split``, ``sep_sigma``, ``fill_holes_px``,
+``min_score``: the lowest mean particle probability kept, compared as a mean logit) and can be
+overridden.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class LearnedSegmenter:
                  max_side: int | None = None, tile: int = 1024, margin: int = 64,
                  scale: float = 1.0, threshold: float | None = None,
                  marker_threshold: float | None = None, min_area_px: int | None = None,
-                 split: str | None = None, sep_sigma: float | None = None):
+                 split: str | None = None, sep_sigma: float | None = None,
+                 fill_holes_px: int | None = None, min_score: float | None = None):
         info = dict(model_card_info or {})
         self.backend = backend
         self.info = info
@@ -90,6 +93,10 @@ class LearnedSegmenter:
                                else info.get("min_area_px", 4))
         self.split = str(split if split is not None else info.get("split", "map"))
         self.sep_sigma = float(sep_sigma if sep_sigma is not None else info.get("sep_sigma", 0.0))
+        self.fill_holes_px = int(fill_holes_px if fill_holes_px is not None
+                                 else info.get("fill_holes_px", 0))
+        ms = min_score if min_score is not None else info.get("min_score")
+        self.min_score = None if ms is None else float(ms)
 
     # -- network -------------------------------------------------------------------------
     def _run_padded(self, img: np.ndarray) -> np.ndarray:
@@ -150,7 +157,8 @@ class LearnedSegmenter:
         return instances_from_maps(
             logits[0], sep, valid=valid, threshold=_logit(self.threshold),
             marker_threshold=marker, min_area_px=self.min_area_px, split=self.split,
-            sep_sigma=self.sep_sigma)
+            sep_sigma=self.sep_sigma, fill_holes_px=self.fill_holes_px,
+            min_mean=None if self.min_score is None else _logit(self.min_score))
 
     def close(self) -> None:
         self.backend.close()

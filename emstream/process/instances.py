@@ -4,7 +4,8 @@ The network predicts, per pixel, the probability of being on a particle (``foreg
 normalised distance to the particle's own edge (``distance``: 0 at the edge, 1 at the particle's
 deepest point). Touching or sintering particles meet at a neck where the distance is low, so
 
-1. particle pixels are ``foreground > threshold`` (and inside ``valid``);
+1. particle pixels are ``foreground > threshold`` (and inside ``valid``); enclosed holes of at
+   most ``fill_holes_px`` pixels are filled (noise specks inside a particle's projection);
 2. one marker per particle is a connected region of ``distance > marker_threshold``;
 3. a connected blob of particle pixels (8-connected) with at most one marker is one particle
    (small or faint particles whose distance map never crossed the marker threshold included);
@@ -12,12 +13,15 @@ deepest point). Touching or sintering particles meet at a neck where the distanc
    watershed on ``-distance`` (8-connected) restricted to the blob, along the distance valleys.
    Running the watershed only on such clusters gives the same result as one watershed over the
    whole frame, several times faster;
-5. particles smaller than ``min_area_px`` are dropped; labels are renumbered 1..N in raster
-   order of their first pixel, so the result is deterministic.
+5. particles smaller than ``min_area_px`` are dropped, and so are particles whose mean
+   ``foreground`` value is below ``min_mean`` (faint, texture-like detections the network was
+   unsure of); labels are renumbered 1..N in raster order of their first pixel, so the result
+   is deterministic.
 
 Only the *order* of the map values matters beyond the two thresholds, so the network's logits can
-be passed directly with thresholds in logit space (``threshold=0.0`` for p = 0.5); the learned
-segmenter does this and skips computing sigmoids on every pixel.
+be passed directly with thresholds in logit space (``threshold=0.0`` for p = 0.5, ``min_mean``
+then compares the particle's mean logit); the learned segmenter does this and skips computing
+sigmoids on every pixel.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def instances_from_maps(
     min_area_px: int = 4,
     sep_sigma: float = 0.0,
     split: str = "map",
+    fill_holes_px: int = 0,
+    min_mean: float | None = None,
 ) -> np.ndarray:
     """Turn foreground and normalised-distance maps into an int32 instance label image.
 
@@ -59,6 +65,10 @@ def instances_from_maps(
         particle mask's own Euclidean distance transform divided by its maximum in each blob
         (``sep`` ignored; touching round particles split at their neck, as in classical
         watershed); ``"both"`` = the mean of ``sep`` (a probability, 0..1) and the shape map.
+    fill_holes_px : enclosed background regions (4-connected) of at most this many pixels inside
+        the particle mask become particle pixels (0 = none).
+    min_mean : particles whose mean ``fg`` value (same space as ``threshold``) is below this are
+        dropped (None = keep all).
 
     Returns
     -------
@@ -82,6 +92,8 @@ def instances_from_maps(
     cols = np.flatnonzero(mask.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     m = mask[box]
+    if fill_holes_px > 0:
+        m = fill_small_holes(m, fill_holes_px)
     s = sep[box].astype(np.float32, copy=False)
     if split not in ("map", "shape", "both"):
         raise ValueError(f"split must be 'map', 'shape' or 'both', got {split!r}")
@@ -91,10 +103,43 @@ def instances_from_maps(
     if sep_sigma > 0:
         s = ndi.gaussian_filter(s, sep_sigma, mode="nearest", truncate=3.0)
 
-    labels = _split_touching(m, s, marker_threshold)
-    labels = _drop_small_and_renumber(labels.astype(np.int32, copy=False), min_area_px)
+    labels = _split_touching(m, s, marker_threshold).astype(np.int32, copy=False)
+    if min_mean is not None:
+        labels = _drop_unsure(labels, fg[box], min_mean)
+    labels = _drop_small_and_renumber(labels, min_area_px)
     out[box] = labels
     return out
+
+
+def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
+    """``mask`` with enclosed background regions (4-connected) of <= ``max_area`` px filled.
+
+    A region touching the array border is never a hole."""
+    bg, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    area = np.bincount(bg.ravel(), minlength=n + 1)
+    fill = area <= max_area
+    fill[0] = False
+    edge = np.unique(np.concatenate([bg[0], bg[-1], bg[:, 0], bg[:, -1]]))
+    fill[edge] = False
+    return mask | fill[bg] if fill.any() else mask
+
+
+def _drop_unsure(labels: np.ndarray, fg: np.ndarray, min_mean: float) -> np.ndarray:
+    """Zero the particles whose mean ``fg`` is below ``min_mean``."""
+    n = int(labels.max())
+    if n == 0:
+        return labels
+    flat = labels.ravel()
+    area = np.bincount(flat, minlength=n + 1)
+    total = np.bincount(flat, weights=fg.ravel().astype(np.float64), minlength=n + 1)
+    mean = total / np.maximum(area, 1)
+    drop = mean < min_mean
+    drop[0] = False
+    if not drop.any():
+        return labels
+    return np.where(drop[labels], 0, labels).astype(np.int32, copy=False)
 
 
 def blob_normalised_distance(mask: np.ndarray) -> np.ndarray:

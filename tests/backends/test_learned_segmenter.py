@@ -68,3 +68,28 @@ def test_tiled_large_frame_gives_the_same_particles_as_one_piece(shipped):
     assert f1_at_iou50(whole, tiled) >= 0.97
     a, b = tiled > 0, whole > 0
     assert np.logical_and(a, b).sum() / np.logical_or(a, b).sum() >= 0.97
+
+
+def test_post_processing_settings_come_from_the_sidecar_and_can_be_overridden(shipped):
+    from emstream.sources.simulate.scene import Microscope, SceneConfig
+
+    seg = make_segmenter("learned", backend="onnxruntime", device="cpu")
+    info = shipped.info
+    assert seg.fill_holes_px == int(info.get("fill_holes_px", 0))
+    assert seg.min_score == info.get("min_score")
+    assert seg.threshold == float(info.get("threshold", 0.5))
+    frame = Microscope(SceneConfig(shape=(512, 512), ramp_frames=4), seed=5).next_frame()
+    prepared = prepare(frame.image)
+    default = seg.segment(prepared)
+    # each particle's mean logit; a min_score at their median keeps the more confident half
+    from emstream.backends.normalize import normalize_image
+
+    logits = seg.maps(normalize_image(prepared.raw, valid=prepared.valid))[0]
+    n = int(default.max())
+    mean_logit = np.bincount(default.ravel(), logits.ravel(), n + 1)[1:] / np.bincount(
+        default.ravel(), minlength=n + 1)[1:]
+    median_p = float(1 / (1 + np.exp(-np.median(mean_logit))))
+    strict = make_segmenter("learned", backend="onnxruntime", device="cpu",
+                            min_score=median_p).segment(prepared)
+    assert 0.3 * n <= strict.max() <= 0.7 * n  # only the more confident particles stay
+    assert np.all(default[strict > 0] > 0)

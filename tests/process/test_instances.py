@@ -104,3 +104,28 @@ def test_shape_split_separates_touching_disks_without_a_distance_map():
     assert instances_from_maps(fg, flat, split="both", marker_threshold=0.7).max() == 2
     with pytest.raises(ValueError):
         instances_from_maps(fg, flat, split="magic")
+
+
+def test_small_enclosed_holes_are_filled_large_ones_and_open_bays_are_not():
+    _, fg, dist = disks((80, 80), [(40, 40, 25)])
+    fg[38:41, 38:41] = 0  # 9 px speck inside the particle
+    fg[10:20, 36:44] = 0  # a bay open to the outside (crosses the rim at y = 15)
+    dist[fg == 0] = 0
+    kept = instances_from_maps(fg, dist, split="shape")
+    assert kept.max() == 1 and kept[39, 39] == 0
+    filled = instances_from_maps(fg, dist, split="shape", fill_holes_px=9)
+    assert filled[39, 39] == 1 and filled[16, 40] == 0
+    assert instances_from_maps(fg, dist, split="shape", fill_holes_px=8)[39, 39] == 0
+
+
+def test_unsure_particles_are_dropped_by_their_mean_foreground():
+    _, fg, dist = disks((60, 120), [(30, 30, 12), (30, 90, 12)])
+    fg[:, 60:] *= 0.6  # the right particle barely passes the 0.5 threshold
+    both = instances_from_maps(fg, dist)
+    assert both.max() == 2
+    sure = instances_from_maps(fg, dist, min_mean=0.8)
+    assert sure.max() == 1 and sure[30, 30] == 1 and sure[30, 90] == 0
+    # the same decision in logit space (as the learned segmenter passes its maps)
+    logit = np.log(np.clip(fg, 1e-6, 1 - 1e-6) / np.clip(1 - fg, 1e-6, 1))
+    same = instances_from_maps(logit, dist, threshold=0.0, min_mean=float(np.log(0.8 / 0.2)))
+    assert np.array_equal(same, sure)

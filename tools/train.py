@@ -12,7 +12,9 @@ rest of the 20 are held out), the remainder come from the synthetic cache(s) bui
 (x -> -x, i.e. bright field <-> HAADF), gain/offset jitter, extra Gaussian noise.
 
 Loss: BCE + soft Dice on the particle map; BCE against the soft normalised-distance target
-(weighted x3 on particle pixels) on the distance map.
+(weighted x3 on particle pixels) on the distance map. Pixels of synthetic particles an observer
+could not see (the cache's ``invisible`` mask, detectability d' < 3) get no weight in any term:
+a label the image does not support would teach the network to call carbon texture a particle.
 
 Examples::
 
@@ -69,18 +71,18 @@ DEFAULTS = {
 
 
 # ----------------------------------------------------------------------------- data
-def augment(rng, img, fg, dist):
+def augment(rng, img, fg, dist, ign):
     k = int(rng.integers(4))
-    img, fg, dist = (np.rot90(a, k) for a in (img, fg, dist))
+    img, fg, dist, ign = (np.rot90(a, k) for a in (img, fg, dist, ign))
     if rng.random() < 0.5:
-        img, fg, dist = (a[:, ::-1] for a in (img, fg, dist))
+        img, fg, dist, ign = (a[:, ::-1] for a in (img, fg, dist, ign))
     img = img.astype(np.float32)
     if rng.random() < 0.5:
         img = -img  # contrast inversion: bright field <-> HAADF
     img = img * rng.uniform(0.8, 1.25) + rng.uniform(-0.2, 0.2)
     if rng.random() < 0.3:
         img = img + rng.normal(0, rng.uniform(0.05, 0.4), img.shape).astype(np.float32)
-    return np.ascontiguousarray(img), np.ascontiguousarray(fg), np.ascontiguousarray(dist)
+    return tuple(np.ascontiguousarray(a) for a in (img, fg, dist, ign))
 
 
 def real_crop(rng, item, size):
@@ -103,7 +105,10 @@ class Batches:
         self.synth = None
         if cfg["synthetic"]:
             parts = [load_cache(Path(p)) for p in cfg["synthetic"]]
-            self.synth = {k: np.concatenate([p[k] for p in parts]) for k in ("image", "fg", "dist")}
+            for part in parts:  # caches built before the visibility mask: every label counts
+                part.setdefault("invisible", np.zeros_like(part["fg"]))
+            self.synth = {k: np.concatenate([p[k] for p in parts])
+                          for k in ("image", "fg", "dist", "invisible")}
         self.real = load_real(cfg["real_train"]) if cfg["real_train"] else []
         if self.synth is None and not self.real:
             raise SystemExit("no training data: give --synthetic and/or --real-train")
@@ -114,39 +119,46 @@ class Batches:
         n_real = int(round(n * cfg["real_fraction"])) if self.real else 0
         if self.synth is None:
             n_real = n
-        xs, fs, ds = [], [], []
+        xs, fs, ds, ws = [], [], [], []
         for i in range(n):
             if i < n_real:
                 img, fg, dist = real_crop(rng, self.real[int(rng.integers(len(self.real)))], size)
+                ign = np.zeros_like(fg)
             else:
                 j = int(rng.integers(len(self.synth["image"])))
-                img, fg, dist = self.synth["image"][j], self.synth["fg"][j], self.synth["dist"][j]
-                img, fg, dist = _random_crop(rng, img, fg, dist, size)
-            img, fg, dist = augment(rng, img, fg, dist)
+                img, fg, dist, ign = _random_crop(
+                    rng, *(self.synth[k][j] for k in ("image", "fg", "dist", "invisible")),
+                    size=size)
+            img, fg, dist, ign = augment(rng, img, fg, dist, ign)
             xs.append(img)
             fs.append(fg)
             ds.append(dist)
+            ws.append(ign)
         return (torch.from_numpy(np.stack(xs)[:, None]),
                 torch.from_numpy(np.stack(fs)[:, None].astype(np.float32)),
-                torch.from_numpy(np.stack(ds)[:, None].astype(np.float32) / 255.0))
+                torch.from_numpy(np.stack(ds)[:, None].astype(np.float32) / 255.0),
+                torch.from_numpy(1.0 - np.stack(ws)[:, None].astype(np.float32)))
 
 
-def _random_crop(rng, img, fg, dist, size):
-    h, w = img.shape
+def _random_crop(rng, *arrays, size):
+    h, w = arrays[0].shape
     if h == size and w == size:
-        return img, fg, dist
+        return arrays
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
     sl = (slice(y, y + size), slice(x, x + size))
-    return img[sl], fg[sl], dist[sl]
+    return tuple(a[sl] for a in arrays)
 
 
 # ----------------------------------------------------------------------------- loss
-def loss_fn(logits, fg, dist):
-    lf = F.binary_cross_entropy_with_logits(logits[:, :1], fg)
-    p = torch.sigmoid(logits[:, :1])
+def loss_fn(logits, fg, dist, weight=None):
+    """Loss terms; ``weight`` (1 = counts, 0 = ignored pixel) defaults to all ones."""
+    if weight is None:
+        weight = torch.ones_like(fg)
+    lf = (F.binary_cross_entropy_with_logits(logits[:, :1], fg, reduction="none") * weight).mean()
+    p = torch.sigmoid(logits[:, :1]) * weight
     inter = (p * fg).sum(dim=(1, 2, 3))
-    dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + fg.sum(dim=(1, 2, 3)) + 1)
-    w = 1 + 2 * fg
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + (fg * weight).sum(dim=(1, 2, 3)) + 1)
+    w = (1 + 2 * fg) * weight
     ld = (F.binary_cross_entropy_with_logits(logits[:, 1:], dist, reduction="none") * w).mean()
     return lf + dice.mean() + ld, {"fg_bce": float(lf.detach()), "dice": float(dice.mean().detach()),
                                    "dist_bce": float(ld.detach())}
@@ -167,13 +179,14 @@ def validate(model, val, batch=8):
         x = torch.from_numpy(val["image"][i:i + batch].astype(np.float32))[:, None]
         fg = torch.from_numpy(val["fg"][i:i + batch].astype(np.float32))[:, None]
         dist = torch.from_numpy(val["dist"][i:i + batch].astype(np.float32))[:, None] / 255.0
+        seen = torch.from_numpy(1 - val["invisible"][i:i + batch].astype(np.float32))[:, None]
         out = model(x)
-        loss, _ = loss_fn(out, fg, dist)
+        loss, _ = loss_fn(out, fg, dist, seen)
         tot += float(loss) * len(x)
         n += len(x)
-        pred = out[:, :1] > 0
+        pred = (out[:, :1] > 0) & (seen > 0)
         inter += float((pred & (fg > 0.5)).sum())
-        union += float((pred | (fg > 0.5)).sum())
+        union += float((pred | ((fg > 0.5) & (seen > 0))).sum())
     model.train()
     return tot / max(n, 1), inter / max(union, 1)
 
@@ -224,7 +237,8 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
     val = None
     if cfg.get("val"):
         v = load_cache(Path(cfg["val"]))
-        val = {k: v[k][:64] for k in ("image", "fg", "dist")}
+        v.setdefault("invisible", np.zeros_like(v["fg"]))
+        val = {k: v[k][:64] for k in ("image", "fg", "dist", "invisible")}
     log_path = out / "log.csv"
     fields = ["step", "lr", "loss", "fg_bce", "dice", "dist_bce", "val_loss", "val_iou", "seconds"]
     if not (resume and log_path.exists()):
@@ -239,9 +253,9 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        x, fg, dist = batches()
+        x, fg, dist, weight = batches()
         logits = model(x)
-        loss, parts = loss_fn(logits, fg, dist)
+        loss, parts = loss_fn(logits, fg, dist, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

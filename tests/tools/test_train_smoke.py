@@ -71,3 +71,36 @@ def test_index_ranges_parse():
     md = load_tool("make_dataset")
     assert md.parse_indices_text("0-2,5") == [0, 1, 2, 5]
     assert md.parse_indices_text("") == []
+
+
+def test_invisible_particles_carry_no_weight_in_the_loss():
+    torch = pytest.importorskip("torch")
+    train = load_tool("train")
+    g = torch.Generator().manual_seed(0)
+    fg = (torch.rand(2, 1, 32, 32, generator=g) > 0.7).float()
+    dist = fg * torch.rand(2, 1, 32, 32, generator=g)
+    weight = torch.ones_like(fg)
+    weight[:, :, 8:16, 8:16] = 0  # an invisible particle's pixels
+    logits = torch.randn(2, 2, 32, 32, generator=g)
+    other = logits.clone()
+    other[:, :, 8:16, 8:16] = torch.randn(2, 2, 8, 8, generator=g) * 5
+    a, _ = train.loss_fn(logits, fg, dist, weight)
+    b, _ = train.loss_fn(other, fg, dist, weight)
+    assert torch.allclose(a, b)
+    c, _ = train.loss_fn(other, fg, dist)  # without the mask every pixel counts
+    assert not torch.allclose(a, c)
+
+
+def test_visibility_mask_marks_buried_particles_only():
+    md = load_tool("make_dataset")
+    rng = np.random.default_rng(1)
+    labels = np.zeros((128, 128), np.int32)
+    yy, xx = np.mgrid[0:128, 0:128]
+    labels[(yy - 40) ** 2 + (xx - 40) ** 2 < 64] = 1
+    labels[(yy - 90) ** 2 + (xx - 90) ** 2 < 64] = 2
+    img = 100 + rng.normal(0, 5, labels.shape)
+    img[labels == 1] -= 40  # plainly visible
+    img[labels == 2] -= 0.5  # buried in the noise
+    inv = md.invisible_mask(img, labels)
+    assert inv.dtype == np.uint8
+    assert inv[labels == 1].max() == 0 and inv[labels == 2].min() == 1 and inv[labels == 0].max() == 0

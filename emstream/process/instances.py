@@ -101,7 +101,9 @@ def instances_from_maps(
         shape_map = blob_normalised_distance(m)
         s = shape_map if split == "shape" else 0.5 * (s + shape_map)
     if sep_sigma > 0:
-        s = ndi.gaussian_filter(s, sep_sigma, mode="nearest", truncate=3.0)
+        k = 2 * int(np.ceil(3.0 * sep_sigma)) + 1  # as ndi.gaussian_filter(truncate=3), faster
+        s = cv2.GaussianBlur(np.ascontiguousarray(s, np.float32), (k, k), sep_sigma,
+                             borderType=cv2.BORDER_REPLICATE)
 
     labels = _split_touching(m, s, marker_threshold).astype(np.int32, copy=False)
     if min_mean is not None:
@@ -148,9 +150,11 @@ def blob_normalised_distance(mask: np.ndarray) -> np.ndarray:
     blobs, n = ndi.label(mask, structure=_STRUCT8)
     if n == 0:
         return edt
-    peak = np.asarray(ndi.maximum(edt, blobs, np.arange(1, n + 1)), dtype=np.float32)
-    scale = np.zeros(n + 1, np.float32)
-    scale[1:] = 1.0 / np.maximum(peak, 1e-6)
+    nz = np.flatnonzero(blobs)  # per-blob maximum without ndi.maximum's full-frame argsort
+    peak = np.zeros(n + 1, np.float32)
+    np.maximum.at(peak, blobs.ravel()[nz], edt.ravel()[nz])
+    scale = 1.0 / np.maximum(peak, 1e-6)
+    scale[0] = 0.0
     return edt * scale[blobs]
 
 

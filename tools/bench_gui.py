@@ -19,15 +19,8 @@ For each frame size it builds a frame with ``--particles`` measured particles (r
   pipeline) for ``--seconds``; the number of frames the window actually drew per second (the
   window throttles itself to ≤ 30 Hz).
 
-Measured on the shared 2-core development machine (load average 6–7 from other jobs), offscreen,
-1,000 particles, window 1680×1020:
-
-=========  ===============  ==============  ============  ===========================
-frame      prepare (thread) GUI update      capacity      display rate reached
-=========  ===============  ==============  ============  ===========================
-2048²      19.6 ms          25.1 ms         ~40 Hz (→30)  13.5 Hz (loaded machine)
-4096²      70.1 ms          51.1 ms         ~14 Hz        8.4 Hz (loaded machine)
-=========  ===============  ==============  ============  ===========================
+Measured figures (with the machine and its load) are kept in README.md, "Measured performance",
+so they are written down in one place only.
 
 Statistics accounting per frame: 0.56 ms. "Capacity" = 1000 / max(prepare, GUI update): what the
 two pipelined display stages sustain with a core each; the rate actually reached here is lower

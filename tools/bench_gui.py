@@ -22,7 +22,7 @@ For each frame size it builds a frame with ``--particles`` measured particles (r
 Measured figures (with the machine and its load) are kept in README.md, "Measured performance",
 so they are written down in one place only.
 
-Statistics accounting per frame: 0.56 ms. "Capacity" = 1000 / max(prepare, GUI update): what the
+"Capacity" = 1000 / max(prepare, GUI update): what the
 two pipelined display stages sustain with a core each; the rate actually reached here is lower
 because the benchmark's producer, the display thread and the GUI thread share 2 busy cores.
 """

@@ -4,7 +4,9 @@ The network runs once per tuning image (its logit maps are kept); then the setti
 the model's ``.json`` sidecar -- ``threshold``, ``split``, ``marker_threshold``, ``sep_sigma``,
 ``min_area_px``, ``fill_holes_px``, ``min_score`` -- are improved one at a time (coordinate
 ascent over a grid, repeated until nothing changes) to maximise the mean over the tuning sets
-of the pooled instance F1 (one-to-one matching at IoU >= 0.5, as ``tools/evaluate.py``).
+of the pooled instance F1 (one-to-one matching at IoU >= 0.5, as ``tools/evaluate.py``). With
+``--views 1 2`` the search runs once per number of test-time mirror views (``views``) and keeps
+the best; each view costs one more network pass per frame, so check the speed afterwards.
 
 Tuning sets, all disjoint from the test sets of ``tools/evaluate.py`` (seeds 1001, 2002, 77 and
 each fold's held-out real images):
@@ -51,12 +53,13 @@ GRID = {
 KEYS = tuple(GRID)
 
 
-def cached_maps(model: str, items) -> list[tuple[np.ndarray, np.ndarray | None]]:
+def cached_maps(model: str, items, views: int = 1) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """``[(logits, valid)]``: the network's maps for every item (normalised as in production)."""
     from emstream.backends.normalize import normalize_image
     from emstream.process.prepare import prepare
 
     seg = learned(model)
+    seg.views = views
     out = []
     for _, raw, _ in items:
         prepared = prepare(raw, polarity="auto")
@@ -78,43 +81,13 @@ def objective(segs, cases, settings: dict) -> tuple[float, dict]:
     return float(np.mean(list(f1.values()))), f1
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True,
-                    help="ONNX[:INDICES], a model and the real images it trained on")
-    ap.add_argument("--n-synthetic", type=int, default=24)
-    ap.add_argument("--n-scene", type=int, default=2, help="frames per mode")
-    ap.add_argument("--sets", default="real,synthetic,scene")
-    ap.add_argument("--passes", type=int, default=3)
-    ap.add_argument("--write", nargs="*", type=Path, default=[], help="sidecar .json files")
-    ap.add_argument("--out", type=Path, default=None, help="JSON with the search history")
-    a = ap.parse_args(argv)
-    from make_dataset import parse_indices_text
-
-    sets = a.sets.split(",")
-    common = []
-    if "synthetic" in sets:
-        common += [("synthetic", it) for it in synthetic_set(a.n_synthetic, seed=99)]
-    if "scene" in sets:
-        common += [("scene", it) for it in scene_set(a.n_scene, seed=99)]
-    segs, cases = [], []
-    t0 = time.perf_counter()
-    for i, spec in enumerate(a.model):
-        path, _, idx = spec.partition(":")
-        items = list(common)
-        if idx and "real" in sets:
-            items += [("real", it) for it in real_set(parse_indices_text(idx))]
-        maps = cached_maps(path, [it for _, it in items])
-        segs.append(learned(path))
-        cases += [(name, i, m, it[2]) for (name, it), m in zip(items, maps, strict=True)]
-    print(f"maps of {len(cases)} images in {time.perf_counter() - t0:.0f} s", flush=True)
-
+def ascend(segs, cases, passes: int):
+    """Coordinate ascent over ``GRID`` from the segmenters' current settings."""
     settings = {k: getattr(segs[0], k) for k in KEYS}
     best, parts = objective(segs, cases, settings)
     history = [{"settings": dict(settings), "score": best, "f1": parts}]
     print(f"start {settings} -> {best:.4f} {parts}", flush=True)
-    for _ in range(a.passes):
+    for _ in range(passes):
         changed = False
         for key in KEYS:
             for value in GRID[key]:
@@ -128,6 +101,50 @@ def main(argv=None) -> int:
                     print(f"{key}={value} -> {best:.4f} {parts}", flush=True)
         if not changed:
             break
+    return best, settings, history
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True,
+                    help="ONNX[:INDICES], a model and the real images it trained on")
+    ap.add_argument("--n-synthetic", type=int, default=24)
+    ap.add_argument("--n-scene", type=int, default=2, help="frames per mode")
+    ap.add_argument("--sets", default="real,synthetic,scene")
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--views", type=int, nargs="*", default=[1],
+                    help="test-time mirror views to try (each costs one network pass per frame)")
+    ap.add_argument("--write", nargs="*", type=Path, default=[], help="sidecar .json files")
+    ap.add_argument("--out", type=Path, default=None, help="JSON with the search history")
+    a = ap.parse_args(argv)
+    from make_dataset import parse_indices_text
+
+    sets = a.sets.split(",")
+    common = []
+    if "synthetic" in sets:
+        common += [("synthetic", it) for it in synthetic_set(a.n_synthetic, seed=99)]
+    if "scene" in sets:
+        common += [("scene", it) for it in scene_set(a.n_scene, seed=99)]
+    overall = None
+    for views in a.views:
+        segs, cases = [], []
+        t0 = time.perf_counter()
+        for i, spec in enumerate(a.model):
+            path, _, idx = spec.partition(":")
+            items = list(common)
+            if idx and "real" in sets:
+                items += [("real", it) for it in real_set(parse_indices_text(idx))]
+            maps = cached_maps(path, [it for _, it in items], views)
+            segs.append(learned(path))
+            cases += [(name, i, m, it[2]) for (name, it), m in zip(items, maps, strict=True)]
+        print(f"views {views}: maps of {len(cases)} images in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        best, settings, history = ascend(segs, cases, a.passes)
+        print(f"views {views}: {json.dumps(settings)} score {best:.4f}", flush=True)
+        if overall is None or best > overall[0] + 1e-4:
+            overall = (best, {**settings, "views": views}, history)
+    best, settings, history = overall
     print("chosen:", json.dumps(settings), f"score {best:.4f}", flush=True)
     if a.out:
         a.out.write_text(json.dumps({"models": a.model, "chosen": settings, "score": best,

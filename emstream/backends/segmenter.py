@@ -21,8 +21,9 @@ Per frame:
 
 Thresholds and the marker source come from the model's ``.json`` sidecar (``threshold``,
 ``marker_threshold``, ``min_area_px``, ``split``, ``sep_sigma``, ``fill_holes_px``,
-``min_score``: the lowest mean particle probability kept, compared as a mean logit) and can be
-overridden.
+``min_score``: the lowest mean particle probability kept, compared as a mean logit; ``views``:
+1, 2 or 4 mirror images of the frame whose logits are averaged, test-time augmentation that
+costs one network pass each) and can be overridden.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from emstream.frame import Prepared
 from emstream.process.instances import instances_from_maps
 
 SIZE_MULTIPLE = 16
+#: Test-time augmentation: the mirror images averaged for ``views`` = 1, 2 or 4.
+_VIEWS = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
 
 
 def _logit(p: float) -> float:
@@ -73,7 +76,8 @@ class LearnedSegmenter:
                  scale: float = 1.0, threshold: float | None = None,
                  marker_threshold: float | None = None, min_area_px: int | None = None,
                  split: str | None = None, sep_sigma: float | None = None,
-                 fill_holes_px: int | None = None, min_score: float | None = None):
+                 fill_holes_px: int | None = None, min_score: float | None = None,
+                 views: int | None = None):
         info = dict(model_card_info or {})
         self.backend = backend
         self.info = info
@@ -95,18 +99,29 @@ class LearnedSegmenter:
         self.sep_sigma = float(sep_sigma if sep_sigma is not None else info.get("sep_sigma", 0.0))
         self.fill_holes_px = int(fill_holes_px if fill_holes_px is not None
                                  else info.get("fill_holes_px", 0))
+        self.views = int(views if views is not None else info.get("views", 1))
+        if self.views not in _VIEWS:
+            raise ValueError(f"views must be one of {sorted(_VIEWS)}, got {self.views}")
         ms = min_score if min_score is not None else info.get("min_score")
         self.min_score = None if ms is None else float(ms)
 
     # -- network -------------------------------------------------------------------------
     def _run_padded(self, img: np.ndarray) -> np.ndarray:
-        """Logit maps (2 x h x w) of one image of any size (reflect-padded to a multiple of 16)."""
+        """Logit maps (2 x h x w) of one image of any size (reflect-padded to a multiple of 16),
+        averaged over ``views`` mirror images of it (test-time augmentation)."""
         h, w = img.shape
         ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         if ph or pw:
             mode = "reflect" if (h > ph and w > pw) else "edge"
             img = np.pad(img, ((0, ph), (0, pw)), mode=mode)
-        out = self.backend.run(img[None, None])["maps"][0]
+        out = None
+        for axes in _VIEWS[self.views]:
+            view = np.ascontiguousarray(np.flip(img, axes) if axes else img)
+            maps = self.backend.run(view[None, None])["maps"][0]
+            maps = np.flip(maps, tuple(a + 1 for a in axes)) if axes else maps
+            out = maps.copy() if out is None else out + maps
+        if self.views > 1:
+            out /= self.views
         return out[:, :h, :w]
 
     def maps(self, image: np.ndarray) -> np.ndarray:

@@ -93,3 +93,41 @@ def test_post_processing_settings_come_from_the_sidecar_and_can_be_overridden(sh
                             min_score=median_p).segment(prepared)
     assert 0.3 * n <= strict.max() <= 0.7 * n  # only the more confident particles stay
     assert np.all(default[strict > 0] > 0)
+
+
+class _RampBackend:
+    """A stand-in network: logits = the image plus a left-to-right ramp (not mirror-symmetric)."""
+
+    name, device = "ramp", "cpu"
+
+    def __init__(self):
+        self.calls = 0
+
+    def describe(self):
+        return "ramp:cpu"
+
+    def run(self, batch):
+        self.calls += 1
+        x = batch[:, :1].astype(np.float32)
+        ramp = np.linspace(-1, 1, x.shape[-1], dtype=np.float32)
+        return {"maps": np.concatenate([x + ramp, x], axis=1)}
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("views", [1, 2, 4])
+def test_mirror_views_are_undone_and_averaged(views):
+    from emstream.backends.segmenter import LearnedSegmenter
+
+    backend = _RampBackend()
+    seg = LearnedSegmenter(backend, views=views)
+    img = np.random.default_rng(0).normal(size=(40, 56)).astype(np.float32)
+    maps = seg.maps(img)
+    assert backend.calls == views and maps.shape == (2, 40, 56)
+    np.testing.assert_allclose(maps[1], img, atol=1e-6)  # mirrored back before averaging
+    ramp = np.linspace(-1, 1, 64, dtype=np.float32)[:56]  # padded to 64 wide, then cropped
+    expect = ramp if views == 1 else (ramp + np.linspace(1, -1, 64, dtype=np.float32)[:56]) / 2
+    np.testing.assert_allclose(maps[0] - img, np.broadcast_to(expect, img.shape), atol=1e-6)
+    with pytest.raises(ValueError):
+        LearnedSegmenter(backend, views=3)

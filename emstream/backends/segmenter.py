@@ -9,8 +9,8 @@ Per frame:
    *native* pixel size (no down-scaling by default, so a 4 px particle on a 4096² frame stays
    4 px). Frames whose longer side is at most ``max_side`` (2048 on the CPU, 4096 on CUDA) run
    in one piece, padded (reflect) to a multiple of 16. Larger frames are cut into ``tile`` x
-   ``tile`` tiles (default 1024) that overlap by ``2 * margin`` px (default margin 64); each
-   tile contributes only its interior (the outer ``margin`` px are discarded, except at the
+   ``tile`` tiles (default 1024) that overlap by ``2 * margin`` px (default margin 128, about
+   half the network's receptive field); each tile contributes only its interior (the outer ``margin`` px are discarded, except at the
    frame edge), and the *maps* -- not labels -- are stitched, so the watershed runs once on the
    whole frame and particles crossing tile borders are never cut or duplicated. An optional
    ``scale`` < 1 (e.g. 0.5) resamples frames whose particles are all large (tens of px) for
@@ -72,7 +72,7 @@ class LearnedSegmenter:
     """
 
     def __init__(self, backend: InferenceBackend, model_card_info: dict | None = None, *,
-                 max_side: int | None = None, tile: int = 1024, margin: int = 64,
+                 max_side: int | None = None, tile: int = 1024, margin: int = 128,
                  scale: float = 1.0, threshold: float | None = None,
                  marker_threshold: float | None = None, min_area_px: int | None = None,
                  split: str | None = None, sep_sigma: float | None = None,

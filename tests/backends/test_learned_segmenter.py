@@ -49,11 +49,11 @@ def test_learned_segmenter_finds_particles_on_a_simulated_frame(shipped, mode):
         assert labels[~prepared.valid].max() == 0  # banner / scale bar never become particles
     n_true = len(np.unique(frame.labels)) - 1
     assert n_true > 5
-    assert f1_at_iou50(frame.labels, labels) >= 0.5  # measured 0.63 (BF), see MODEL_CARD.md
+    assert f1_at_iou50(frame.labels, labels) >= 0.6  # measured 0.73 (BF), 1.0 (HAADF)
 
 
 def test_tiled_large_frame_gives_the_same_particles_as_one_piece(shipped):
-    # the large-frame policy: tiles (here 512 px, 64 px margins, forced by max_side=1024) must
+    # the large-frame policy: tiles (here 512 px, 128 px margins, forced by max_side=1024) must
     # find the same particles as running the whole frame at once, small ones included
     from emstream.sources.simulate.scene import Microscope, SceneConfig
 
@@ -62,7 +62,7 @@ def test_tiled_large_frame_gives_the_same_particles_as_one_piece(shipped):
     frame = Microscope(cfg, seed=3).next_frame()
     prepared = prepare(frame.image)
     tiled = make_segmenter("learned", backend="onnxruntime", device="cpu", max_side=1024,
-                           tile=512, margin=64).segment(prepared)
+                           tile=512, margin=128).segment(prepared)
     whole = make_segmenter("learned", backend="onnxruntime", device="cpu",
                            max_side=4096).segment(prepared)
     assert f1_at_iou50(whole, tiled) >= 0.97

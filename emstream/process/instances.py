@@ -94,6 +94,8 @@ def instances_from_maps(
     m = mask[box]
     if fill_holes_px > 0:
         m = fill_small_holes(m, fill_holes_px)
+        if valid is not None:  # a hole over a banner or scale bar stays out
+            m &= valid[box].astype(bool, copy=False)
     s = sep[box].astype(np.float32, copy=False)
     if split not in ("map", "shape", "both"):
         raise ValueError(f"split must be 'map', 'shape' or 'both', got {split!r}")

@@ -53,18 +53,14 @@ GRID = {
 KEYS = tuple(GRID)
 
 
-def cached_maps(model: str, items, views: int = 1) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """``[(logits, valid)]``: the network's maps for every item (normalised as in production)."""
-    from emstream.backends.normalize import normalize_image
+def cached_maps(seg, items) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``[(logits, valid)]``: the segmenter's network maps for every item (production path)."""
     from emstream.process.prepare import prepare
 
-    seg = learned(model)
-    seg.views = views
     out = []
     for _, raw, _ in items:
         prepared = prepare(raw, polarity="auto")
-        img = raw[..., 0] if raw.ndim == 3 else raw
-        out.append((seg.maps(normalize_image(img, valid=prepared.valid)), prepared.valid))
+        out.append((seg.logits(prepared), prepared.valid))
     return out
 
 
@@ -135,8 +131,10 @@ def main(argv=None) -> int:
             items = list(common)
             if idx and "real" in sets:
                 items += [("real", it) for it in real_set(parse_indices_text(idx))]
-            maps = cached_maps(path, [it for _, it in items], views)
-            segs.append(learned(path))
+            seg = learned(path)
+            seg.views = views
+            maps = cached_maps(seg, [it for _, it in items])
+            segs.append(seg)
             cases += [(name, i, m, it[2]) for (name, it), m in zip(items, maps, strict=True)]
         print(f"views {views}: maps of {len(cases)} images in {time.perf_counter() - t0:.0f} s",
               flush=True)

@@ -10,8 +10,8 @@ Per frame:
    4 px). Frames whose longer side is at most ``max_side`` (2048 on the CPU, 4096 on CUDA) run
    in one piece, padded (reflect) to a multiple of 16. Larger frames are cut into ``tile`` x
    ``tile`` tiles (default 1024) that overlap by ``2 * margin`` px (default margin 128, about
-   half the network's receptive field); each tile contributes only its interior (the outer ``margin`` px are discarded, except at the
-   frame edge), and the *maps* -- not labels -- are stitched, so the watershed runs once on the
+   half the network's receptive field); each tile contributes only its interior (the outer
+   ``margin`` px are discarded, except at the frame edge), and the *maps* -- not labels -- are stitched, so the watershed runs once on the
    whole frame and particles crossing tile borders are never cut or duplicated. An optional
    ``scale`` < 1 (e.g. 0.5) resamples frames whose particles are all large (tens of px) for
    speed; maps are resampled back to full size before post-processing.
@@ -154,13 +154,15 @@ class LearnedSegmenter:
 
     # -- Segmenter protocol ----------------------------------------------------------------
     def segment(self, prepared: Prepared) -> np.ndarray:
+        return self.instances(self.logits(prepared), prepared.valid)
+
+    def logits(self, prepared: Prepared) -> np.ndarray:
+        """The network's logit maps (2 x H x W) of a prepared frame: its native pixels (first
+        channel if RGB) normalised over the valid pixels, then :meth:`maps`."""
         raw = prepared.raw
         if raw.ndim == 3:
             raw = raw[..., 0]
-        valid = prepared.valid
-        img = normalize_image(raw, valid=valid)
-        logits = self.maps(img)
-        return self.instances(logits, valid)
+        return self.maps(normalize_image(raw, valid=prepared.valid))
 
     def instances(self, logits: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Particles from the network's logit maps (thresholds and split mode of this model)."""

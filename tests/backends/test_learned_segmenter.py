@@ -82,9 +82,7 @@ def test_post_processing_settings_come_from_the_sidecar_and_can_be_overridden(sh
     prepared = prepare(frame.image)
     default = seg.segment(prepared)
     # each particle's mean logit; a min_score at their median keeps the more confident half
-    from emstream.backends.normalize import normalize_image
-
-    logits = seg.maps(normalize_image(prepared.raw, valid=prepared.valid))[0]
+    logits = seg.logits(prepared)[0]
     n = int(default.max())
     mean_logit = np.bincount(default.ravel(), logits.ravel(), n + 1)[1:] / np.bincount(
         default.ravel(), minlength=n + 1)[1:]

@@ -114,7 +114,7 @@ class Score:
             pairs = [t for t in pairs if not ign[t[0]]]
             n_gt -= int(np.count_nonzero(ign[np.unique(gt)]))
             matched = {p for _, p, _ in pairs}
-            on_ign = np.bincount(pred[ign[gt]].ravel(), minlength=len(pa)) if pred.any() else pa * 0
+            on_ign = np.bincount(pred[ign[gt]], minlength=len(pa))
             loose = {int(p) for p in np.flatnonzero(on_ign >= 0.5 * pa) if p and p not in matched}
             n_pred -= len(matched_ign | loose)
         self.tp += len(pairs)

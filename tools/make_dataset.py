@@ -100,7 +100,6 @@ def detectability(raw: np.ndarray, labels: np.ndarray) -> np.ndarray:
     and mottle at the particle's own scale all count as noise; the particle's contrast after the
     optics' blur counts as signal.
     """
-    from scipy import ndimage as ndi
     from skimage.segmentation import expand_labels
 
     x = np.asarray(raw[..., 0] if raw.ndim == 3 else raw, np.float64)

@@ -133,10 +133,10 @@ def detectability(raw: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def invisible_mask(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """uint8 mask of the pixels of true particles with d' < ``VISIBLE_D`` (1 = not visible)."""
+def invisible_mask(image: np.ndarray, labels: np.ndarray, below: float = VISIBLE_D) -> np.ndarray:
+    """uint8 mask of the pixels of true particles with d' < ``below`` (1 = not visible)."""
     d = detectability(np.asarray(image, np.float32), labels)
-    return (d < VISIBLE_D)[labels].astype(np.uint8) * (labels > 0)
+    return (d < below)[labels].astype(np.uint8) * (labels > 0)
 
 
 # ----------------------------------------------------------------------------- generators
@@ -252,7 +252,7 @@ def get_sampler(name: str = "auto"):
 
 
 # ----------------------------------------------------------------------------- caches
-def make_sample(sampler, rng, size):
+def make_sample(sampler, rng, size, ignore_below: float = VISIBLE_D):
     image, labels, meta = sampler(rng, size)
     labels = np.asarray(labels, np.int32)
     valid = overlay_valid(meta, labels.shape)
@@ -261,7 +261,7 @@ def make_sample(sampler, rng, size):
     norm = normalize_image(np.asarray(image), valid=valid if rng.random() < 0.5 else None)
     fg, dist = targets(labels)
     return (norm.astype(np.float16), fg, dist, labels, np.asarray(valid, np.uint8),
-            invisible_mask(image, labels))
+            invisible_mask(image, labels, ignore_below))
 
 
 def overlay_valid(meta: dict, shape) -> np.ndarray:
@@ -280,7 +280,8 @@ def overlay_valid(meta: dict, shape) -> np.ndarray:
 
 
 def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto",
-                shard: int = 250, keep_labels: bool = True) -> Path:
+                shard: int = 250, keep_labels: bool = True,
+                ignore_below: float = VISIBLE_D) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
@@ -291,7 +292,8 @@ def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto"
     k = 0
     t0 = time.time()
     for i in tqdm(range(n), desc=f"cache {out.name}", mininterval=5):
-        for key, v in zip(buf, make_sample(sampler, rng, size), strict=True):
+        for key, v in zip(buf, make_sample(sampler, rng, size, ignore_below),
+                          strict=True):
             buf[key].append(v)
         if len(buf["image"]) == shard or i == n - 1:
             keys = [kk for kk in buf if keep_labels or kk not in ("labels", "valid")]
@@ -299,7 +301,7 @@ def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto"
             buf = {kk: [] for kk in buf}
             k += 1
     meta = {"n": n, "seed": seed, "size": size, "generator": gen_name, "labels": keep_labels,
-            "seconds": round(time.time() - t0, 1)}
+            "ignore_below": ignore_below, "seconds": round(time.time() - t0, 1)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -362,13 +364,17 @@ def main(argv=None) -> int:
     ap.add_argument("--generator", default="auto", choices=["auto", "simulator", "scene", "fallback"])
     ap.add_argument("--no-labels", action="store_true",
                     help="store only image/fg/dist (training caches: less memory)")
+    ap.add_argument("--ignore-below", type=float, default=VISIBLE_D,
+                    help="true particles with detectability d' below this get the 'invisible' "
+                         f"mask (no training weight; default {VISIBLE_D})")
     ap.add_argument("--add-visibility", action="store_true",
                     help="add the 'invisible' mask to the existing cache OUT and exit")
     a = ap.parse_args(argv)
     if a.add_visibility:
         print(f"{add_visibility(a.out)} samples updated")
         return 0
-    p = build_cache(a.out, a.n, a.seed, a.size, a.generator, keep_labels=not a.no_labels)
+    p = build_cache(a.out, a.n, a.seed, a.size, a.generator, keep_labels=not a.no_labels,
+                    ignore_below=a.ignore_below)
     print(json.loads((p / "meta.json").read_text()))
     return 0
 

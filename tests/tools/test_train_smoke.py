@@ -104,3 +104,19 @@ def test_visibility_mask_marks_buried_particles_only():
     inv = md.invisible_mask(img, labels)
     assert inv.dtype == np.uint8
     assert inv[labels == 1].max() == 0 and inv[labels == 2].min() == 1 and inv[labels == 0].max() == 0
+
+
+def test_visibility_threshold_is_a_parameter_recorded_in_the_cache(tmp_path):
+    md = load_tool("make_dataset")
+    rng = np.random.default_rng(2)
+    labels = np.zeros((96, 96), np.int32)
+    yy, xx = np.mgrid[0:96, 0:96]
+    labels[(yy - 48) ** 2 + (xx - 48) ** 2 < 100] = 1
+    img = 100 + rng.normal(0, 5, labels.shape)
+    img[labels == 1] -= 4  # faint: d' between the two thresholds below
+    d = md.detectability(img, labels)[1]
+    lo, hi = d / 2, d * 2
+    assert md.invisible_mask(img, labels, below=hi)[labels == 1].min() == 1
+    assert md.invisible_mask(img, labels, below=lo).max() == 0
+    out = md.build_cache(tmp_path / "c", n=2, seed=0, size=64, ignore_below=1.5)
+    assert json.loads((out / "meta.json").read_text())["ignore_below"] == 1.5

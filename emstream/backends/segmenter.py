@@ -4,7 +4,12 @@ Per frame:
 
 1. **Normalise** the frame's native pixels (``prepared.raw``, first channel if RGB) with
    :func:`emstream.backends.normalize.normalize_image`, percentiles over ``prepared.valid``
-   pixels only -- the exact transform used in training.
+   pixels only -- the exact transform used in training. **Banners**: the network sees only the
+   bounding box of the valid pixels (a full-width data bar is cut off, its logits are set to
+   "background"), and invalid pixels left inside that box (a scale bar) are set to the median of
+   the valid ones, i.e. to the background level. A flat block at any other level has an edge
+   the network reads as particle contrast: filling a data bar with 0 produced a row of false
+   particles along it on the demo's bright-field frames (BF precision 0.60 -> 0.79).
 2. **Large-frame policy.** The network is fully convolutional and always runs at the frame's
    *native* pixel size (no down-scaling by default, so a 4 px particle on a 4096² frame stays
    4 px). Frames whose longer side is at most ``max_side`` (2048 on the CPU, 4096 on CUDA) run
@@ -41,6 +46,8 @@ from emstream.process.instances import instances_from_maps
 SIZE_MULTIPLE = 16
 #: Test-time augmentation: the mirror images averaged for ``views`` = 1, 2 or 4.
 _VIEWS = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
+#: Logits given to pixels outside the valid box (far below any threshold).
+_BACKGROUND_LOGIT = -20.0
 
 
 def _logit(p: float) -> float:
@@ -162,7 +169,18 @@ class LearnedSegmenter:
         raw = prepared.raw
         if raw.ndim == 3:
             raw = raw[..., 0]
-        return self.maps(normalize_image(raw, valid=prepared.valid))
+        valid = prepared.valid
+        image = normalize_image(raw, valid=valid)
+        if valid is None or not valid.any():
+            return self.maps(image)
+        rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        inner, inner_valid = image[box], valid[box]
+        if not inner_valid.all():
+            inner[~inner_valid] = np.median(inner[inner_valid][::7])
+        out = np.full((2,) + image.shape, _BACKGROUND_LOGIT, np.float32)
+        out[(slice(None),) + box] = self.maps(np.ascontiguousarray(inner))
+        return out
 
     def instances(self, logits: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Particles from the network's logit maps (thresholds and split mode of this model)."""

@@ -129,3 +129,43 @@ def test_mirror_views_are_undone_and_averaged(views):
     np.testing.assert_allclose(maps[0] - img, np.broadcast_to(expect, img.shape), atol=1e-6)
     with pytest.raises(ValueError):
         LearnedSegmenter(backend, views=3)
+
+
+class _RecordingBackend:
+    """A stand-in network that records what it is shown and answers 'particle' everywhere."""
+
+    name, device = "recording", "cpu"
+
+    def __init__(self):
+        self.inputs = []
+
+    def describe(self):
+        return "recording:cpu"
+
+    def run(self, batch):
+        self.inputs.append(batch[0, 0].copy())
+        return {"maps": np.full((1, 2) + batch.shape[2:], 5.0, np.float32)}
+
+    def close(self):
+        pass
+
+
+def test_the_network_never_sees_a_data_bar_and_a_scale_bar_reads_as_background():
+    from emstream.backends.segmenter import LearnedSegmenter
+    from emstream.frame import Prepared
+
+    rng = np.random.default_rng(1)
+    raw = rng.normal(1000, 30, size=(96, 80)).astype(np.float32)
+    valid = np.ones(raw.shape, bool)
+    valid[80:] = False           # full-width data bar (16 rows)
+    valid[60:64, 10:40] = False  # scale bar inside the image
+    raw[~valid] = 0.0
+    backend = _RecordingBackend()
+    seg = LearnedSegmenter(backend, views=1)
+    logits = seg.logits(Prepared(image=raw, polarity="dark", raw=raw, valid=valid))
+    (shown,) = backend.inputs
+    assert shown.shape == (80, 80)  # the bar's rows are cut off, not padded in
+    fill = shown[60:64, 10:40]
+    assert np.ptp(fill) == 0 and abs(fill[0, 0] - np.median(shown[valid[:80]])) < 0.05
+    assert np.all(logits[:, 80:] < -10) and np.all(logits[:, :80] == 5.0)
+    assert seg.segment(Prepared(image=raw, polarity="dark", raw=raw, valid=valid))[80:].max() == 0

@@ -48,7 +48,9 @@ def normalize_image(raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndar
     out -= np.float32(1.0)
     np.clip(out, -CLIP, CLIP, out=out)
     if valid is not None:
-        # banners/scale bars carry no information; a neutral value keeps them from looking
-        # like particles to the network (their pixels are zeroed in the labels anyway)
+        # banners/scale bars carry no information (their pixels are zeroed in the labels too);
+        # training sees them at 0, while LearnedSegmenter.logits cuts data bars off and sets
+        # scale bars to the background level, since a flat block at 0 has an edge the network
+        # can read as particle contrast
         out[~valid.astype(bool, copy=False)] = 0.0
     return out

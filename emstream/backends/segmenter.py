@@ -41,7 +41,7 @@ import numpy as np
 from emstream.backends.base import InferenceBackend
 from emstream.backends.normalize import normalize_image
 from emstream.frame import Prepared
-from emstream.process.instances import instances_from_maps
+from emstream.process.instances import bounding_box, instances_from_maps
 
 SIZE_MULTIPLE = 16
 #: Test-time augmentation: the mirror images averaged for ``views`` = 1, 2 or 4.
@@ -173,8 +173,7 @@ class LearnedSegmenter:
         image = normalize_image(raw, valid=valid)
         if valid is None or not valid.any():
             return self.maps(image)
-        rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        box = bounding_box(valid)
         inner, inner_valid = image[box], valid[box]
         if not inner_valid.all():
             sample = inner[::4, ::4][inner_valid[::4, ::4]]

@@ -87,10 +87,7 @@ def instances_from_maps(
     if not mask.any():
         return out
 
-    # Work only inside the bounding box of the particle pixels (sparse frames are cheap).
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    box = bounding_box(mask)  # work only there: sparse frames are cheap
     m = mask[box]
     if fill_holes_px > 0:
         m = fill_small_holes(m, fill_holes_px)
@@ -113,6 +110,13 @@ def instances_from_maps(
     labels = _drop_small_and_renumber(labels, min_area_px)
     out[box] = labels
     return out
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """``(rows, cols)`` slices of the smallest box holding every True pixel of a non-empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:

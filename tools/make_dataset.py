@@ -10,6 +10,8 @@ Each cache is a directory of ``.npz`` shards with, per sample (``size x size``):
 - ``image``: float16, the robustly normalised image (:func:`emstream.backends.normalize.normalize_image`);
 - ``fg``: uint8 particle mask; ``dist``: uint8 per-particle normalised distance to the edge x 255;
 - ``labels``: int32 instance truth; ``valid``: uint8 (0 over burned-in banners / scale bars);
+- ``contact``: uint8, 1 within a pixel of where two true particles touch (training weights the
+  distance map more there, so the network draws the neck between touching particles);
 - ``invisible``: uint8, 1 on true particles an observer could not see (detectability
   d' < ``VISIBLE_D``, see :func:`detectability`): training gives their pixels no weight, so the
   network is not taught to call carbon texture a particle. ``--add-visibility DIR`` adds it to
@@ -70,6 +72,17 @@ def distance_target(labels: np.ndarray) -> np.ndarray:
         if mx > 0:
             out[sl][m] = d[m] / mx
     return out
+
+
+def contact_mask(labels: np.ndarray) -> np.ndarray:
+    """uint8, 1 on particle pixels within two pixels (8-neighbourhood) of a pixel of *another*
+    particle: the necks the instance split has to find."""
+    lab = np.asarray(labels, np.int32)
+    on = lab > 0
+    hi = ndi.maximum_filter(lab, size=3, mode="nearest")
+    lo = ndi.minimum_filter(np.where(on, lab, np.iinfo(np.int32).max), size=3, mode="nearest")
+    touching = on & ((hi > lab) | (lo < lab))  # a neighbour belongs to a different particle
+    return (ndi.binary_dilation(touching, np.ones((3, 3), bool)) & on).astype(np.uint8)
 
 
 def targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,10 +271,14 @@ def make_sample(sampler, rng, size, ignore_below: float = VISIBLE_D):
     valid = overlay_valid(meta, labels.shape)
     # half the time normalise as if the banner had not been detected: the network itself must
     # learn that data bars and scale bars are not particles
-    norm = normalize_image(np.asarray(image), valid=valid if rng.random() < 0.5 else None)
+    masked = rng.random() < 0.5
+    norm = normalize_image(np.asarray(image), valid=valid if masked else None)
+    if masked and not valid.all() and valid.any():
+        # as LearnedSegmenter.logits: a masked bar or scale bar reads as the background level
+        norm[~valid] = np.median(norm[valid])
     fg, dist = targets(labels)
     return (norm.astype(np.float16), fg, dist, labels, np.asarray(valid, np.uint8),
-            invisible_mask(image, labels, ignore_below))
+            invisible_mask(image, labels, ignore_below), contact_mask(labels))
 
 
 def overlay_valid(meta: dict, shape) -> np.ndarray:
@@ -288,7 +305,8 @@ def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto"
     out.mkdir(parents=True, exist_ok=True)
     sampler, gen_name = get_sampler(generator)
     rng = np.random.default_rng(seed)
-    buf: dict[str, list] = {k: [] for k in ("image", "fg", "dist", "labels", "valid", "invisible")}
+    buf: dict[str, list] = {k: [] for k in ("image", "fg", "dist", "labels", "valid", "invisible",
+                                                 "contact")}
     k = 0
     t0 = time.time()
     for i in tqdm(range(n), desc=f"cache {out.name}", mininterval=5):

@@ -12,7 +12,8 @@ rest of the 20 are held out), the remainder come from the synthetic cache(s) bui
 (x -> -x, i.e. bright field <-> HAADF), gain/offset jitter, extra Gaussian noise.
 
 Loss: BCE + soft Dice on the particle map; BCE against the soft normalised-distance target
-(weighted x3 on particle pixels) on the distance map. Pixels of synthetic particles an observer
+(weighted x3 on particle pixels, and ``contact_weight`` more within two pixels of where two
+particles touch, the cache's ``contact`` mask) on the distance map. Pixels of synthetic particles an observer
 could not see (the cache's ``invisible`` mask, detectability d' < 3) get no weight in any term:
 a label the image does not support would teach the network to call carbon texture a particle.
 
@@ -67,22 +68,24 @@ DEFAULTS = {
     "val_every": 250,
     "ckpt_every": 250,
     "init": None,
+    "contact_weight": 0.0,
 }
 
 
 # ----------------------------------------------------------------------------- data
-def augment(rng, img, fg, dist, ign):
+def augment(rng, img, *maps):
+    """A random dihedral transform of the image and its maps, then intensity jitter of the image."""
     k = int(rng.integers(4))
-    img, fg, dist, ign = (np.rot90(a, k) for a in (img, fg, dist, ign))
+    img, *maps = (np.rot90(a, k) for a in (img, *maps))
     if rng.random() < 0.5:
-        img, fg, dist, ign = (a[:, ::-1] for a in (img, fg, dist, ign))
+        img, *maps = (a[:, ::-1] for a in (img, *maps))
     img = img.astype(np.float32)
     if rng.random() < 0.5:
         img = -img  # contrast inversion: bright field <-> HAADF
     img = img * rng.uniform(0.8, 1.25) + rng.uniform(-0.2, 0.2)
     if rng.random() < 0.3:
         img = img + rng.normal(0, rng.uniform(0.05, 0.4), img.shape).astype(np.float32)
-    return tuple(np.ascontiguousarray(a) for a in (img, fg, dist, ign))
+    return tuple(np.ascontiguousarray(a) for a in (img, *maps))
 
 
 def real_crop(rng, item, size):
@@ -105,10 +108,11 @@ class Batches:
         self.synth = None
         if cfg["synthetic"]:
             parts = [load_cache(Path(p)) for p in cfg["synthetic"]]
-            for part in parts:  # caches built before the visibility mask: every label counts
+            for part in parts:  # older caches: every label counts, no contact weight
                 part.setdefault("invisible", np.zeros_like(part["fg"]))
+                part.setdefault("contact", np.zeros_like(part["fg"]))
             self.synth = {k: np.concatenate([p[k] for p in parts])
-                          for k in ("image", "fg", "dist", "invisible")}
+                          for k in ("image", "fg", "dist", "invisible", "contact")}
         self.real = load_real(cfg["real_train"]) if cfg["real_train"] else []
         if self.synth is None and not self.real:
             raise SystemExit("no training data: give --synthetic and/or --real-train")
@@ -119,25 +123,27 @@ class Batches:
         n_real = int(round(n * cfg["real_fraction"])) if self.real else 0
         if self.synth is None:
             n_real = n
-        xs, fs, ds, ws = [], [], [], []
+        xs, fs, ds, ws, cs = [], [], [], [], []
         for i in range(n):
-            if i < n_real:
+            if i < n_real:  # binary masks: touching particles are one blob, no contacts known
                 img, fg, dist = real_crop(rng, self.real[int(rng.integers(len(self.real)))], size)
-                ign = np.zeros_like(fg)
+                ign = contact = np.zeros_like(fg)
             else:
                 j = int(rng.integers(len(self.synth["image"])))
-                img, fg, dist, ign = _random_crop(
-                    rng, *(self.synth[k][j] for k in ("image", "fg", "dist", "invisible")),
-                    size=size)
-            img, fg, dist, ign = augment(rng, img, fg, dist, ign)
+                img, fg, dist, ign, contact = _random_crop(
+                    rng, *(self.synth[k][j] for k in ("image", "fg", "dist", "invisible",
+                                                      "contact")), size=size)
+            img, fg, dist, ign, contact = augment(rng, img, fg, dist, ign, contact)
             xs.append(img)
             fs.append(fg)
             ds.append(dist)
             ws.append(ign)
-        return (torch.from_numpy(np.stack(xs)[:, None]),
-                torch.from_numpy(np.stack(fs)[:, None].astype(np.float32)),
-                torch.from_numpy(np.stack(ds)[:, None].astype(np.float32) / 255.0),
-                torch.from_numpy(1.0 - np.stack(ws)[:, None].astype(np.float32)))
+            cs.append(contact)
+
+        def tensor(arrays, scale=1.0):
+            return torch.from_numpy(np.stack(arrays)[:, None].astype(np.float32) * scale)
+
+        return (tensor(xs), tensor(fs), tensor(ds, 1 / 255.0), 1.0 - tensor(ws), tensor(cs))
 
 
 def _random_crop(rng, *arrays, size):
@@ -150,15 +156,19 @@ def _random_crop(rng, *arrays, size):
 
 
 # ----------------------------------------------------------------------------- loss
-def loss_fn(logits, fg, dist, weight=None):
-    """Loss terms; ``weight`` (1 = counts, 0 = ignored pixel) defaults to all ones."""
+def loss_fn(logits, fg, dist, weight=None, contact=None, contact_weight=0.0):
+    """Loss terms; ``weight`` (1 = counts, 0 = ignored pixel) defaults to all ones; pixels where
+    ``contact`` is 1 weigh ``contact_weight`` more in the distance term."""
     if weight is None:
         weight = torch.ones_like(fg)
     lf = (F.binary_cross_entropy_with_logits(logits[:, :1], fg, reduction="none") * weight).mean()
     p = torch.sigmoid(logits[:, :1]) * weight
     inter = (p * fg).sum(dim=(1, 2, 3))
     dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + (fg * weight).sum(dim=(1, 2, 3)) + 1)
-    w = (1 + 2 * fg) * weight
+    w = 1 + 2 * fg
+    if contact is not None and contact_weight:
+        w = w + contact_weight * contact
+    w = w * weight
     ld = (F.binary_cross_entropy_with_logits(logits[:, 1:], dist, reduction="none") * w).mean()
     return lf + dice.mean() + ld, {"fg_bce": float(lf.detach()), "dice": float(dice.mean().detach()),
                                    "dist_bce": float(ld.detach())}
@@ -253,9 +263,9 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        x, fg, dist, weight = batches()
+        x, fg, dist, weight, contact = batches()
         logits = model(x)
-        loss, parts = loss_fn(logits, fg, dist, weight)
+        loss, parts = loss_fn(logits, fg, dist, weight, contact, cfg["contact_weight"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -120,3 +120,55 @@ def test_visibility_threshold_is_a_parameter_recorded_in_the_cache(tmp_path):
     assert md.invisible_mask(img, labels, below=lo).max() == 0
     out = md.build_cache(tmp_path / "c", n=2, seed=0, size=64, ignore_below=1.5)
     assert json.loads((out / "meta.json").read_text())["ignore_below"] == 1.5
+
+
+def test_contact_mask_marks_the_neck_between_touching_particles_only():
+    md = load_tool("make_dataset")
+    labels = np.zeros((20, 30), np.int32)
+    labels[4:12, 2:10] = 1
+    labels[4:12, 10:18] = 2  # touches 1 along column 9|10
+    labels[4:12, 22:28] = 3  # alone
+    c = md.contact_mask(labels)
+    assert c.dtype == np.uint8
+    assert c[4:12, 8:12].min() == 1  # two pixels either side of the shared edge
+    assert c[:, :8].max() == 0 and c[:, 12:].max() == 0  # nowhere else, not on lone particle 3
+    assert c[labels == 0].max() == 0
+
+
+def test_contacts_weigh_more_in_the_distance_loss():
+    torch = pytest.importorskip("torch")
+    train = load_tool("train")
+    g = torch.Generator().manual_seed(1)
+    fg = torch.ones(1, 1, 16, 16)
+    dist = torch.rand(1, 1, 16, 16, generator=g)
+    contact = torch.zeros_like(fg)
+    contact[:, :, :, 7:9] = 1
+    logits = torch.randn(1, 2, 16, 16, generator=g)
+    wrong_neck = logits.clone()
+    wrong_neck[:, 1:, :, 7:9] += 4  # the same error, at the neck
+    base, _ = train.loss_fn(logits, fg, dist, None, contact, 0.0)
+    plain, _ = train.loss_fn(wrong_neck, fg, dist, None, contact, 0.0)
+    weighted, _ = train.loss_fn(wrong_neck, fg, dist, None, contact, 4.0)
+    base4, _ = train.loss_fn(logits, fg, dist, None, contact, 4.0)
+    assert float(weighted - base4) > 2 * float(plain - base)
+
+
+def test_a_masked_bar_is_filled_with_the_background_level_as_at_inference():
+    md = load_tool("make_dataset")
+
+    def sampler(rng, size):
+        img = np.full((size, size), 1000.0) + rng.normal(0, 20, (size, size))
+        img[-8:] = 0.0  # a black data bar
+        return img, np.zeros((size, size), np.int32), {"banner_rows": [size - 8, size]}
+
+    kinds = set()
+    for k in range(12):
+        image = md.make_sample(sampler, np.random.default_rng(k), 64)[0].astype(np.float32)
+        bar, rest = image[-8:], image[:-8]
+        assert bar.std() == 0
+        if abs(float(bar[0, 0]) - float(np.median(rest))) < 0.01:
+            kinds.add("masked: background level")  # not 0, which has an edge of its own
+        else:
+            assert bar[0, 0] < rest.min()  # unmasked: the black bar is just darker than all
+            kinds.add("unmasked")
+    assert len(kinds) == 2

@@ -129,3 +129,21 @@ def test_unsure_particles_are_dropped_by_their_mean_foreground():
     logit = np.log(np.clip(fg, 1e-6, 1 - 1e-6) / np.clip(1 - fg, 1e-6, 1))
     same = instances_from_maps(logit, dist, threshold=0.0, min_mean=float(np.log(0.8 / 0.2)))
     assert np.array_equal(same, sure)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([4, 8]), st.floats(0.2, 0.8))
+def test_label_blobs_equals_scipy_labelling(seed, connectivity, density):
+    from emstream.process.instances import first_pixels, label_blobs
+
+    mask = np.random.default_rng(seed).random((23, 31)) < density
+    ours, n = label_blobs(mask, connectivity)
+    structure = np.ones((3, 3), bool) if connectivity == 8 else None
+    ref, n_ref = ndi.label(mask, structure=structure)
+    assert n == n_ref and ours.dtype == np.int32
+    # the same partition of the pixels (ids may be numbered differently)
+    pairs = np.unique(np.stack([ours[mask], ref[mask]]), axis=1)
+    assert pairs.shape[1] == n and (ours[~mask] == 0).all()
+    first = first_pixels(ours.ravel(), n)
+    for k in range(1, n + 1):
+        assert first[k] == np.flatnonzero(ours.ravel() == k)[0]

@@ -265,7 +265,15 @@ def get_sampler(name: str = "auto"):
 
 
 # ----------------------------------------------------------------------------- caches
-def make_sample(sampler, rng, size, ignore_below: float = VISIBLE_D):
+BAR_FILLS = ("median", "zero")
+
+
+def make_sample(sampler, rng, size, ignore_below: float = VISIBLE_D, bar_fill: str = "median"):
+    """One cached sample; ``bar_fill``: what a masked bar reads as (``"median"``: the background
+    level, as ``LearnedSegmenter.logits`` does at inference; ``"zero"``: 0, as the caches of
+    unet-s v3 and earlier)."""
+    if bar_fill not in BAR_FILLS:
+        raise ValueError(f"bar_fill must be one of {BAR_FILLS}, got {bar_fill!r}")
     image, labels, meta = sampler(rng, size)
     labels = np.asarray(labels, np.int32)
     valid = overlay_valid(meta, labels.shape)
@@ -273,7 +281,7 @@ def make_sample(sampler, rng, size, ignore_below: float = VISIBLE_D):
     # learn that data bars and scale bars are not particles
     masked = rng.random() < 0.5
     norm = normalize_image(np.asarray(image), valid=valid if masked else None)
-    if masked and not valid.all() and valid.any():
+    if bar_fill == "median" and masked and not valid.all() and valid.any():
         # as LearnedSegmenter.logits: a masked bar or scale bar reads as the background level
         norm[~valid] = np.median(norm[valid])
     fg, dist = targets(labels)
@@ -298,7 +306,7 @@ def overlay_valid(meta: dict, shape) -> np.ndarray:
 
 def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto",
                 shard: int = 250, keep_labels: bool = True,
-                ignore_below: float = VISIBLE_D) -> Path:
+                ignore_below: float = VISIBLE_D, bar_fill: str = "median") -> Path:
     from tqdm import tqdm
 
     out = Path(out)
@@ -310,7 +318,7 @@ def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto"
     k = 0
     t0 = time.time()
     for i in tqdm(range(n), desc=f"cache {out.name}", mininterval=5):
-        for key, v in zip(buf, make_sample(sampler, rng, size, ignore_below),
+        for key, v in zip(buf, make_sample(sampler, rng, size, ignore_below, bar_fill),
                           strict=True):
             buf[key].append(v)
         if len(buf["image"]) == shard or i == n - 1:
@@ -319,7 +327,8 @@ def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto"
             buf = {kk: [] for kk in buf}
             k += 1
     meta = {"n": n, "seed": seed, "size": size, "generator": gen_name, "labels": keep_labels,
-            "ignore_below": ignore_below, "seconds": round(time.time() - t0, 1)}
+            "ignore_below": ignore_below, "bar_fill": bar_fill,
+            "seconds": round(time.time() - t0, 1)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -385,6 +394,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ignore-below", type=float, default=VISIBLE_D,
                     help="true particles with detectability d' below this get the 'invisible' "
                          f"mask (no training weight; default {VISIBLE_D})")
+    ap.add_argument("--bar-fill", choices=BAR_FILLS, default="median",
+                    help="value of a masked data bar / scale bar in the normalised image: the "
+                         "background level (default, as at inference) or 0 (caches of unet-s v3)")
     ap.add_argument("--add-visibility", action="store_true",
                     help="add the 'invisible' mask to the existing cache OUT and exit")
     a = ap.parse_args(argv)
@@ -392,7 +404,7 @@ def main(argv=None) -> int:
         print(f"{add_visibility(a.out)} samples updated")
         return 0
     p = build_cache(a.out, a.n, a.seed, a.size, a.generator, keep_labels=not a.no_labels,
-                    ignore_below=a.ignore_below)
+                    ignore_below=a.ignore_below, bar_fill=a.bar_fill)
     print(json.loads((p / "meta.json").read_text()))
     return 0
 

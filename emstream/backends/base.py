@@ -24,10 +24,13 @@ class InferenceBackend(abc.ABC):
     ----------
     name : ``"onnxruntime"``, ``"torch"`` or ``"tensorrt"``.
     device : what actually runs it, e.g. ``"CPUExecutionProvider"``, ``"cuda:0 (NVIDIA H100)"``.
+    max_batch : the largest N one :meth:`run` accepts (None = any; a TensorRT engine's
+        optimisation profile fixes it).
     """
 
     name: str = "?"
     device: str = "?"
+    max_batch: int | None = None
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

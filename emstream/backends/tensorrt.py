@@ -228,6 +228,7 @@ class TensorRTBackend(InferenceBackend):
                  runtime: Any = None, reference=None):
         self.runtime = runtime if runtime is not None else TensorRTRuntime()
         self.profile = Profile.for_frames(frame_sizes)
+        self.max_batch = self.profile.max[0]  # the views of a frame then run one at a time
         self.cache = PlanCache(cache_dir)
         self.engine, self.facts = get_engine(files, self.runtime, self.profile, self.cache,
                                              rebuild=rebuild, reference=reference)

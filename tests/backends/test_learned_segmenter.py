@@ -98,14 +98,16 @@ class _RampBackend:
 
     name, device = "ramp", "cpu"
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, max_batch=None):
+        self.calls, self.max_batch, self.sizes = 0, max_batch, []
 
     def describe(self):
         return "ramp:cpu"
 
     def run(self, batch):
         self.calls += 1
+        self.sizes.append(len(batch))
+        assert self.max_batch is None or len(batch) <= self.max_batch
         x = batch[:, :1].astype(np.float32)
         ramp = np.linspace(-1, 1, x.shape[-1], dtype=np.float32)
         return {"maps": np.concatenate([x + ramp, x], axis=1)}
@@ -114,15 +116,18 @@ class _RampBackend:
         pass
 
 
+@pytest.mark.parametrize("max_batch", [None, 1, 3])
 @pytest.mark.parametrize("views", [1, 2, 4])
-def test_mirror_views_are_undone_and_averaged(views):
+def test_mirror_views_are_undone_and_averaged(views, max_batch):
     from emstream.backends.segmenter import LearnedSegmenter
 
-    backend = _RampBackend()
+    backend = _RampBackend(max_batch)
     seg = LearnedSegmenter(backend, views=views)
     img = np.random.default_rng(0).normal(size=(40, 56)).astype(np.float32)
     maps = seg.maps(img)
-    assert backend.calls == views and maps.shape == (2, 40, 56)
+    # the views go through in as few runs as the backend's batch limit allows
+    assert sum(backend.sizes) == views and backend.calls == -(-views // (max_batch or views))
+    assert maps.shape == (2, 40, 56)
     np.testing.assert_allclose(maps[1], img, atol=1e-6)  # mirrored back before averaging
     ramp = np.linspace(-1, 1, 64, dtype=np.float32)[:56]  # padded to 64 wide, then cropped
     expect = ramp if views == 1 else (ramp + np.linspace(1, -1, 64, dtype=np.float32)[:56]) / 2

@@ -193,6 +193,7 @@ def test_backend_pads_frames_below_the_profile_minimum(files, tmp_path):
     with pytest.raises(ValueError, match="exceeds"):
         be.run(np.zeros((1, 1, 1024, 512), np.float32))
     assert be.describe() == "tensorrt:NVIDIA FakeGPU fp16"
+    assert be.max_batch == 1  # the profile's N: the segmenter then runs views one at a time
 
 
 def test_compare_outputs_reports_iou_and_probability_difference():

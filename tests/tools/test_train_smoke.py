@@ -172,3 +172,6 @@ def test_a_masked_bar_is_filled_with_the_background_level_as_at_inference():
             assert bar[0, 0] < rest.min()  # unmasked: the black bar is just darker than all
             kinds.add("unmasked")
     assert len(kinds) == 2
+    old = [md.make_sample(sampler, np.random.default_rng(k), 64, bar_fill="zero")[0]
+           for k in range(12)]
+    assert {float(o[-1, 0]) for o in old} >= {0.0}  # unet-s v3's caches, reproducible

@@ -10,7 +10,7 @@ Each cache is a directory of ``.npz`` shards with, per sample (``size x size``):
 - ``image``: float16, the robustly normalised image (:func:`emstream.backends.normalize.normalize_image`);
 - ``fg``: uint8 particle mask; ``dist``: uint8 per-particle normalised distance to the edge x 255;
 - ``labels``: int32 instance truth; ``valid``: uint8 (0 over burned-in banners / scale bars);
-- ``contact``: uint8, 1 within a pixel of where two true particles touch (training weights the
+- ``contact``: uint8, 1 within two pixels of where two true particles touch (training weights the
   distance map more there, so the network draws the neck between touching particles);
 - ``invisible``: uint8, 1 on true particles an observer could not see (detectability
   d' < ``VISIBLE_D``, see :func:`detectability`): training gives their pixels no weight, so the

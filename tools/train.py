@@ -13,8 +13,9 @@ rest of the 20 are held out), the remainder come from the synthetic cache(s) bui
 
 Loss: BCE + soft Dice on the particle map; BCE against the soft normalised-distance target
 (weighted x3 on particle pixels, and ``contact_weight`` more within two pixels of where two
-particles touch, the cache's ``contact`` mask) on the distance map. Pixels of synthetic particles an observer
-could not see (the cache's ``invisible`` mask, detectability d' < 3) get no weight in any term:
+particles touch: the cache's ``contact`` mask) on the distance map. Pixels of synthetic
+particles an observer could not see (the cache's ``invisible`` mask: detectability d' below the
+cache's ``--ignore-below``) get no weight in any term:
 a label the image does not support would teach the network to call carbon texture a particle.
 
 Examples::

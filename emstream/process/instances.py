@@ -32,7 +32,6 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 
-
 def instances_from_maps(
     fg: np.ndarray,
     sep: np.ndarray,

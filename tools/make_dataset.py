@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from emstream.backends.normalize import normalize_image  # noqa: E402
+from emstream.backends.normalize import fill_invalid_with_background, normalize_image  # noqa: E402
 
 REAL_DIR = REPO.parent / "shared" / "data" / "msa-sintering-train"
 
@@ -281,9 +281,8 @@ def make_sample(sampler, rng, size, ignore_below: float = VISIBLE_D, bar_fill: s
     # learn that data bars and scale bars are not particles
     masked = rng.random() < 0.5
     norm = normalize_image(np.asarray(image), valid=valid if masked else None)
-    if bar_fill == "median" and masked and not valid.all() and valid.any():
-        # as LearnedSegmenter.logits: a masked bar or scale bar reads as the background level
-        norm[~valid] = np.median(norm[valid])
+    if bar_fill == "median" and masked and not valid.all():
+        fill_invalid_with_background(norm, valid)  # as LearnedSegmenter.logits does
     fg, dist = targets(labels)
     return (norm.astype(np.float16), fg, dist, labels, np.asarray(valid, np.uint8),
             invisible_mask(image, labels, ignore_below), contact_mask(labels))

@@ -49,8 +49,15 @@ def normalize_image(raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndar
     np.clip(out, -CLIP, CLIP, out=out)
     if valid is not None:
         # banners/scale bars carry no information (their pixels are zeroed in the labels too);
-        # training sees them at 0, while LearnedSegmenter.logits cuts data bars off and sets
-        # scale bars to the background level, since a flat block at 0 has an edge the network
-        # can read as particle contrast
+        # callers that show the result to the network set them to the background level with
+        # fill_invalid_with_background, since a flat block at 0 has an edge the network can read
+        # as particle contrast
         out[~valid.astype(bool, copy=False)] = 0.0
     return out
+
+
+def fill_invalid_with_background(image: np.ndarray, valid: np.ndarray, step: int = 1) -> None:
+    """Set the invalid pixels of a normalised ``image`` (in place) to the median of its valid
+    ones, taken on every ``step``-th row and column: the background level."""
+    sample = image[::step, ::step][valid[::step, ::step]]
+    image[~valid] = np.median(sample) if sample.size else 0.0

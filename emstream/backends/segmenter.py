@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from emstream.backends.base import InferenceBackend
-from emstream.backends.normalize import normalize_image
+from emstream.backends.normalize import fill_invalid_with_background, normalize_image
 from emstream.frame import Prepared
 from emstream.process.instances import bounding_box, instances_from_maps
 
@@ -181,8 +181,7 @@ class LearnedSegmenter:
         box = bounding_box(valid)
         inner, inner_valid = image[box], valid[box]
         if not inner_valid.all():
-            sample = inner[::4, ::4][inner_valid[::4, ::4]]
-            inner[~inner_valid] = np.median(sample) if sample.size else 0.0
+            fill_invalid_with_background(inner, inner_valid, step=4)
         if inner.shape == image.shape:
             return self.maps(image)
         out = np.full((2,) + image.shape, _BACKGROUND_LOGIT, np.float32)

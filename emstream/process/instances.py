@@ -168,12 +168,11 @@ def _drop_unsure(labels: np.ndarray, fg: np.ndarray, min_mean: float) -> np.ndar
     return np.where(drop[labels], 0, labels).astype(np.int32, copy=False)
 
 
-def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int] | None = None
-                             ) -> np.ndarray:
+def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int]) -> np.ndarray:
     """Euclidean distance to the background divided by its maximum within each 8-connected blob
-    (``blobs``: the mask's ``label_blobs``, if already computed)."""
+    (``blobs``: the mask's ``label_blobs``)."""
     edt = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    blobs, n = blobs if blobs is not None else label_blobs(mask)
+    blobs, n = blobs
     if n == 0:
         return edt
     nz = np.flatnonzero(blobs)  # per-blob maximum without ndi.maximum's full-frame argsort
@@ -185,14 +184,14 @@ def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int] | N
 
 
 def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
-                    blobs: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+                    blobs: tuple[np.ndarray, int]) -> np.ndarray:
     """Label particle pixels; watershed only the connected blobs that hold several markers.
 
     Equivalent to one marker-controlled watershed (8-connected) over the whole mask, followed by
     connected-component labelling of unreached pixels, but a blob with at most one marker is
     simply one particle, so the (comparatively slow) watershed runs only on touching clusters.
     """
-    blobs, n_blobs = blobs if blobs is not None else label_blobs(mask)
+    blobs, n_blobs = blobs  # the mask's label_blobs
     markers, n_markers = label_blobs((sep > marker_threshold) & mask)
     if n_blobs == 0:
         return blobs

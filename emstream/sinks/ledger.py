@@ -264,14 +264,18 @@ class Ledger(Sink):
             "UPDATE files SET frames_done = MAX(frames_done, ?) WHERE path=? AND version=?",
             (k, path, version),
         )
-        expected = self._expected.get((path, version))
-        if expected is not None and k >= expected:
-            self._con.execute(
-                "UPDATE files SET status='done', t_terminal=? "
-                "WHERE path=? AND version=? AND status='pending'",
-                (time.time(), path, version),
-            )
-            self._expected.pop((path, version), None)
+        # a stack's slices are numbered across its versions and recorded in order, so slice k
+        # completes any version of the path that holds k slices, not only the one it came from
+        waiting = [(path, version)] if not idx else [pv for pv in self._expected if pv[0] == path]
+        for pv in waiting:
+            expected = self._expected.get(pv)
+            if expected is not None and k >= expected:
+                self._con.execute(
+                    "UPDATE files SET status='done', t_terminal=? "
+                    "WHERE path=? AND version=? AND status='pending'",
+                    (time.time(), *pv),
+                )
+                self._expected.pop(pv, None)
 
     def alert(self, alert: Alert) -> None:
         with self._lock:
@@ -351,13 +355,20 @@ class Ledger(Sink):
             self._uncommitted += 1
             self._maybe_commit()
 
-    def file_expect(self, path: str, version: str, total_frames: int) -> None:
-        """The version holds ``total_frames`` frames; it becomes ``done`` once all are recorded."""
+    def file_expect(self, path: str, version: str, total_frames: int, *, stack: bool = False) -> None:
+        """The version holds ``total_frames`` frames; it becomes ``done`` once all are recorded.
+
+        For a ``stack`` the slices recorded from its earlier versions count too: a version that
+        only rewrote the header, or that was found after a restart with every slice already
+        recorded, holds nothing new and is done at once.
+        """
         with self._lock:
             row = self._con.execute(
                 "SELECT frames_done FROM files WHERE path=? AND version=?", (path, version)
             ).fetchone()
             done = int(row[0]) if row else 0
+            if stack:
+                done = max(done, self.next_slice(path))
             if done >= total_frames:
                 self._begin()
                 self._con.execute(

@@ -368,7 +368,7 @@ class FolderSource:
             return
         is_stack = path.lower().endswith(STACK_SUFFIXES) or any("#" in f.source_id for f in frames)
         total = start + len(frames) if is_stack else len(frames)
-        self.ledger.file_expect(path, version, total if is_stack else max(total, 1))
+        self.ledger.file_expect(path, version, total if is_stack else max(total, 1), stack=is_stack)
         if c.incomplete_since is not None and not frames:
             # a growing stack with no new complete slice yet: look again later
             c.queued = False

@@ -123,3 +123,40 @@ def test_concurrent_reader_sees_committed_rows(tmp_path):
     led.close()
     assert seen and max(seen) == 50
     assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))  # only committed batches appear
+
+
+def test_stack_version_with_nothing_new_is_done(tmp_path):
+    """A stack version holding only slices already recorded (found after a restart) closes at once."""
+    led = Ledger(tmp_path)
+    led.file_pending("/d/s.mrc", "100:1")
+    led.file_expect("/d/s.mrc", "100:1", 2, stack=True)
+    for k in range(2):
+        led.frame_done(_ok(k, f"/d/s.mrc#{k}", "100:1"))
+    led.close()
+    led = Ledger(tmp_path)
+    led.file_pending("/d/s.mrc", "100:2")  # the header rewritten: same two slices
+    led.file_expect("/d/s.mrc", "100:2", 2, stack=True)
+    assert led.file_state("/d/s.mrc", "100:2")[0] == "done"
+    # a plain multi-frame file's new version does not count the old version's frames
+    led.file_pending("/d/m.tif", "5:1")
+    led.frame_done(_ok(2, "/d/m.tif", "5:1"))
+    led.file_pending("/d/m.tif", "6:2")
+    led.file_expect("/d/m.tif", "6:2", 1)
+    assert led.file_state("/d/m.tif", "6:2")[0] == "pending"
+    led.close()
+
+
+def test_stack_slice_in_flight_completes_the_newer_version(tmp_path):
+    """Slices read from one version but recorded after the stack changed finish the new version."""
+    led = Ledger(tmp_path)
+    led.file_pending("/d/s.mrc", "100:1")
+    led.file_expect("/d/s.mrc", "100:1", 2, stack=True)
+    led.file_pending("/d/s.mrc", "100:2")  # touched while both slices were still in the pipeline
+    led.file_expect("/d/s.mrc", "100:2", 2, stack=True)
+    assert led.file_state("/d/s.mrc", "100:2")[0] == "pending"
+    led.frame_done(_ok(0, "/d/s.mrc#0", "100:1"))
+    assert led.file_state("/d/s.mrc", "100:2")[0] == "pending"
+    led.frame_done(_ok(1, "/d/s.mrc#1", "100:1"))
+    assert led.file_state("/d/s.mrc", "100:2")[0] == "done"
+    assert "/d/s.mrc" in led.terminal_versions()
+    led.close()

@@ -180,6 +180,29 @@ def test_growing_stack_each_slice_once_and_restart(tmp_path):
     con = connect_readonly(ses)
     seqs = [r[0] for r in con.execute("SELECT seq FROM frames ORDER BY seq")]
     assert seqs == list(range(6))
+    assert con.execute("SELECT COUNT(*) FROM files WHERE status='pending'").fetchone()[0] == 0
+
+
+def test_stack_touched_without_new_slices_is_finished(tmp_path):
+    """A stack whose mtime changes with no new slice (header rewrite) is read once and closed."""
+    acq, ses = tmp_path / "acq", tmp_path / "ses"
+    acq.mkdir()
+    stack = acq / "done.mrc"
+    write_mrc(stack, 3)
+    r = Runner(acq, ses)
+    try:
+        r.wait_for(3)
+        st = stack.stat()
+        os.utime(stack, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        time.sleep(0.5)
+        r.wait_quiet()
+        time.sleep(0.3)
+    finally:
+        r.close()
+    assert len(r.items) == 3
+    con = connect_readonly(ses)
+    rows = con.execute("SELECT version, status FROM files").fetchall()
+    assert len(rows) == 2 and all(s == "done" for _, s in rows), rows
 
 
 def test_restart_without_duplicates(tmp_path):

@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -225,12 +226,14 @@ def _relabel_connected(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def scene_sample(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray, dict]:
+def scene_sample(rng: np.random.Generator, size: int = 256,
+                 bf_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray, dict]:
     """One frame of the time-series microscope (``Microscope(SceneConfig)``, what the demo
-    streams) with randomised mode, dose, size, contrast, blur and coverage."""
+    streams) with randomised mode (bright-field with probability ``bf_fraction``, else HAADF),
+    dose, size, contrast, blur and coverage."""
     from emstream.sources.simulate.scene import Microscope, SceneConfig
 
-    mode = "bf" if rng.random() < 0.5 else "haadf"
+    mode = "bf" if rng.random() < bf_fraction else "haadf"
     cfg = SceneConfig(
         shape=(size, size), mode=mode, nm_per_px=0.5,
         dose=float(np.exp(rng.uniform(np.log(20), np.log(1000)))),
@@ -249,10 +252,11 @@ def scene_sample(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
     return frame.image, np.asarray(frame.labels, np.int32), {"mode": mode, "valid": valid}
 
 
-def get_sampler(name: str = "auto"):
-    """``(callable(rng, size) -> (image, labels, meta), name)``: the simulator's, else fallback."""
+def get_sampler(name: str = "auto", bf_fraction: float = 0.5):
+    """``(callable(rng, size) -> (image, labels, meta), name)``: the simulator's, else fallback.
+    ``bf_fraction`` applies to the ``scene`` generator only."""
     if name == "scene":
-        return scene_sample, "tools.make_dataset.scene_sample"
+        return functools.partial(scene_sample, bf_fraction=bf_fraction), "tools.make_dataset.scene_sample"
     if name in ("auto", "simulator"):
         try:
             from emstream.sources.simulate.training import training_sample
@@ -305,12 +309,15 @@ def overlay_valid(meta: dict, shape) -> np.ndarray:
 
 def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto",
                 shard: int = 250, keep_labels: bool = True,
-                ignore_below: float = VISIBLE_D, bar_fill: str = "median") -> Path:
+                ignore_below: float = VISIBLE_D, bar_fill: str = "median",
+                bf_fraction: float = 0.5) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    sampler, gen_name = get_sampler(generator)
+    if not 0.0 <= bf_fraction <= 1.0:
+        raise ValueError(f"bf_fraction must be within [0, 1], got {bf_fraction}")
+    sampler, gen_name = get_sampler(generator, bf_fraction)
     rng = np.random.default_rng(seed)
     buf: dict[str, list] = {k: [] for k in ("image", "fg", "dist", "labels", "valid", "invisible",
                                                  "contact")}
@@ -327,6 +334,7 @@ def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto"
             k += 1
     meta = {"n": n, "seed": seed, "size": size, "generator": gen_name, "labels": keep_labels,
             "ignore_below": ignore_below, "bar_fill": bar_fill,
+            **({"bf_fraction": bf_fraction} if generator == "scene" else {}),
             "seconds": round(time.time() - t0, 1)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
@@ -396,6 +404,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bar-fill", choices=BAR_FILLS, default="median",
                     help="value of a masked data bar / scale bar in the normalised image: the "
                          "background level (default, as at inference) or 0 (caches of unet-s v3)")
+    ap.add_argument("--bf-fraction", type=float, default=0.5,
+                    help="--generator scene: fraction of bright-field samples (the rest HAADF)")
     ap.add_argument("--add-visibility", action="store_true",
                     help="add the 'invisible' mask to the existing cache OUT and exit")
     a = ap.parse_args(argv)
@@ -403,7 +413,7 @@ def main(argv=None) -> int:
         print(f"{add_visibility(a.out)} samples updated")
         return 0
     p = build_cache(a.out, a.n, a.seed, a.size, a.generator, keep_labels=not a.no_labels,
-                    ignore_below=a.ignore_below, bar_fill=a.bar_fill)
+                    ignore_below=a.ignore_below, bar_fill=a.bar_fill, bf_fraction=a.bf_fraction)
     print(json.loads((p / "meta.json").read_text()))
     return 0
 

@@ -175,3 +175,18 @@ def test_a_masked_bar_is_filled_with_the_background_level_as_at_inference():
     old = [md.make_sample(sampler, np.random.default_rng(k), 64, bar_fill="zero")[0]
            for k in range(12)]
     assert {float(o[-1, 0]) for o in old} >= {0.0}  # unet-s v3's caches, reproducible
+
+
+def test_scene_caches_take_a_bright_field_fraction_recorded_in_meta(tmp_path):
+    """--bf-fraction sets the scene generator's mode mix; 0.5 keeps the old random stream."""
+    pytest.importorskip("tqdm")
+    md = load_tool("make_dataset")
+    modes = {f: [md.scene_sample(np.random.default_rng(k), 64, bf_fraction=f)[2]["mode"]
+                 for k in range(12)] for f in (0.0, 0.5, 1.0)}
+    assert set(modes[0.0]) == {"haadf"} and set(modes[1.0]) == {"bf"}
+    old = [md.scene_sample(np.random.default_rng(k), 64)[2]["mode"] for k in range(12)]
+    assert modes[0.5] == old and set(old) == {"bf", "haadf"}
+    out = md.build_cache(tmp_path / "bf", n=2, seed=0, size=64, generator="scene", bf_fraction=1.0)
+    assert json.loads((out / "meta.json").read_text())["bf_fraction"] == 1.0
+    with pytest.raises(ValueError):
+        md.build_cache(tmp_path / "x", n=1, seed=0, size=64, generator="scene", bf_fraction=2)

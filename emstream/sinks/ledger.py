@@ -94,6 +94,7 @@ class Ledger(Sink):
         self._last_commit = time.monotonic()
         # (path, version) -> total frames expected from that content version
         self._expected: dict[tuple[str, str], int] = {}
+        self._slices_recorded: dict[str, int] = {}  # stack path -> slices recorded (cached)
         self._closed = False
         self.set_fact("schema_version", SCHEMA_VERSION, commit=True)
 
@@ -266,6 +267,8 @@ class Ledger(Sink):
         )
         # a stack's slices are numbered across its versions and recorded in order, so slice k
         # completes any version of the path that holds k slices, not only the one it came from
+        if idx:
+            self._slices_recorded[path] = max(self._slices_recorded.get(path, 0), k)
         waiting = [(path, version)] if not idx else [pv for pv in self._expected if pv[0] == path]
         for pv in waiting:
             expected = self._expected.get(pv)
@@ -368,7 +371,9 @@ class Ledger(Sink):
             ).fetchone()
             done = int(row[0]) if row else 0
             if stack:
-                done = max(done, self.next_slice(path))
+                if path not in self._slices_recorded:  # one query per stack, then kept up to date
+                    self._slices_recorded[path] = self.next_slice(path)
+                done = max(done, self._slices_recorded[path])
             if done >= total_frames:
                 self._begin()
                 self._con.execute(

@@ -27,6 +27,11 @@ def write_tif(path: Path, seed: int = 0, shape=(32, 40)) -> None:
     os.replace(tmp, path)
 
 
+def file_version(path: Path) -> str:
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def write_mrc(path: Path, n: int, shape=(16, 16)) -> None:
     data = np.stack([np.full(shape, k, np.float32) for k in range(n)])
     tmp = path.with_name(path.name + ".tmp")
@@ -203,6 +208,37 @@ def test_stack_touched_without_new_slices_is_finished(tmp_path):
     con = connect_readonly(ses)
     rows = con.execute("SELECT version, status FROM files").fetchall()
     assert len(rows) == 2 and all(s == "done" for _, s in rows), rows
+
+
+def test_stack_found_complete_after_a_restart_is_finished(tmp_path):
+    """Killed after the stack's last version was seen but before it was closed: the restart
+    reads nothing again and closes that version (CI once found it left 'pending')."""
+    acq, ses = tmp_path / "acq", tmp_path / "ses"
+    acq.mkdir()
+    stack = acq / "s.mrc"
+    write_mrc(stack, 3)
+    r = Runner(acq, ses)
+    try:
+        r.wait_for(3)
+        r.wait_quiet()
+    finally:
+        r.close()
+    st = stack.stat()
+    os.utime(stack, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the writer's last header update
+    led = Ledger(ses)
+    led.file_pending(str(stack), file_version(stack))  # seen, then the monitor was killed
+    led.close()
+    r2 = Runner(acq, ses)
+    try:
+        time.sleep(0.5)
+        r2.wait_quiet()
+        time.sleep(0.3)
+    finally:
+        r2.close()
+    assert r2.items == []
+    con = connect_readonly(ses)
+    assert con.execute("SELECT COUNT(*) FROM files WHERE status='pending'").fetchone()[0] == 0
+    assert con.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 3
 
 
 def test_restart_without_duplicates(tmp_path):

@@ -63,3 +63,13 @@ def test_detectability_grows_with_contrast_and_separates_visible_from_buried(ev)
     assert d[0.05] < 1 < ev.VISIBLE_D < d[1.5]
     assert d[0.05] < d[0.3] < d[1.5]
     assert ev.detectability(np.ones((8, 8)), np.zeros((8, 8), np.int32)).shape == (1,)
+
+
+def test_scene_set_pools_distinct_sessions_per_mode(ev):
+    one = ev.scene_set(1, shape=(128, 128))
+    two = ev.scene_set(1, shape=(128, 128), sessions=2)
+    assert [n for n, _, _ in one] == ["scene-bf-9", "scene-haadf-9"]
+    assert [n for n, _, _ in two] == ["scene-77-bf-9", "scene-77-haadf-9",
+                                      "scene-78-bf-9", "scene-78-haadf-9"]
+    assert np.array_equal(one[0][1], two[0][1])  # session 77 is the single-session set
+    assert not np.array_equal(two[0][1], two[2][1])

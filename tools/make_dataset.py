@@ -226,16 +226,17 @@ def _relabel_connected(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def scene_sample(rng: np.random.Generator, size: int = 256,
-                 bf_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray, dict]:
+def scene_sample(rng: np.random.Generator, size: int = 256, bf_fraction: float = 0.5,
+                 nm_per_px: tuple[float, float] = (0.5, 0.5)) -> tuple[np.ndarray, np.ndarray, dict]:
     """One frame of the time-series microscope (``Microscope(SceneConfig)``, what the demo
     streams) with randomised mode (bright-field with probability ``bf_fraction``, else HAADF),
-    dose, size, contrast, blur and coverage."""
+    dose, size, contrast, blur and coverage; the pixel size is drawn log-uniformly from the
+    ``nm_per_px`` range (a single value draws nothing, so the default keeps old caches' stream)."""
     from emstream.sources.simulate.scene import Microscope, SceneConfig
 
     mode = "bf" if rng.random() < bf_fraction else "haadf"
     cfg = SceneConfig(
-        shape=(size, size), mode=mode, nm_per_px=0.5,
+        shape=(size, size), mode=mode, nm_per_px=nm_per_px[0],
         dose=float(np.exp(rng.uniform(np.log(20), np.log(1000)))),
         median_diameter_nm=float(np.exp(rng.uniform(np.log(2.5), np.log(30)))),
         size_sigma=float(rng.uniform(0.1, 0.4)),
@@ -244,19 +245,24 @@ def scene_sample(rng: np.random.Generator, size: int = 256,
         contrast=float(rng.uniform(0.15, 0.6)) if mode == "bf" else float(rng.uniform(0.5, 4)),
         blur_sigma_px=float(rng.uniform(0.5, 2.0)), banner=bool(rng.random() < 0.3),
         scale_bar=bool(rng.random() < 0.3), hole=bool(rng.random() < 0.15))
+    if nm_per_px[1] != nm_per_px[0]:
+        cfg.nm_per_px = float(np.exp(rng.uniform(np.log(nm_per_px[0]), np.log(nm_per_px[1]))))
     mic = Microscope(cfg, seed=int(rng.integers(1 << 30)))
     frame = mic.next_frame()
     for _ in range(int(rng.integers(0, 3))):
         frame = mic.next_frame()
     valid = frame.valid if frame.valid is not None else np.ones(frame.image.shape, bool)
-    return frame.image, np.asarray(frame.labels, np.int32), {"mode": mode, "valid": valid}
+    return frame.image, np.asarray(frame.labels, np.int32), {"mode": mode, "valid": valid,
+                                                      "nm_per_px": cfg.nm_per_px}
 
 
-def get_sampler(name: str = "auto", bf_fraction: float = 0.5):
+def get_sampler(name: str = "auto", bf_fraction: float = 0.5,
+                nm_per_px: tuple[float, float] = (0.5, 0.5)):
     """``(callable(rng, size) -> (image, labels, meta), name)``: the simulator's, else fallback.
-    ``bf_fraction`` applies to the ``scene`` generator only."""
+    ``bf_fraction`` and ``nm_per_px`` apply to the ``scene`` generator only."""
     if name == "scene":
-        return functools.partial(scene_sample, bf_fraction=bf_fraction), "tools.make_dataset.scene_sample"
+        return (functools.partial(scene_sample, bf_fraction=bf_fraction, nm_per_px=nm_per_px),
+                "tools.make_dataset.scene_sample")
     if name in ("auto", "simulator"):
         try:
             from emstream.sources.simulate.training import training_sample
@@ -310,14 +316,16 @@ def overlay_valid(meta: dict, shape) -> np.ndarray:
 def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto",
                 shard: int = 250, keep_labels: bool = True,
                 ignore_below: float = VISIBLE_D, bar_fill: str = "median",
-                bf_fraction: float = 0.5) -> Path:
+                bf_fraction: float = 0.5, nm_per_px: tuple[float, float] = (0.5, 0.5)) -> Path:
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not 0.0 <= bf_fraction <= 1.0:
         raise ValueError(f"bf_fraction must be within [0, 1], got {bf_fraction}")
-    sampler, gen_name = get_sampler(generator, bf_fraction)
+    if not 0 < nm_per_px[0] <= nm_per_px[1]:
+        raise ValueError(f"nm_per_px must be a range 0 < lo <= hi, got {nm_per_px}")
+    sampler, gen_name = get_sampler(generator, bf_fraction, tuple(nm_per_px))
     rng = np.random.default_rng(seed)
     buf: dict[str, list] = {k: [] for k in ("image", "fg", "dist", "labels", "valid", "invisible",
                                                  "contact")}
@@ -334,7 +342,8 @@ def build_cache(out: Path, n: int, seed: int, size: int, generator: str = "auto"
             k += 1
     meta = {"n": n, "seed": seed, "size": size, "generator": gen_name, "labels": keep_labels,
             "ignore_below": ignore_below, "bar_fill": bar_fill,
-            **({"bf_fraction": bf_fraction} if generator == "scene" else {}),
+            **({"bf_fraction": bf_fraction, "nm_per_px": list(nm_per_px)}
+               if generator == "scene" else {}),
             "seconds": round(time.time() - t0, 1)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
@@ -406,6 +415,8 @@ def main(argv=None) -> int:
                          "background level (default, as at inference) or 0 (caches of unet-s v3)")
     ap.add_argument("--bf-fraction", type=float, default=0.5,
                     help="--generator scene: fraction of bright-field samples (the rest HAADF)")
+    ap.add_argument("--nm-per-px", type=float, nargs=2, default=(0.5, 0.5), metavar=("LO", "HI"),
+                    help="--generator scene: pixel size range, drawn log-uniformly (default 0.5 0.5)")
     ap.add_argument("--add-visibility", action="store_true",
                     help="add the 'invisible' mask to the existing cache OUT and exit")
     a = ap.parse_args(argv)
@@ -413,7 +424,8 @@ def main(argv=None) -> int:
         print(f"{add_visibility(a.out)} samples updated")
         return 0
     p = build_cache(a.out, a.n, a.seed, a.size, a.generator, keep_labels=not a.no_labels,
-                    ignore_below=a.ignore_below, bar_fill=a.bar_fill, bf_fraction=a.bf_fraction)
+                    ignore_below=a.ignore_below, bar_fill=a.bar_fill, bf_fraction=a.bf_fraction,
+                    nm_per_px=tuple(a.nm_per_px))
     print(json.loads((p / "meta.json").read_text()))
     return 0
 

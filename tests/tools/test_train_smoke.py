@@ -190,3 +190,18 @@ def test_scene_caches_take_a_bright_field_fraction_recorded_in_meta(tmp_path):
     assert json.loads((out / "meta.json").read_text())["bf_fraction"] == 1.0
     with pytest.raises(ValueError):
         md.build_cache(tmp_path / "x", n=1, seed=0, size=64, generator="scene", bf_fraction=2)
+
+
+def test_scene_pixel_size_range_is_drawn_and_recorded(tmp_path):
+    pytest.importorskip("tqdm")
+    md = load_tool("make_dataset")
+    a = md.scene_sample(np.random.default_rng(3), 64)
+    b = md.scene_sample(np.random.default_rng(3), 64, nm_per_px=(0.5, 0.5))
+    assert np.array_equal(a[0], b[0])  # a single value draws nothing: old caches reproduce
+    c = md.scene_sample(np.random.default_rng(3), 64, nm_per_px=(0.2, 0.3))
+    assert a[2]["nm_per_px"] == 0.5 and 0.2 <= c[2]["nm_per_px"] <= 0.3
+    out = md.build_cache(tmp_path / "px", n=2, seed=0, size=64, generator="scene",
+                         nm_per_px=(0.2, 0.5))
+    assert json.loads((out / "meta.json").read_text())["nm_per_px"] == [0.2, 0.5]
+    with pytest.raises(ValueError):
+        md.build_cache(tmp_path / "x", n=1, seed=0, size=64, generator="scene", nm_per_px=(0.5, 0.2))

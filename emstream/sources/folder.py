@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 #: Suffixes of formats that can grow in place one slice at a time.
 STACK_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec")
+
+
+def content_version(st: os.stat_result) -> str:
+    """A file's content version as the ledger keys it: ``"size:mtime_ns"``."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 
 
@@ -225,7 +230,7 @@ class FolderSource:
                 st = os.stat(path)
             except OSError:
                 continue
-            version = f"{st.st_size}:{st.st_mtime_ns}"
+            version = content_version(st)
             if self._finished.get(path) == version or version in self._terminal.get(path, ()):
                 self._finished[path] = version
                 self._cands.pop(path, None)
@@ -334,7 +339,7 @@ class FolderSource:
         except OSError:
             self._cands.pop(path, None)
             return
-        if f"{st.st_size}:{st.st_mtime_ns}" != version:
+        if content_version(st) != version:
             c.queued = False
             return
         if c.incomplete_since == -1.0:

@@ -14,7 +14,7 @@ from emstream.frame import Frame
 from emstream.results import FrameRecord
 from emstream.sinks.ledger import Ledger, connect_readonly
 from emstream.sources.base import TrackedRecord, file_version_of
-from emstream.sources.folder import FolderSource, ignored_name
+from emstream.sources.folder import FolderSource, content_version, ignored_name
 
 tifffile = pytest.importorskip("tifffile")
 mrcfile = pytest.importorskip("mrcfile")
@@ -25,11 +25,6 @@ def write_tif(path: Path, seed: int = 0, shape=(32, 40)) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tifffile.imwrite(tmp, img)
     os.replace(tmp, path)
-
-
-def file_version(path: Path) -> str:
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def write_mrc(path: Path, n: int, shape=(16, 16)) -> None:
@@ -226,7 +221,7 @@ def test_stack_found_complete_after_a_restart_is_finished(tmp_path):
     st = stack.stat()
     os.utime(stack, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the writer's last header update
     led = Ledger(ses)
-    led.file_pending(str(stack), file_version(stack))  # seen, then the monitor was killed
+    led.file_pending(str(stack), content_version(stack.stat()))  # seen, then the monitor was killed
     led.close()
     r2 = Runner(acq, ses)
     try:

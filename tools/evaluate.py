@@ -145,7 +145,7 @@ def edge_contrast(raw: np.ndarray, labels: np.ndarray) -> tuple[float, float] | 
     """Where outlines sit on the particles' contrast step (either polarity).
 
     Returns the image's contrast on the last pixel inside the outlines and on the first pixel
-    outside them, as fractions of the step from the background (0: pixels 6-9 px outside any
+    outside them, as fractions of the step from the background (0: pixels 6-10 px outside any
     outline) to the particle cores (1: pixels at least 4 px inside), after a light smoothing
     (Gaussian sigma 0.7 px) against shot noise; ``None`` where the frame has no cores or no
     background. An outline on the geometric edge of a sharply imaged particle reads low (about

@@ -31,7 +31,10 @@ def stats_table(stats: Any, *, title: str = "emstream") -> Table:
         f"quarantined [yellow]{stats.quarantined}[/]  skipped [magenta]{stats.skipped}[/]",
     )
     t.add_row("rate", f"{_fmt(stats.fps, '.2f')} frames/s   queue {stats.queue_depth}")
-    t.add_row("lag", _fmt(stats.lag_s, ".2f", " s"))
+    lag = _fmt(stats.lag_s, ".2f", " s")
+    if isinstance(stats.lag_s, (int, float)) and stats.lag_s < -0.5:
+        lag += "  [yellow](acquisition clock ahead of this computer's)[/]"
+    t.add_row("lag", lag)
     t.add_row("particles", f"{stats.particles}   D50 {_fmt(stats.d50, '.1f', ' ' + stats.unit)}")
     if stats.timings_ms:
         t.add_row(

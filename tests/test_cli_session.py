@@ -52,6 +52,13 @@ def test_live_table_and_summary_show_the_figures():
     assert "S" in text and "10" in text and "alerts" in text
 
 
+def test_live_table_calls_a_negative_lag_a_clock_offset():
+    assert "ahead" not in _render(stats_table(_stats()))
+    st = _stats()
+    st.lag_s = -5.08
+    assert "-5.08 s  (acquisition clock ahead of this computer's)" in _render(stats_table(st))
+
+
 def test_live_view_is_silent_off_terminal_and_renders_when_forced():
     buf = io.StringIO()
     with LiveView(_stats, console=Console(file=buf, force_terminal=False)):

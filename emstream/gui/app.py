@@ -52,6 +52,10 @@ def save_screenshot(window: QtWidgets.QWidget, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     QtWidgets.QApplication.processEvents()
+    # every panel of one moment: live, the histogram follows a newly drawn frame at <= 5 Hz
+    refresh_all = getattr(window, "refresh_all", None)
+    if callable(refresh_all):
+        refresh_all()
     if not window.grab().save(str(path)):
         raise OSError(f"could not write screenshot {path}")
     return path

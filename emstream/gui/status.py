@@ -88,10 +88,16 @@ class StatusBar(QtWidgets.QStatusBar):
         )
         L["rate"].setText(f"<b>{_num(d.get('fps'), '{:.1f}')}</b> frames/s")
         lag = d.get("lag_s")
-        colour = theme.TEXT
+        colour, note, tip = theme.TEXT, "", "seconds from acquisition to the end of processing"
         if isinstance(lag, (int, float)) and math.isfinite(lag):
             colour = theme.OK if lag < 2 else theme.WARN if lag < 10 else theme.CRITICAL
-        L["lag"].setText(f"Lag <b style='color:{colour}'>{_num(lag, '{:.2f}')} s</b>")
+            if lag < -0.5:  # the frames' acquisition times are ahead of this computer's clock
+                colour, note = theme.WARN, " (acquisition clock ahead)"
+                tip = (f"the frames' acquisition times are {-lag:.1f} s ahead of this computer's "
+                       "clock: check the microscope PC's clock (or a simulator running faster "
+                       "than its nominal frame rate)")
+        L["lag"].setText(f"Lag <b style='color:{colour}'>{_num(lag, '{:.2f}')} s</b>{note}")
+        L["lag"].setToolTip(tip)
         L["queue"].setText(f"Queue <b>{_num(d.get('queue_depth'))}</b>")
         disp = f"Display {display_fps:.0f} Hz" if display_fps is not None else "Display idle"
         if drawn:

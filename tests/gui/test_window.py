@@ -273,6 +273,18 @@ def test_status_bar_reads_pipeline_stats(window_factory):
         assert needle in text
 
 
+def test_status_bar_calls_a_negative_lag_a_clock_offset(window_factory):
+    stats = {"lag_s": 0.3}
+    win = window_factory(None, stats=lambda: stats)
+    win.status.refresh()
+    assert "0.30 s" in win.status.labels["lag"].text()
+    assert "ahead" not in win.status.labels["lag"].text()
+    stats["lag_s"] = -5.08  # acquisition times in the future: the microscope PC's clock is ahead
+    win.status.refresh()
+    assert "-5.08 s</b> (acquisition clock ahead)" in win.status.labels["lag"].text()
+    assert "5.1 s ahead" in win.status.labels["lag"].toolTip()
+
+
 def test_open_session_folder_without_session_is_harmless(window_factory):
     win = window_factory(None)
     assert win.open_session_folder() is False
@@ -396,7 +408,15 @@ def test_screenshot_states(window_factory, artifacts_dir, rng, qtbot):
             )
             sink.frame_done(as_record(r))
         qtbot.waitUntil(lambda s=sink: s.statistics.counts()["frames_ok"] == 40, timeout=10_000)
+        # the newest frame is prepared off the GUI thread: wait until it is drawn, so that the
+        # frame, its histogram and the status bar of the screenshot are of the same moment
+        def newest_drawn(w=win):
+            w.pull_newest()
+            return w.frame_view.result is not None and w.frame_view.result.seq == 39
+
+        qtbot.waitUntil(newest_drawn, timeout=10_000)
         win.refresh_all()
+        assert win.frame_view.result.seq == win.size_panel.result.seq == 39
         assert win.frame_view.outlines_drawn == win.frame_view.result.summary.count
         p = save_screenshot(win, artifacts_dir / name)
         assert p.stat().st_size > 10_000
@@ -414,6 +434,19 @@ def test_screenshot_states(window_factory, artifacts_dir, rng, qtbot):
             qtbot.waitUntil(lambda w=win: w.alerts_panel.total == 2, timeout=5000)
             save_screenshot(win, artifacts_dir / "gui_alerts_firing.png")
         win.close()
+
+
+def test_screenshot_shows_frame_and_histogram_of_the_same_moment(window_factory, rng, tmp_path):
+    """Live, the histogram lags a newly drawn frame (<= 5 Hz); a screenshot must not."""
+    from emstream.gui.app import save_screenshot
+
+    win = window_factory()
+    first, second = (make_result(rng, seq, n=n) for seq, n in ((1, 20), (2, 35)))
+    win.show_result(first)
+    win.show_result(second)  # within the histogram's interval: its text still says frame #1
+    save_screenshot(win, tmp_path / "shot.png")
+    assert win.frame_view.result.seq == 2
+    assert f"Frame #2: <b>{second.summary.count}</b> particles" in win.size_panel.summary.text()
 
 
 def test_outline_paths_equal_pyqtgraphs_and_split_by_target(qapp, rng):

@@ -18,7 +18,20 @@ from emstream.gui.session_stats import (
 )
 from emstream.results import FrameResult
 
-__all__ = ["SizeDistributionPanel", "TrendsPanel"]
+__all__ = ["ClockAxis", "SizeDistributionPanel", "TrendsPanel"]
+
+
+class ClockAxis(pg.DateAxisItem):
+    """pyqtgraph's date axis (local time), except that when zoomed to seconds its ticks between
+    the minute marks read ``:48`` / ``:48.5`` instead of ``48.000`` / ``48.500``, which look
+    like plain numbers (of seconds since anything)."""
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph override)
+        out = super().tickStrings(values, scale, spacing)
+        if spacing < 1:  # pyqtgraph's "%S.%f" level, cut to milliseconds: "SS.mmm"
+            out = [":" + s.rstrip("0").rstrip(".") if len(s) == 6 and s[2] == "." else s
+                   for s in out]
+        return out
 
 
 def _label_style() -> dict:
@@ -232,7 +245,7 @@ class TrendsPanel(QtWidgets.QWidget):
         ]
         self.curves: dict[str, pg.PlotDataItem] = {}
         for i, (ylabel, series) in enumerate(specs):
-            axis = {"bottom": pg.DateAxisItem()} if i == len(specs) - 1 else {}
+            axis = {"bottom": ClockAxis()} if i == len(specs) - 1 else {}
             p = self.glw.addPlot(row=i, col=0, axisItems=axis)
             _style_plot(p)
             p.setMenuEnabled(False)

@@ -489,3 +489,22 @@ def test_minimised_window_draws_nothing_and_catches_up(qtbot, window_factory, rn
     assert sink.prepared <= 3  # ... and the display thread prepared at most one ahead
     win.showNormal()
     qtbot.waitUntil(lambda: win.frame_view.result is more[-1], timeout=10_000)
+
+
+def test_trend_time_axis_writes_seconds_as_clock_seconds(qapp):
+    import pyqtgraph as pg
+
+    from emstream.gui.plots import ClockAxis
+
+    axis = ClockAxis()
+    plot = pg.PlotWidget(axisItems={"bottom": axis})
+    plot.resize(800, 200)
+    plot.grab()  # the axis measures its font when first painted
+    t0 = time.mktime((2026, 12, 5, 16, 19, 48, 0, 0, -1))  # local 16:19:48
+    levels = dict(axis.tickValues(t0, t0 + 5, 800))  # 5 s over 800 px: ticks every 0.5 s
+    fine = [v for s, v in levels.items() if s < 1][0]
+    assert axis.tickStrings(fine[:2], 1.0, 0.001) == [":48.5", ":49"]  # pyqtgraph: 48.500, 49.000
+    wide = dict(axis.tickValues(t0, t0 + 120, 800))  # minutes: pyqtgraph's clock strings kept
+    v = list(wide.values())[0]
+    assert axis.tickStrings(v, 1.0, list(wide)[0]) == [
+        time.strftime("%H:%M:%S", time.localtime(x)) for x in v]

@@ -92,7 +92,7 @@ class StatusBar(QtWidgets.QStatusBar):
         if isinstance(lag, (int, float)) and math.isfinite(lag):
             colour = theme.OK if lag < 2 else theme.WARN if lag < 10 else theme.CRITICAL
             if lag < -0.5:  # the frames' acquisition times are ahead of this computer's clock
-                colour, note = theme.WARN, " (acquisition clock ahead)"
+                colour, note = theme.WARN, " (clock ahead)"
                 tip = (f"the frames' acquisition times are {-lag:.1f} s ahead of this computer's "
                        "clock: check the microscope PC's clock (or a simulator running faster "
                        "than its nominal frame rate)")

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from emstream.results import clock_ahead
+
 
 def _fmt(v: float, spec: str = ".1f", unit: str = "") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -32,7 +34,7 @@ def stats_table(stats: Any, *, title: str = "emstream") -> Table:
     )
     t.add_row("rate", f"{_fmt(stats.fps, '.2f')} frames/s   queue {stats.queue_depth}")
     lag = _fmt(stats.lag_s, ".2f", " s")
-    if isinstance(stats.lag_s, (int, float)) and stats.lag_s < -0.5:
+    if clock_ahead(stats.lag_s):
         lag += "  [yellow](acquisition clock ahead of this computer's)[/]"
     t.add_row("lag", lag)
     t.add_row("particles", f"{stats.particles}   D50 {_fmt(stats.d50, '.1f', ' ' + stats.unit)}")

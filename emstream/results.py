@@ -121,6 +121,16 @@ class FrameResult:
         return self.t_done - self.frame.t_acq
 
 
+#: A lag below minus this many seconds means the frames' acquisition times are ahead of this
+#: computer's clock (microscope PC clock skew, or a simulator faster than its frame rate).
+CLOCK_AHEAD_S = 0.5
+
+
+def clock_ahead(lag_s: Any) -> bool:
+    """Is a lag (:attr:`FrameResult.lag_s`) a sign of the acquisition clock running ahead?"""
+    return isinstance(lag_s, (int, float)) and lag_s < -CLOCK_AHEAD_S
+
+
 FrameStatus = Literal["ok", "quarantined", "skipped"]
 
 

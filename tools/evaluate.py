@@ -368,7 +368,8 @@ def main(argv=None) -> int:
         """Edge contrast of the predictions into ``r``, of the truth into ``truth_edges``."""
         images = [raw for _, raw, _ in items]
         r["edge_contrast"] = set_edge_contrast(images, preds)
-        truth_edges.setdefault(set_name, set_edge_contrast(images, [gt for _, _, gt in items]))
+        if set_name not in truth_edges:  # the truth once per set, not once per segmenter
+            truth_edges[set_name] = set_edge_contrast(images, [gt for _, _, gt in items])
 
     def run(set_name, items, seg, seg_name):
         t0 = time.perf_counter()

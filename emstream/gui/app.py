@@ -161,7 +161,6 @@ def run_monitor_window(
     def take_screenshot() -> None:
         if screenshot and not state["shot"]:
             state["shot"] = True
-            win.refresh_all()
             path = save_screenshot(win, screenshot)
             log.info("screenshot saved to %s", path)
 
@@ -240,7 +239,6 @@ def view_session(
     if on_window is not None:
         on_window(win)
     if screenshot:
-        win.refresh_all()
         save_screenshot(win, screenshot)
         win.close()
         return 0

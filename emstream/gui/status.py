@@ -10,6 +10,7 @@ from typing import Any
 from PySide6 import QtWidgets
 
 from emstream.gui import theme
+from emstream.results import clock_ahead
 
 __all__ = ["StatusBar", "stats_as_dict"]
 
@@ -91,7 +92,7 @@ class StatusBar(QtWidgets.QStatusBar):
         colour, note, tip = theme.TEXT, "", "seconds from acquisition to the end of processing"
         if isinstance(lag, (int, float)) and math.isfinite(lag):
             colour = theme.OK if lag < 2 else theme.WARN if lag < 10 else theme.CRITICAL
-            if lag < -0.5:  # the frames' acquisition times are ahead of this computer's clock
+            if clock_ahead(lag):
                 colour, note = theme.WARN, " (clock ahead)"
                 tip = (f"the frames' acquisition times are {-lag:.1f} s ahead of this computer's "
                        "clock: check the microscope PC's clock (or a simulator running faster "

@@ -358,7 +358,9 @@ _cbor_values = st.recursive(
     | st.floats(allow_nan=False) | st.text(max_size=10) | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=4)
     | st.dictionaries(st.text(max_size=5), inner, max_size=4)
-    | st.builds(cbor2.CBORTag, st.integers(41, 1000), inner),
+    # tag 256 is left out: cbor2's encoder answers it by writing string references (tag 25)
+    # inside, a CBOR extension DECTRIS streams do not use and the reader does not decode
+    | st.builds(cbor2.CBORTag, st.integers(41, 1000).filter(lambda t: t != 256), inner),
     max_leaves=20,
 )
 

@@ -45,7 +45,10 @@ for p in (REPO, REPO / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from make_dataset import load_cache, load_real, parse_indices_text  # noqa: E402
+from make_dataset import load_cache, load_real, parse_indices_text, targets  # noqa: E402
+
+from emstream.backends.normalize import normalize_image  # noqa: E402
+from emstream.backends.segmenter import SCALE_MAX_D  # noqa: E402
 
 from emstream.backends.unet import build_model, count_parameters  # noqa: E402
 
@@ -70,7 +73,11 @@ DEFAULTS = {
     "ckpt_every": 250,
     "init": None,
     "contact_weight": 0.0,
+    "families": [],
 }
+
+#: particle diameters (px) the real crops of large particles are resampled to (log-uniform)
+TRAIN_D_RANGE = (20.0, 64.0)
 
 
 # ----------------------------------------------------------------------------- data
@@ -90,17 +97,44 @@ def augment(rng, img, *maps):
 
 
 def real_crop(rng, item, size):
-    """A random crop of a real image rescaled by 0.6..1.4 (the distance target is scale-free)."""
-    s = float(np.exp(rng.uniform(np.log(0.6), np.log(1.4))))
+    """A random crop of a real image, resampled as the segmenter's scale policy would plus a
+    x0.7..1.4 jitter (the distance target is scale-free): where the image's particles are larger
+    than ``SCALE_MAX_D`` px (median) they are brought to a diameter drawn log-uniformly from
+    ``TRAIN_D_RANGE``, as ``LearnedSegmenter(scale="auto")`` does at run time."""
+    lo, hi = TRAIN_D_RANGE
+    base = 1.0
+    if item["median_d"] > SCALE_MAX_D:
+        base = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) / item["median_d"]
+    s = base * float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     h, w = item["image"].shape
-    c = min(int(round(size / s)), h, w)
+    c = max(8, min(int(round(size / s)), h, w))
     y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
     sl = (slice(y, y + c), slice(x, x + c))
-    img = cv2.resize(item["image"][sl], (size, size), interpolation=cv2.INTER_AREA if s < 1
+    img = cv2.resize(item["image"][sl], (size, size), interpolation=cv2.INTER_AREA if c > size
                      else cv2.INTER_LINEAR)
     fg = (cv2.resize(item["fg"][sl].astype(np.float32), (size, size)) > 0.5).astype(np.uint8)
     dist = cv2.resize(item["dist"][sl], (size, size), interpolation=cv2.INTER_LINEAR)
-    return img, fg, dist * fg
+    ign = np.zeros_like(fg)
+    if item.get("ignore") is not None:
+        ign = cv2.resize(item["ignore"][sl], (size, size), interpolation=cv2.INTER_NEAREST)
+    return img, fg, dist * fg, ign
+
+
+def load_families(specs) -> list[dict]:
+    """Training items of the real families, ``specs`` like ``["msa:1", "emps:0,1", "genc"]``
+    (family, optionally the folds it trains on); each gains ``image`` (normalised), ``fg``,
+    ``dist`` (the targets of :func:`make_dataset.targets`)."""
+    import families
+
+    out = []
+    for spec in specs:
+        fam, _, folds = spec.partition(":")
+        folds = tuple(int(f) for f in folds.split(",")) if folds else (0, 1)
+        for it in families.load(fam, folds):
+            it["fg"], it["dist"] = targets(it["labels"])
+            it["image"] = normalize_image(it["raw"])
+            out.append(it)
+    return out
 
 
 class Batches:
@@ -115,8 +149,16 @@ class Batches:
             self.synth = {k: np.concatenate([p[k] for p in parts])
                           for k in ("image", "fg", "dist", "invisible", "contact")}
         self.real = load_real(cfg["real_train"]) if cfg["real_train"] else []
+        for it in self.real:
+            it.update(family="msa", median_d=float(np.median(
+                np.sqrt(4 * np.bincount(it["labels"].ravel())[1:] / np.pi))), ignore=None)
+        self.real += load_families(cfg.get("families") or [])
+        # each family is drawn equally often, whatever its number of images
+        self.by_family: dict[str, list[dict]] = {}
+        for it in self.real:
+            self.by_family.setdefault(it["family"], []).append(it)
         if self.synth is None and not self.real:
-            raise SystemExit("no training data: give --synthetic and/or --real-train")
+            raise SystemExit("no training data: give --synthetic and/or --real-train / --families")
 
     def __call__(self):
         cfg, rng = self.cfg, self.rng
@@ -126,9 +168,11 @@ class Batches:
             n_real = n
         xs, fs, ds, ws, cs = [], [], [], [], []
         for i in range(n):
-            if i < n_real:  # binary masks: touching particles are one blob, no contacts known
-                img, fg, dist = real_crop(rng, self.real[int(rng.integers(len(self.real)))], size)
-                ign = contact = np.zeros_like(fg)
+            if i < n_real:  # real truth: no contacts known
+                fam = list(self.by_family)[int(rng.integers(len(self.by_family)))]
+                pool = self.by_family[fam]
+                img, fg, dist, ign = real_crop(rng, pool[int(rng.integers(len(pool)))], size)
+                contact = np.zeros_like(fg)
             else:
                 j = int(rng.integers(len(self.synth["image"])))
                 img, fg, dist, ign, contact = _random_crop(
@@ -300,8 +344,10 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--synthetic", nargs="*", default=None, help="cache dirs (make_dataset.py)")
     ap.add_argument("--real-train", default=None, help='real image indices, e.g. "10-19"')
+    ap.add_argument("--families", nargs="*", default=None,
+                    help='real families (tools/families.py) and folds, e.g. "msa:1 emps:1 genc:1"')
     for k, v in DEFAULTS.items():
-        if k in ("synthetic", "real_train"):
+        if k in ("synthetic", "real_train", "families"):
             continue
         typ = type(v) if v is not None else str
         ap.add_argument("--" + k.replace("_", "-"), type=typ, default=None)
@@ -310,10 +356,12 @@ def main(argv=None) -> int:
     given = {}
     for k in DEFAULTS:
         v = getattr(a, k, None)
-        if v is not None and k not in ("synthetic", "real_train"):
+        if v is not None and k not in ("synthetic", "real_train", "families"):
             cfg[k] = given[k] = v
     if a.real_train is not None:
         cfg["real_train"] = given["real_train"] = parse_indices_text(a.real_train)
+    if a.families is not None:
+        cfg["families"] = given["families"] = list(a.families)
     if a.synthetic is not None:
         cfg["synthetic"] = given["synthetic"] = [str(p) for p in a.synthetic]
     path = train(cfg, a.out, resume=a.resume, overrides=given)

@@ -48,11 +48,41 @@ SIZE_MULTIPLE = 16
 _VIEWS = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
 #: Logits given to pixels outside the valid box (far below any threshold).
 _BACKGROUND_LOGIT = -20.0
+#: Scale policy (``scale="auto"``): particles whose median equivalent diameter exceeds this many
+#: px are resampled to ``SCALE_TARGET_D`` px before the network sees them (training resamples the
+#: real images' large particles into the same band, ``tools/train.py: TRAIN_D_RANGE``).
+SCALE_MAX_D = 64.0
+SCALE_TARGET_D = 40.0
+#: The scale estimate's coarse pass sees the frame with its longer side at most this many px.
+SCALE_PROBE_SIDE = 256
+#: The network never sees a frame whose shorter side is below this many px.
+SCALE_MIN_SIDE = 96
 
 
 def _logit(p: float) -> float:
     p = min(max(float(p), 1e-6), 1 - 1e-6)
     return math.log(p / (1 - p))
+
+
+def confidence(logit_fg: np.ndarray, threshold_logit: float,
+               agree: list[int] | tuple[int, int] | None = None) -> float:
+    """A frame's segmentation confidence, 0..1 (1 = sure).
+
+    With mirror views (``agree`` = particle pixels every view called particle, pixels any view
+    did): their agreement, intersection over union. A network on familiar images gives the same
+    answer for a frame and its mirror image (0.9 and more); on images unlike its training the
+    views disagree. With one view: the mean margin ``|2p - 1|`` of the particle probability over
+    the pixels near the decision (``p`` above half the threshold), which falls when the map is
+    undecided. A frame with no candidate particle pixels scores 1 (sure it is empty).
+    """
+    if agree is not None:
+        inter, union = agree
+        return round(float(inter) / union, 4) if union else 1.0
+    near = logit_fg > threshold_logit - math.log(2.0)
+    if not near.any():
+        return 1.0
+    p = 1.0 / (1.0 + np.exp(-np.clip(logit_fg[near], -30, 30)))
+    return round(float(np.mean(np.abs(2 * p - 1))), 4)
 
 
 def tile_starts(length: int, tile: int, margin: int) -> list[int]:
@@ -75,12 +105,14 @@ class LearnedSegmenter:
     backend : an :class:`~emstream.backends.base.InferenceBackend`.
     model_card_info : the model's sidecar facts (``arch``, ``threshold``, ``marker_threshold``,
         ``min_area_px``, ...); missing keys take defaults.
-    max_side, tile, margin, scale : large-frame policy (module docstring).
+    max_side, tile, margin : large-frame policy (module docstring).
+    scale : a fixed resampling factor, or ``"auto"`` (the sidecar's ``scale``, default):
+        :meth:`estimate_scale` per frame.
     """
 
     def __init__(self, backend: InferenceBackend, model_card_info: dict | None = None, *,
                  max_side: int | None = None, tile: int = 1024, margin: int = 128,
-                 scale: float = 1.0, threshold: float | None = None,
+                 scale: float | str | None = None, threshold: float | None = None,
                  marker_threshold: float | None = None, min_area_px: int | None = None,
                  split: str | None = None, sep_sigma: float | None = None,
                  fill_holes_px: int | None = None, min_score: float | None = None,
@@ -96,7 +128,11 @@ class LearnedSegmenter:
         self.margin = int(margin)
         if self.tile % SIZE_MULTIPLE:
             raise ValueError(f"tile must be a multiple of {SIZE_MULTIPLE}")
-        self.scale = float(scale)
+        scale = scale if scale is not None else info.get("scale", 1.0)
+        self.scale: float | str = scale if scale == "auto" else float(scale)
+        #: what the last frame ran with: ``scale`` (resampling factor) and ``confidence``
+        self.last_info: dict = {}
+        self._agree = [0, 0]
         self.threshold = float(threshold if threshold is not None else info.get("threshold", 0.5))
         self.marker_threshold = float(marker_threshold if marker_threshold is not None
                                       else info.get("marker_threshold", 0.5))
@@ -113,9 +149,12 @@ class LearnedSegmenter:
         self.min_score = None if ms is None else float(ms)
 
     # -- network -------------------------------------------------------------------------
-    def _run_padded(self, img: np.ndarray) -> np.ndarray:
+    def _run_padded(self, img: np.ndarray, views: int | None = None) -> np.ndarray:
         """Logit maps (2 x h x w) of one image of any size (reflect-padded to a multiple of 16),
-        averaged over ``views`` mirror images of it (test-time augmentation)."""
+        averaged over ``views`` mirror images of it (test-time augmentation; default the
+        model's). With several views, their agreement (particle pixels all views call particle
+        / pixels any view does) is added to ``self._agree``."""
+        n_views = self.views if views is None else views
         h, w = img.shape
         ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         if ph or pw:
@@ -123,24 +162,60 @@ class LearnedSegmenter:
             img = np.pad(img, ((0, ph), (0, pw)), mode=mode)
         # the views go through the network as one batch, or as many as the backend accepts (ONNX
         # Runtime, 2 CPU cores, 1024²: 4-7 % faster than one run per view, interleaved timing)
-        views = _VIEWS[self.views]
+        views = _VIEWS[n_views]
         step = max(1, min(len(views), getattr(self.backend, "max_batch", None) or len(views)))
         out = np.zeros((2,) + img.shape, np.float32)
+        t = _logit(self.threshold)
+        every = anyone = None
         for i in range(0, len(views), step):
             chunk = views[i:i + step]
             batch = np.stack([np.flip(img, axes) if axes else img for axes in chunk])[:, None]
             maps = self.backend.run(np.ascontiguousarray(batch))["maps"]
             for axes, m in zip(chunk, maps, strict=True):
-                out += np.flip(m, tuple(a + 1 for a in axes)) if axes else m
-        if self.views > 1:
-            out /= self.views
+                m = np.flip(m, tuple(a + 1 for a in axes)) if axes else m
+                out += m
+                if n_views > 1:
+                    fg = m[0, :h, :w] > t
+                    every = fg if every is None else every & fg
+                    anyone = fg if anyone is None else anyone | fg
+        if n_views > 1:
+            out /= n_views
+            self._agree[0] += int(np.count_nonzero(every))
+            self._agree[1] += int(np.count_nonzero(anyone))
         return out[:, :h, :w]
 
-    def maps(self, image: np.ndarray) -> np.ndarray:
-        """Logit maps (2 x H x W) of a normalised image, with the large-frame policy applied."""
+    def estimate_scale(self, image: np.ndarray) -> float:
+        """The resampling factor that brings this frame's particles into the network's size band.
+
+        A coarse pass (one view, the frame shrunk so its longer side is ``SCALE_PROBE_SIDE`` px:
+        about 1/16 of a 1024² frame's cost) finds the particles that are large at native
+        resolution; if their median equivalent diameter, in native px, exceeds ``SCALE_MAX_D``
+        the frame is resampled so that it becomes ``SCALE_TARGET_D``. Small particles are
+        invisible to the coarse pass and leave the factor at 1, so they are never shrunk away.
+        """
         h, w = image.shape
-        if self.scale != 1.0:
-            sh, sw = max(16, round(h * self.scale)), max(16, round(w * self.scale))
+        c = min(1.0, SCALE_PROBE_SIDE / max(h, w))
+        small = image if c == 1.0 else cv2.resize(
+            image, (max(16, round(w * c)), max(16, round(h * c))), interpolation=cv2.INTER_AREA)
+        labels = self.instances(self._run_padded(small, views=1))
+        area = np.bincount(labels.ravel())[1:]
+        area = area[area >= max(self.min_area_px, 4)]
+        if area.size == 0:
+            return 1.0
+        d_native = float(np.median(np.sqrt(4 * area / np.pi))) / c
+        if d_native <= SCALE_MAX_D:
+            return 1.0
+        s = SCALE_TARGET_D / d_native
+        return float(min(1.0, max(s, SCALE_MIN_SIDE / min(h, w))))
+
+    def maps(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
+        """Logit maps (2 x H x W) of a normalised image, with the large-frame policy applied
+        (``scale``: resampling factor, default this segmenter's fixed one)."""
+        h, w = image.shape
+        if scale is None:
+            scale = 1.0 if self.scale == "auto" else float(self.scale)
+        if scale != 1.0:
+            sh, sw = max(16, round(h * scale)), max(16, round(w * scale))
             small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
             m = self._maps_native(small)
             return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in m])
@@ -176,17 +251,34 @@ class LearnedSegmenter:
             raw = raw[..., 0]
         valid = prepared.valid
         image = normalize_image(raw, valid=valid)
+        self._agree = [0, 0]
         if valid is None or not valid.any():
-            return self.maps(image)
+            return self._finish(self._scaled_maps(image))
         box = bounding_box(valid)
         inner, inner_valid = image[box], valid[box]
         if not inner_valid.all():
             fill_invalid_with_background(inner, inner_valid, step=4)
         if inner.shape == image.shape:
-            return self.maps(image)
+            return self._finish(self._scaled_maps(image))
         out = np.full((2,) + image.shape, _BACKGROUND_LOGIT, np.float32)
-        out[(slice(None),) + box] = self.maps(np.ascontiguousarray(inner))
-        return out
+        out[(slice(None),) + box] = self._scaled_maps(np.ascontiguousarray(inner))
+        return self._finish(out)
+
+    def _scaled_maps(self, image: np.ndarray) -> np.ndarray:
+        scale = self.estimate_scale(image) if self.scale == "auto" else float(self.scale)
+        self.last_info = {"scale": round(scale, 4)}
+        return self.maps(image, scale)
+
+    def _finish(self, logits: np.ndarray) -> np.ndarray:
+        """Record the frame's segmentation confidence in ``last_info`` (see :func:`confidence`)."""
+        self.last_info["confidence"] = confidence(logits[0], _logit(self.threshold),
+                                                  self._agree if self.views > 1 else None)
+        return logits
+
+    def segment_with_info(self, prepared: Prepared) -> tuple[np.ndarray, dict]:
+        """Particles and what the frame ran with (``confidence``, ``scale``)."""
+        labels = self.segment(prepared)
+        return labels, dict(self.last_info)
 
     def instances(self, logits: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Particles from the network's logit maps (thresholds and split mode of this model)."""

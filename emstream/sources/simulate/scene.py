@@ -254,7 +254,7 @@ class Microscope:
     def _new_grain(self, sy: float, sx: float, r: float, shape: str | None = None) -> _Grain:
         if shape is None:
             shape = SHAPES[int(self.rng.choice(len(SHAPES), p=self._shape_p))]
-        p = random_particle(self.rng, sy, sx, r, shape, self._strength(r))
+        p = random_particle(self.rng, sy, sx, r, shape, self._strength(r), self.config.mode)
         g = _Grain(self._next_id, sy, sx, r, p)
         p.id = g.id
         self._next_id += 1

@@ -1,0 +1,197 @@
+"""Score segmenters on the real image families (``tools/families.py``): held-out folds and
+leave-one-family-out, the learned model and the classical baseline side by side.
+
+Every image goes through the production path (``prepare`` -> segmenter; the learned model on ONNX
+Runtime CPU). Two measures:
+
+- **detection** (every family): particle centres matched one-to-one within max(3 px, 1/4 of the
+  true diameter) -- the issue's measure; diameter error |d - d_true| / d_true of matched pairs
+  (for the box-labelled family d_true = sqrt(w*h) of the box);
+- **masks** (families with outlines): instances matched one-to-one at IoU >= 0.5
+  (``evaluate.Score``), diameter error of the equivalent-circle diameters.
+
+Model specs say what each model never saw:
+
+- ``--fold-model ONNX:F``: trained on fold 1-F of every family; scored on fold F of each;
+- ``--lofo-model ONNX:FAMILY``: trained without FAMILY; scored on all of it;
+- ``--model ONNX``: the shipped model, scored where it is named with ``--seen`` as a sanity row.
+
+``--card`` writes the table into ``engines/MODEL_CARD.md`` (section ``families``) and
+``auto_default`` into the model's sidecar: true only where the learned held-out F1 beats the
+classical F1 on every family (detection measure), and never below the targets of the
+simulation sets recorded by ``tools/evaluate.py`` (kept as they are in the sidecar).
+
+Usage::
+
+    python tools/evaluate_families.py --fold-model runs/a.onnx:1 --fold-model runs/b.onnx:0 \\
+        --lofo-model runs/no-emps.onnx:emps --lofo-model runs/no-genc.onnx:genc --out fam.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (REPO, REPO / "tools"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import families  # noqa: E402
+from evaluate import Score  # noqa: E402
+
+
+def segment(seg, items) -> list[np.ndarray]:
+    from emstream.process.prepare import prepare
+
+    return [np.asarray(seg.segment(prepare(it["raw"]))) for it in items]
+
+
+def score(items, preds) -> dict:
+    det = families.DetectionScore()
+    masks = Score()
+    has_masks = all(it["has_masks"] for it in items)
+    for it, pred in zip(items, preds, strict=True):
+        det.add(it["centres"], families.centres_of(pred))
+        if has_masks:
+            masks.add(it["labels"], pred)
+    out = {"detection": det.result()}
+    if has_masks:
+        out["masks"] = masks.result()
+    return out
+
+
+def learned(model: str, **options):
+    from emstream.backends import make_segmenter
+
+    return make_segmenter("learned", backend="onnxruntime", device="cpu", model=model, **options)
+
+
+def classical():
+    from emstream.process.classical import ClassicalSegmenter
+
+    return ClassicalSegmenter()
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| family | images | scored by | trained on it? | detection F1 | precision | recall | "
+             "diameter error | mask F1 (IoU ≥ 0.5) | mask diameter error |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.1f} %"
+
+    for r in rows:
+        d, m = r["result"]["detection"], r["result"].get("masks")
+        lines.append(
+            f"| {r['family']} | {r['images']} | {r['segmenter']} | {r['seen']} | **{d['f1']:.3f}** | "
+            f"{d['precision']:.3f} | {d['recall']:.3f} | {pct(d['median_rel_diameter_error'])} | "
+            f"{'—' if m is None else format(m['f1'], '.3f')} | "
+            f"{'—' if m is None else pct(m['median_rel_diameter_error'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="the shipped model (rows marked 'seen')")
+    ap.add_argument("--fold-model", action="append", default=[], metavar="ONNX:FOLD")
+    ap.add_argument("--lofo-model", action="append", default=[], metavar="ONNX:FAMILY")
+    ap.add_argument("--families", default=",".join(families.FAMILIES))
+    ap.add_argument("--no-classical", action="store_true")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="LearnedSegmenter option for every learned model (e.g. scale=1)")
+    ap.add_argument("--out", type=Path, default=Path("families.json"))
+    ap.add_argument("--card", action="store_true")
+    a = ap.parse_args(argv)
+    options = {}
+    for kv in a.option:
+        k, v = kv.split("=", 1)
+        try:
+            options[k] = json.loads(v)
+        except json.JSONDecodeError:
+            options[k] = v
+    data = {f: families.load(f) for f in a.families.split(",")}
+    data = {f: items for f, items in data.items() if items}
+    rows = []
+
+    def run(family, items, seg, name, seen):
+        t0 = time.perf_counter()
+        preds = segment(seg, items)
+        r = score(items, preds)
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append({"family": family, "images": len(items), "segmenter": name, "seen": seen,
+                     "result": r})
+        print(json.dumps(rows[-1]), flush=True)
+
+    for family, items in data.items():
+        if not a.no_classical:
+            run(family, items, classical(), "classical", "—")
+        held = []
+        for spec in a.fold_model:
+            path, fold = spec.rsplit(":", 1)
+            pick = [it for it in items if it["fold"] == int(fold)]
+            seg = learned(path, **options)
+            held.append((pick, segment(seg, pick)))
+        if held:
+            its = [it for p, _ in held for it in p]
+            r = score(its, [q for _, pr in held for q in pr])
+            rows.append({"family": family, "images": len(its), "segmenter": "learned, fold models",
+                         "seen": "no (held-out fold)", "result": r})
+            print(json.dumps(rows[-1]), flush=True)
+        for spec in a.lofo_model:
+            path, fam = spec.rsplit(":", 1)
+            if fam == family:
+                run(family, items, learned(path, **options), f"learned {Path(path).stem}",
+                    "no (family left out)")
+        if a.model:
+            run(family, items, learned(a.model, **options), f"learned {Path(a.model).stem}",
+                "yes")
+    results = {"rows": rows, "options": options}
+    a.out.write_text(json.dumps(results, indent=2))
+    md = markdown(rows)
+    a.out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    if a.card:
+        from export_onnx import fill_card_section
+
+        fill_card_section(REPO / "engines" / "MODEL_CARD.md", "families", md)
+        record_auto_default(Path(a.model or REPO / "engines" / "unet-s.onnx").with_suffix(".json"),
+                            rows)
+    return 0
+
+
+def auto_default_verdict(rows: list[dict]) -> tuple[bool, str]:
+    """Whether the learned model beats classical on every family (held-out fold rows, detection
+    F1), and why not."""
+    classical_f1 = {r["family"]: r["result"]["detection"]["f1"] for r in rows
+                    if r["segmenter"] == "classical"}
+    learned_f1 = {r["family"]: r["result"]["detection"]["f1"] for r in rows
+                  if r["seen"] == "no (held-out fold)"}
+    both = sorted(set(classical_f1) & set(learned_f1))
+    if not both:
+        return False, "no family was scored by both segmenters"
+    worse = [f"{f} {learned_f1[f]:.3f} vs {classical_f1[f]:.3f}" for f in both
+             if learned_f1[f] <= classical_f1[f]]
+    if worse:
+        return False, ("did not beat the classical baseline on every real family (held-out "
+                       "detection F1, learned vs classical: " + "; ".join(worse) + ")")
+    return True, ("beat the classical baseline on every real family (held-out detection F1: " +
+                  "; ".join(f"{f} {learned_f1[f]:.3f} vs {classical_f1[f]:.3f}" for f in both) + ")")
+
+
+def record_auto_default(sidecar: Path, rows: list[dict]) -> None:
+    ok, reason = auto_default_verdict(rows)
+    info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    info["auto_default"] = ok
+    info["auto_default_reason"] = reason
+    sidecar.write_text(json.dumps(info, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

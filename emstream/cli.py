@@ -689,6 +689,7 @@ def analyze(
     """Segment and measure files once and write the particle table as JSON."""
     from emstream.frame import Calibration
     from emstream.pipeline import make_segmenter, process_frame
+    from emstream.process.confidence import confidence_flag
     from emstream.sources.readers import read_frames
 
     try:
@@ -720,6 +721,9 @@ def analyze(
                 failures += 1
                 result[fkey] = {"error": f"processing failed: {exc!r}"}
                 continue
+            res.seg_flag = confidence_flag(res.confidence)
+            if res.seg_flag:
+                err.print(f"[yellow]{fkey}:[/] {res.seg_flag}: check its particles")
             result[fkey] = frame_json(res)
     text = json.dumps(result, indent=1, allow_nan=False)
     if json_out is None or str(json_out) == "-":
@@ -759,6 +763,9 @@ def frame_json(res: Any) -> dict[str, Any]:
         "unit": res.unit,
         "backend": res.backend,
         "count": int(s.count),
+        "confidence": _clean(res.confidence),
+        "segmentation_scale": _clean(res.seg_scale),
+        "flag": res.seg_flag,
         "summary": {k: _clean(v) for k, v in s.as_dict().items()},
         "particles": particles,
     }

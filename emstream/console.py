@@ -38,6 +38,10 @@ def stats_table(stats: Any, *, title: str = "emstream") -> Table:
         lag += "  [yellow](acquisition clock ahead of this computer's)[/]"
     t.add_row("lag", lag)
     t.add_row("particles", f"{stats.particles}   D50 {_fmt(stats.d50, '.1f', ' ' + stats.unit)}")
+    seg = f"confidence {_fmt(getattr(stats, 'confidence', float('nan')), '.2f')}"
+    if getattr(stats, "flagged", 0):
+        seg += f"   [yellow]{stats.flagged} flagged[/] ({stats.last_flag})"
+    t.add_row("segmentation", seg)
     if stats.timings_ms:
         t.add_row(
             "stage ms",
@@ -109,6 +113,8 @@ def summary_table(stats: Any, *, session_dir: Any = None, elapsed_s: float | Non
     if elapsed_s is not None:
         t.add_row("elapsed", f"{elapsed_s:.1f} s")
     t.add_row("last particles / D50", f"{stats.particles} / {_fmt(stats.d50, '.1f', ' ' + stats.unit)}")
+    if getattr(stats, "flagged", 0):
+        t.add_row("doubtful segmentation", f"{stats.flagged} frames flagged (ledger: frames.seg_flag)")
     if getattr(stats, "alerts", 0):
         t.add_row("alerts", str(stats.alerts))
     return t

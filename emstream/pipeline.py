@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emstream.frame import Calibration, Frame
+from emstream.process.confidence import SegmentationCheck
 from emstream.results import Alert, Event, FrameRecord, FrameResult
 from emstream.sinks.base import Session, Sink
 from emstream.sources.base import READ_MS_KEY, TrackedRecord, drain_events, file_version_of
@@ -78,7 +79,11 @@ def process_frame(
     prepared = _prepare.prepare(frame.pixels, polarity=polarity)
     t1 = time.perf_counter()
     timings["prepare"] = (t1 - t0) * 1e3
-    labels = segmenter.segment(prepared)
+    info: dict = {}
+    if hasattr(segmenter, "segment_with_info"):
+        labels, info = segmenter.segment_with_info(prepared)
+    else:
+        labels = segmenter.segment(prepared)
     t2 = time.perf_counter()
     timings["segment"] = (t2 - t1) * 1e3
     particles = _measure.measure(labels, frame.pixels, frame.calibration, valid=prepared.valid)
@@ -95,6 +100,8 @@ def process_frame(
         timings_ms=timings,
         labels=labels if keep_labels else None,
         valid=prepared.valid,
+        confidence=info.get("confidence"),
+        seg_scale=info.get("scale"),
     )
 
 
@@ -110,6 +117,12 @@ class _Serialized:
     def segment(self, prepared: Any) -> Any:
         with self._lock:
             return self.inner.segment(prepared)
+
+    def segment_with_info(self, prepared: Any) -> tuple[Any, dict]:
+        with self._lock:
+            if hasattr(self.inner, "segment_with_info"):
+                return self.inner.segment_with_info(prepared)
+            return self.inner.segment(prepared), {}
 
 
 def _thread_safe(segmenter: Any) -> bool:
@@ -138,6 +151,12 @@ class PipelineStats:
     unit: str = "px"
     alerts: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the last frame's segmentation confidence (NaN: the segmenter gives none)
+    confidence: float = float("nan")
+    #: frames whose segmentation was flagged as doubtful (``process.confidence``)
+    flagged: int = 0
+    #: the last flag's reason
+    last_flag: str = ""
     running: bool = False
     t_last_frame: float | None = None
 
@@ -261,6 +280,7 @@ class Pipeline:
         self.session = session
         self.rules = rules
         self.watchdog = watchdog
+        self._seg_check = SegmentationCheck()
         self.policy = policy
         self.polarity = polarity
         self.keep_labels = keep_labels
@@ -575,7 +595,8 @@ class Pipeline:
         res = record.result
         if res is not None and record.status == "ok":
             t3 = time.perf_counter()
-            alerts = self._evaluate_rules(res)
+            alerts = list(self._seg_check.check(res, time.time()))
+            alerts += self._evaluate_rules(res)
             res.timings_ms["rules"] = (time.perf_counter() - t3) * 1e3
             res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["rules"]
             res.t_done = time.time()
@@ -596,6 +617,11 @@ class Pipeline:
                     st.unit = res.unit
                     st.timings_ms = dict(res.timings_ms)
                     st.backend = res.backend
+                    st.confidence = (float("nan") if res.confidence is None
+                                     else float(res.confidence))
+                    if res.seg_flag:
+                        st.flagged += 1
+                        st.last_flag = f"frame {res.seq}: {res.seg_flag}"
             elif record.status == "quarantined":
                 st.quarantined += 1
             else:

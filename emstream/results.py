@@ -102,6 +102,12 @@ class FrameResult:
     labels: np.ndarray | None = None
     valid: np.ndarray | None = None
     t_done: float = field(default_factory=time.time)
+    #: the segmenter's confidence in this frame, 0..1 (``None``: the segmenter gives none)
+    confidence: float | None = None
+    #: the resampling factor the network ran at (learned segmenter; ``None`` otherwise)
+    seg_scale: float | None = None
+    #: why this frame's segmentation is doubtful (``process.confidence``), ``None`` when fine
+    seg_flag: str | None = None
 
     @property
     def seq(self) -> int:

@@ -105,6 +105,8 @@ def test_analyze_json_contract(tmp_path, needs_processing):
     assert da["shape"] == [160, 160] and db["shape"] == [160, 160]
     assert da["nm_per_px"] == [0.5, 0.5] and da["calibration"] == "file"
     assert db["nm_per_px"] is None and db["calibration"] == "none"
+    # the classical baseline gives no confidence; nothing is flagged
+    assert da["confidence"] is None and da["flag"] is None and da["segmentation_scale"] is None
     assert len(da["particles"]) == len(truth)
     for p in da["particles"]:
         y, x = p["centroid_yx_px"]

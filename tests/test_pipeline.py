@@ -324,3 +324,46 @@ def test_segmenter_not_thread_safe_is_serialised(tmp_path):
     assert [r.status for r in col.records] == ["ok"] * 8
     assert seg.max_active == 1
     assert col.records[0].result.backend == "counting"
+
+
+class CollapsingSegmenter:
+    """Classical segmentation with a confidence, except frame 5, which it gets badly wrong."""
+
+    name = "collapsing"
+
+    def __init__(self):
+        from emstream.process.classical import ClassicalSegmenter
+
+        self.inner = ClassicalSegmenter()
+        self.calls = 0
+
+    def segment_with_info(self, prepared):
+        k = self.calls
+        self.calls += 1
+        labels = self.inner.segment(prepared)
+        if k == 5:
+            return np.zeros_like(labels), {"confidence": 0.31, "scale": 1.0}
+        return labels, {"confidence": 0.95, "scale": 1.0}
+
+    def segment(self, prepared):
+        return self.segment_with_info(prepared)[0]
+
+
+def test_a_collapsed_low_confidence_frame_is_flagged_alerted_and_recorded(tmp_path):
+    col = Collect()
+    frames = [Frame(disks_image(i, n=30, size=256), f"mem/{i}", t_acq=time.time(),
+                    t_arrival=time.time(), calibration=Calibration((0.5, 0.5), "file", "t"))
+              for i in range(8)]
+    p = Pipeline(ListSource(frames), CollapsingSegmenter(), [Ledger(tmp_path), col],
+                 session=session(tmp_path))
+    p.run()
+    flagged = [r.seq for r in col.records if r.result.seg_flag]
+    assert flagged == [5]
+    assert [(a.rule, a.seq) for a in col.alerts] == [("segmentation doubtful", 5)]
+    assert p.stats.flagged == 1 and "frame 5" in p.stats.last_flag
+    con = connect_readonly(tmp_path)
+    rows = {r["seq"]: dict(r) for r in con.execute("SELECT * FROM frames")}
+    assert rows[5]["count"] == 0 and rows[5]["confidence"] == 0.31
+    assert "low confidence 0.31" in rows[5]["seg_flag"] and "count collapsed" in rows[5]["seg_flag"]
+    assert rows[4]["seg_flag"] is None and rows[4]["confidence"] == 0.95
+    assert con.execute("SELECT builtin FROM alerts WHERE seq=5").fetchone()[0] == 1

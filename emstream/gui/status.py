@@ -24,6 +24,9 @@ _FIELDS = (
     "fps",
     "lag_s",
     "queue_depth",
+    "confidence",
+    "flagged",
+    "last_flag",
 )
 
 
@@ -49,6 +52,16 @@ def _num(v: Any, fmt: str = "{:,}") -> str:
         return str(v)
 
 
+def segmentation_text(d: Mapping[str, Any]) -> str:
+    """'Confidence 0.94 · 2 flagged' for the status bar (rich text, flagged count in colour)."""
+    conf = d.get("confidence")
+    text = f"Confidence <b>{_num(conf, '{:.2f}')}</b>"
+    flagged = d.get("flagged") or 0
+    if flagged:
+        text += f" · <span style='color:{theme.WARN}'>{flagged:,} flagged</span>"
+    return text
+
+
 class StatusBar(QtWidgets.QStatusBar):
     """Source · backend · frames in/processed/quarantined/skipped · fps · lag · queue · folder."""
 
@@ -59,7 +72,8 @@ class StatusBar(QtWidgets.QStatusBar):
         self.extra = ""
         self.last: dict[str, Any] = {}
         self.labels: dict[str, QtWidgets.QLabel] = {}
-        for key in ("source", "backend", "frames", "rate", "lag", "queue", "display", "session"):
+        for key in ("source", "backend", "frames", "rate", "lag", "queue", "segmentation", "display",
+                    "session"):
             lab = QtWidgets.QLabel("")
             self.labels[key] = lab
             self.addWidget(lab) if key != "session" else self.addPermanentWidget(lab, 1)
@@ -100,6 +114,11 @@ class StatusBar(QtWidgets.QStatusBar):
         L["lag"].setText(f"Lag <b style='color:{colour}'>{_num(lag, '{:.2f}')} s</b>{note}")
         L["lag"].setToolTip(tip)
         L["queue"].setText(f"Queue <b>{_num(d.get('queue_depth'))}</b>")
+        L["segmentation"].setText(segmentation_text(d))
+        L["segmentation"].setToolTip(
+            (d.get("last_flag") or "no frame flagged") + " (confidence: agreement of the model's "
+            "mirror views, 0..1; a frame is flagged when it is low or its count collapses "
+            "against its neighbours)")
         disp = f"Display {display_fps:.0f} Hz" if display_fps is not None else "Display idle"
         if drawn:
             disp += f" · {drawn:,} drawn"

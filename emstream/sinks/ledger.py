@@ -25,7 +25,7 @@ import numpy as np
 
 from emstream.results import PARTICLE_COLUMNS, Alert, Event, FrameRecord
 from emstream.sinks.base import Session, Sink
-from emstream.sinks.schema import PARTICLE_DB_COLUMNS, SCHEMA, SCHEMA_VERSION
+from emstream.sinks.schema import ADDED_COLUMNS, PARTICLE_DB_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ LEDGER_NAME = "ledger.sqlite"
 _FRAME_COLS = (
     "seq, source, status, reason, file_version, t_acq, t_arrival, t_done, height, width, "
     "nm_per_px_y, nm_per_px_x, calibration_source, calibration_detail, unit, count, coverage, "
-    "mean_diameter, d10, d50, d90, backend, timings_json"
+    "mean_diameter, d10, d50, d90, backend, timings_json, confidence, seg_scale, seg_flag"
 )
 _PARTICLE_INSERT = (
     f"INSERT OR REPLACE INTO particles ({', '.join(PARTICLE_DB_COLUMNS)}) "
@@ -89,6 +89,7 @@ class Ledger(Sink):
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute("PRAGMA foreign_keys=OFF")
         self._con.executescript(SCHEMA)
+        self._add_missing_columns()
         self._in_tx = False
         self._uncommitted = 0
         self._last_commit = time.monotonic()
@@ -97,6 +98,14 @@ class Ledger(Sink):
         self._slices_recorded: dict[str, int] = {}  # stack path -> slices recorded (cached)
         self._closed = False
         self.set_fact("schema_version", SCHEMA_VERSION, commit=True)
+
+    def _add_missing_columns(self) -> None:
+        """Bring a ledger written by an older emstream up to this schema (resume keeps working)."""
+        for table, columns in ADDED_COLUMNS.items():
+            have = {r[1] for r in self._con.execute(f"PRAGMA table_info({table})")}
+            for name, sql_type in columns:
+                if name not in have:
+                    self._con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
     # ---------------------------------------------------------------- transactions
     def _begin(self) -> None:
@@ -208,6 +217,9 @@ class Ledger(Sink):
             _num(summary.d90) if summary else None,
             backend,
             timings,
+            _num(res.confidence) if res is not None else None,
+            _num(res.seg_scale) if res is not None else None,
+            res.seg_flag if res is not None else None,
         )
         with self._lock:
             if self._closed:
@@ -216,7 +228,7 @@ class Ledger(Sink):
             self._begin()
             try:
                 self._con.execute(
-                    f"INSERT INTO frames ({_FRAME_COLS}) VALUES ({', '.join('?' * 23)})", row
+                    f"INSERT INTO frames ({_FRAME_COLS}) VALUES ({', '.join('?' * len(row))})", row
                 )
             except sqlite3.IntegrityError as exc:
                 # Same (source, file_version) already recorded: a duplicate must never appear.

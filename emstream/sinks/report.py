@@ -355,6 +355,15 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
                 ),
             )
         )
+        conf = col("confidence")
+        if np.isfinite(conf).any():
+            trend_svgs.append(
+                (
+                    "Segmentation confidence (agreement of the model's mirror views)",
+                    timeseries_svg(ft, [("confidence", conf, "#5b4b8a")], xlabel=xl,
+                                   ylabel="confidence", events=alert_marks, ymin=0),
+                )
+            )
         trend_svgs.append(
             (
                 "Coverage (particle area / valid image area)",
@@ -409,6 +418,11 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         {"source": f["source"], "reason": f.get("reason") or "", "seq": f["seq"]}
         for f in frames
         if f["status"] == "quarantined"
+    ]
+    flagged = [
+        {"seq": f["seq"], "source": f["source"], "reason": f["seg_flag"],
+         "count": f.get("count"), "confidence": _num(f.get("confidence"))}
+        for f in ok_frames if f.get("seg_flag")
     ]
     seen_src = {q["source"] for q in quarantined}
     for q in data["qfiles"]:
@@ -492,6 +506,7 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         ("Median per frame", _num(np.median(counts)) if counts.size else "—"),
         (f"D50 ({unit})", size["rows"][1]["value"] if d.size else "—"),
         ("Alerts", f"{len(data['alerts']):,}"),
+        ("Doubtful segmentation", f"{len(flagged):,} frame{'' if len(flagged) == 1 else 's'}"),
     ]
     name = Path(session_dir).resolve().name
     return {
@@ -512,6 +527,7 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         ),
         "timeline_svg": timeline,
         "quarantined": quarantined,
+        "flagged": flagged,
         "skipped": sorted(skipped.items(), key=lambda kv: -kv[1]),
         "calibration": calibration,
         "perf": perf,

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from emstream.results import PARTICLE_COLUMNS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Columns added since version 1 (``ALTER TABLE`` on a ledger from an older emstream, so a
+#: session recorded before them can be resumed): table -> [(column, type)].
+ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "frames": [("confidence", "REAL"), ("seg_scale", "REAL"), ("seg_flag", "TEXT")],
+}
 
 _SQL_TYPES = {"int32": "INTEGER", "float64": "REAL", "bool": "INTEGER"}
 
@@ -65,6 +71,9 @@ CREATE TABLE IF NOT EXISTS frames (
   d90 REAL,
   backend TEXT,
   timings_json TEXT,               -- per-stage milliseconds
+  confidence REAL,                 -- segmentation confidence 0..1 (NULL: the segmenter gives none)
+  seg_scale REAL,                  -- resampling factor the network ran at (learned segmenter)
+  seg_flag TEXT,                   -- why the segmentation is doubtful (NULL: fine)
   UNIQUE (source, file_version)
 );
 CREATE TABLE IF NOT EXISTS particles (

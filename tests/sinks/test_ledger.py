@@ -160,3 +160,43 @@ def test_stack_slice_in_flight_completes_the_newer_version(tmp_path):
     assert led.file_state("/d/s.mrc", "100:2")[0] == "done"
     assert "/d/s.mrc" in led.terminal_versions()
     led.close()
+
+
+def test_segmentation_confidence_scale_and_flag_are_recorded(tmp_path):
+    led = Ledger(tmp_path)
+    led.open(_session(tmp_path))
+    rec = _ok(0, "/d/a.tif", "10:1")
+    rec.result.confidence, rec.result.seg_scale = 0.42, 0.5
+    rec.result.seg_flag = "low confidence 0.42 < 0.70"
+    led.frame_done(rec)
+    led.frame_done(_ok(1, "/d/b.tif", "10:1"))  # classical: no confidence, no flag
+    led.close()
+    con = connect_readonly(tmp_path)
+    rows = {r["seq"]: dict(r) for r in con.execute("SELECT * FROM frames")}
+    assert rows[0]["confidence"] == 0.42 and rows[0]["seg_scale"] == 0.5
+    assert rows[0]["seg_flag"].startswith("low confidence")
+    assert rows[1]["confidence"] is None and rows[1]["seg_flag"] is None
+
+
+def test_a_ledger_from_before_the_confidence_columns_is_upgraded_on_resume(tmp_path):
+    # schema version 1 had no confidence / seg_scale / seg_flag: resuming such a session adds them
+    from emstream.sinks.ledger import LEDGER_NAME
+    from emstream.sinks.schema import SCHEMA
+
+    old = SCHEMA.replace("  confidence REAL,", "").replace("  seg_scale REAL,", "")
+    old = "\n".join(line for line in old.splitlines() if "seg_flag" not in line)
+    con = sqlite3.connect(tmp_path / LEDGER_NAME)
+    con.executescript(old)
+    con.execute("INSERT INTO frames (seq, source, status) VALUES (0, 'old.tif', 'ok')")
+    con.commit()
+    con.close()
+    led = Ledger(tmp_path)
+    led.open(_session(tmp_path))
+    rec = _ok(1, "/d/new.tif", "1:1")
+    rec.result.confidence = 0.9
+    led.frame_done(rec)
+    led.close()
+    con = connect_readonly(tmp_path)
+    rows = {r["seq"]: dict(r) for r in con.execute("SELECT * FROM frames")}
+    assert rows[0]["source"] == "old.tif" and rows[0]["confidence"] is None
+    assert rows[1]["confidence"] == 0.9

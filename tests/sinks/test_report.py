@@ -36,7 +36,8 @@ def test_report_is_self_contained_and_complete(session, artifacts_dir):
         "Provenance",
     ):
         assert section in html
-    assert html.count("<svg") >= 5  # histogram, 3 trends, alert timeline
+    assert html.count("<svg") >= 6  # histogram, 4 trends (confidence too), alert timeline
+    assert "Frames with doubtful segmentation" in html and "low confidence 0.45" in html
     assert "data:image/jpeg;base64," in html  # the alert snapshot is embedded
     assert "unreadable TIFF: page 0 truncated" in html  # quarantined file with its reason
     assert "policy latest: superseded" in html
@@ -58,6 +59,8 @@ def test_report_numbers_match_the_data(session):
     assert lo <= d50 <= hi and 3 < d50 < 12
     assert [a["rule"] for a in c["alerts"]] == ["stall", "large particles", "crowded"]
     assert c["alerts"][1]["seq"] == 26 and c["alerts"][1]["snapshot"]
+    assert [(f["seq"], f["confidence"]) for f in c["flagged"]] == [(17, "0.45")]
+    assert ("Doubtful segmentation", "1 frame") in c["cards"]
 
 
 def test_partly_and_fully_uncalibrated_sessions(tmp_path):

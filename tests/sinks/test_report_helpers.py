@@ -162,6 +162,8 @@ def build_session(
                 },
                 labels=labels,
                 t_done=t + 0.9 + 0.2 * rng.random(),
+                confidence=0.45 if i == 17 else 0.93 + 0.04 * rng.random(),
+                seg_flag="low confidence 0.45 < 0.70" if i == 17 else None,
             )
             rec = FrameRecord(i, src, "ok", t + 0.3, result=res, t_acq=t, calibration=fcal)
         frame_alerts = list(dog.on_frame(rec, t + 0.3))

@@ -45,7 +45,13 @@ from skimage.segmentation import watershed
 from emstream.frame import Prepared
 from emstream.process.prepare import background_level
 
-__all__ = ["ClassicalSegmenter"]
+__all__ = ["BACKGROUNDS", "ClassicalSegmenter"]
+
+#: ``film``: particles are brighter (after polarity) than a smooth film background; ``local``:
+#: than their own surroundings (white top-hat, for particles on bright textured supports);
+#: ``auto``: ``film``, unless what it finds looks like a support rather than particles
+#: (:func:`_support_like`), then ``local``.
+BACKGROUNDS = ("auto", "film", "local")
 
 
 class ClassicalSegmenter:
@@ -82,7 +88,13 @@ class ClassicalSegmenter:
         k_peak: float | str = "auto",
         false_alarms: float = 0.2,
         k_peak_weak: float = 4.0,
+        background: str = "auto",
+        local_radius_px: float | None = None,
     ):
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+        self.background = background
+        self.local_radius_px = local_radius_px
         if smooth_sigma != "auto" and not (isinstance(smooth_sigma, (int, float)) and smooth_sigma >= 0):
             raise ValueError(f"smooth_sigma must be 'auto' or >= 0, got {smooth_sigma!r}")
         self.smooth_sigma = smooth_sigma
@@ -115,12 +127,44 @@ class ClassicalSegmenter:
     def segment(self, prepared: Prepared) -> np.ndarray:
         """Instance labels (int32, 0 = background) of the prepared frame's particles."""
         img = np.asarray(prepared.image, dtype=np.float32)
-        h, w = img.shape
         valid = prepared.valid
         x = -img if prepared.polarity == "dark" else img.copy()
         if valid is not None:
             x[~valid] = 0.0
         x -= _flat_background(x, valid)
+        if self.background == "local":
+            return self._segment(x - self.local_background(x, valid), valid)
+        labels = self._segment(x, valid)
+        if self.background == "auto" and _support_like(labels, valid):
+            self.last_background = "local"
+            return self._segment(x - self.local_background(x, valid), valid)
+        self.last_background = "film"
+        return labels
+
+    def local_background(self, x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """The support under the particles: a grey opening of ``x`` (particles positive) by a
+        disk of radius ``local_radius_px`` (default 1/32 of the shorter side, at least 12 px),
+        run on a copy shrunk so the disk is 8 px across, and smoothed. Subtracting it (a white
+        top-hat) leaves what is brighter than its own surroundings: particles on a thick, bright,
+        textured support (HAADF of oxide or carbon supports), which are not brighter than the
+        frame."""
+        h, w = x.shape
+        r = self.local_radius_px or max(12.0, min(h, w) / 32.0)
+        f = min(1.0, 8.0 / r)
+        small = x if f == 1.0 else cv2.resize(
+            x, (max(4, round(w * f)), max(4, round(h * f))), interpolation=cv2.INTER_AREA)
+        if valid is not None:
+            vs = valid if f == 1.0 else cv2.resize(
+                valid.astype(np.uint8), small.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+            small = np.where(vs, small, np.median(small[vs]) if vs.any() else 0).astype(np.float32)
+        k = max(3, int(round(2 * r * f)) | 1)
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        bg = cv2.morphologyEx(small, cv2.MORPH_OPEN, disk)
+        bg = cv2.GaussianBlur(bg, (0, 0), k / 4.0)
+        return bg if f == 1.0 else cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    def _segment(self, x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        h, w = x.shape
 
         sigma = self._sigma(x, valid)
         self._last_sigma = sigma
@@ -341,6 +385,17 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     lut = np.zeros(mx + 1, np.int32)
     lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.int32)
     return lut[labels]
+
+
+def _support_like(labels: np.ndarray, valid: np.ndarray | None) -> bool:
+    """Did the film-background segmentation find a support rather than particles? True when its
+    objects cover more than 40 % of the valid area, or one object alone covers more than 8 %."""
+    n_valid = int(valid.sum()) if valid is not None else labels.size
+    if n_valid == 0:
+        return False
+    area = np.bincount(labels.ravel())
+    area[0] = 0
+    return bool(area.sum() > 0.4 * n_valid or area.max() > 0.08 * n_valid)
 
 
 def _flat_background(x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

@@ -104,8 +104,10 @@ def test_polarity_on_simulator_training_frames():
     right = total = 0
     for _ in range(30):
         img, labels, meta = training.training_sample(rng, 256)
-        if meta["coverage"] < 0.02:
-            continue  # nearly empty frames: polarity hardly matters and is not defined well
+        if meta["coverage"] < 0.02 or meta["support"]:
+            # nearly empty frames: polarity hardly matters and is not defined well; on a thick
+            # support the support, not the particles, sets the frame's look
+            continue
         total += 1
         right += prepare(img).polarity == meta["polarity"]
     assert total >= 15

@@ -32,7 +32,7 @@ def test_types_shapes_and_meta(samples):
         assert lab.min() >= 0
         json.dumps(meta)  # JSON-able
         assert meta["mode"] in ("bf", "haadf")
-        assert meta["polarity"] == ("dark" if meta["mode"] == "bf" else "bright")
+        assert meta["polarity"] == ("dark" if meta["mode"] == "bf" and not meta["sem"] else "bright")
         assert 10 <= meta["dose"] <= 1000
         assert meta["n_particles"] == len(np.unique(lab[lab > 0]))
 
@@ -71,10 +71,11 @@ def test_overlays_are_background(samples):
 
 
 def test_particles_contrast_with_their_surroundings(samples):
-    """BF particles are darker, HAADF particles brighter than a ring just outside them."""
+    """BF particles are darker, HAADF particles brighter than a ring just outside them (SEM-like
+    samples: brighter in either mode)."""
     checked = right = 0
     for img, lab, meta in samples:
-        sign = -1.0 if meta["mode"] == "bf" else 1.0
+        sign = -1.0 if meta["mode"] == "bf" and not meta["sem"] else 1.0
         fg = lab > 0
         for pid, sl in enumerate(ndimage.find_objects(lab), start=1):
             if sl is None:
@@ -170,3 +171,31 @@ def test_keep_connected_leaves_every_id_in_one_piece(seed, n):
     for pid, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is not None:
             assert ndimage.label(lab[sl] == pid, structure=EIGHT)[1] == 1
+
+
+def test_thick_supports_textured_and_sem_like_particles_appear_and_stay_whole():
+    """The failure cases of real images are drawn: particles on a thick support (which is brighter
+    in HAADF than its surroundings and carries no label), textured large particles (each still one
+    8-connected instance) and SEM-like samples."""
+    rng = np.random.default_rng(21)
+    seen = {"support": 0, "textured": 0, "sem": 0}
+    for _ in range(80):
+        img, lab, meta = training_sample(rng, 192)
+        seen["support"] += meta["support"]
+        seen["textured"] += meta["textured_particles"] > 0
+        seen["sem"] += meta["sem"]
+        for pid, sl in enumerate(ndimage.find_objects(lab), start=1):
+            if sl is not None and meta["textured_particles"]:
+                _, n = ndimage.label(lab[sl] == pid, EIGHT)
+                assert n == 1
+    assert seen["support"] >= 12 and seen["textured"] >= 3 and seen["sem"] >= 2, seen
+
+
+def test_a_thick_support_is_brighter_than_the_bare_film_in_haadf():
+    from emstream.sources.simulate.optics import thick_support
+
+    sup = thick_support(np.random.default_rng(0), (256, 256), 80.0, 0.5, 0.2)
+    on = sup > 0.5
+    assert 0.35 < on.mean() < 0.65  # covers about the coverage asked for
+    assert sup[on].std() > 0.05  # textured
+    assert sup.min() >= 0.0

@@ -39,6 +39,28 @@ def band_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -
     return n
 
 
+def thick_support(rng: np.random.Generator, shape: tuple[int, int], scale: float,
+                  coverage: float, texture: float) -> np.ndarray:
+    """A thick support under the particles (oxide aggregates, graphitic carbon): 0 off it, about
+    1 on it (blurred edges, internal texture of relative amplitude ``texture`` at 1.5 - 5 px).
+
+    Made from smooth noise at ``scale`` px thresholded at its ``coverage`` quantile, so the
+    aggregates are rounded lumps of about ``scale`` px with lobes, covering ``coverage`` of the
+    frame; on it a coarser undulation (thickness varies across an aggregate) and fine grain.
+    """
+    H, W = shape
+    f = max(1, int(scale // 8))
+    small = band_noise(rng, (H // f + 2, W // f + 2), max(scale / f / 2.5, 0.5))
+    field = cv2.resize(small, (W + 2 * f, H + 2 * f), interpolation=cv2.INTER_LINEAR)[f:f + H, f:f + W]
+    thr = float(np.quantile(field, 1.0 - coverage))
+    edge = max(0.15, float(field.std()) * 0.15)
+    sup = 1.0 / (1.0 + np.exp(np.clip(-(field - thr) / edge, -30, 30)))
+    sup *= np.float32(0.7) + np.float32(0.3) * np.clip(field - thr, 0, 1.0)  # thicker inside
+    fine = band_noise(rng, shape, float(rng.uniform(1.5, 5.0)))
+    sup *= 1.0 + np.float32(texture) * fine
+    return np.maximum(sup, 0.0).astype(np.float32)
+
+
 def periodic_band_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Like :func:`band_noise` but periodic (FFT filtered), so a drifting crop can wrap around."""
     n = rng.standard_normal(shape).astype(np.float32)

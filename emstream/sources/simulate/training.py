@@ -48,6 +48,19 @@ holey-carbon edge             22 %: circle radius U 0.5 – 3 × size crossing t
 illumination                  linear gradient amplitude U 0 – 0.35, vignette U 0 – 0.3
 gas haze                      30 %: U 0 – 0.3 of the signal replaced by a flat background
                               (contrast floor raised by 1/(1 − haze))
+thick support                 30 %: oxide aggregates / graphitic carbon under the particles
+                              (``thick_support``: lumps of LU 0.15 – 0.6 × size covering U 30 –
+                              80 %, texture U 0.05 – 0.3); HAADF signal ×(1 + LU 0.5 – 6) on it,
+                              so it is brighter than many particles, which are brighter only than
+                              their own surroundings; BF transmission ×exp(−U 0.2 – 1.5); 85 %
+                              of the particles off the support are removed (catalyst particles
+                              sit on it); always background
+internal texture              particles ≥ 30 px, 25 %: mesopores (dark pits of U 2 – 6 px
+                              covering U 10 – 40 % of the particle) or a core–shell step (core
+                              U 0.4 – 0.8 of the radius, shell contrast ×U 0.3 – 0.7); still one
+                              particle
+SEM-like contrast             8 %: secondary-electron edge brightening (bright rims of U 1 – 4 px
+                              on every particle, the particle bright whatever the mode)
 STEM line noise               HAADF 50 %: per-row gain jitter U 0.5 – 4 % rms
 blur (optics + gas)           Gaussian sigma LU 0.4 – 2.5 px; 10 % gas-blurred U 2.5 – 3.5 px;
                               capped at 0.2 × the median diameter (particles stay visible)
@@ -63,7 +76,8 @@ scale bar                     35 %: in the data bar if any, else burned into a b
 
 ``meta`` keys: ``mode``, ``polarity`` (``dark``/``bright``), ``nm_per_px``, ``dose``,
 ``read_noise``, ``bias``, ``blur_sigma``, ``halo_amp``, ``n_particles``, ``coverage``,
-``median_diameter_px``, ``shapes`` (count per shape), ``hole`` (bool), ``banner_rows``
+``median_diameter_px``, ``shapes`` (count per shape), ``hole`` (bool), ``support`` (bool: thick
+support), ``textured_particles`` (count), ``sem`` (bool), ``banner_rows``
 (``[first, stop]`` or ``None``), ``scale_bar`` (``[y0, y1, x0, x1]`` incl. its label, or
 ``None``), ``invalid_px`` (pixels covered by overlays).
 """
@@ -75,6 +89,7 @@ import math
 import cv2
 import numpy as np
 
+from .optics import band_noise, thick_support
 from .render import (
     SHAPES,
     Neck,
@@ -319,12 +334,21 @@ def training_sample(
         def hole_fn(y: float, x: float) -> bool:
             return math.hypot(y - hcy, x - hcx) < hrad
 
+    support = None
+    if rng.random() < 0.3:  # a thick textured support; the particles sit on it
+        support = thick_support(rng, shape, _lu(rng, 0.15, 0.6) * size,
+                                float(rng.uniform(0.3, 0.8)), float(rng.uniform(0.05, 0.3)))
     particles: list[Particle] = []
     new_index = {}
     uni = rng.random((len(placed), 24))
+    off_support = rng.random(len(placed)) < 0.85
     for k, (i, (y, x), kind) in enumerate(zip(placed, centres, kinds, strict=True)):
         if hole_fn is not None and hole_fn(y, x):
             continue
+        if support is not None and off_support[k]:
+            yy, xx = min(max(int(y), 0), size - 1), min(max(int(x), 0), size - 1)
+            if support[yy, xx] < 0.5:
+                continue
         c = c_level * (0.75 + 0.55 * uni[k, 23])
         if mode == "bf":
             strength = -math.log(1.0 - min(c, 0.95))
@@ -339,9 +363,18 @@ def training_sample(
              if a in new_index and b in new_index and rng.random() < neck_frac]
 
     absorb, thick, labels = draw_particles(particles, shape, necks)
+    texture = _internal_texture(rng, absorb, labels)
+    sem = rng.random() < 0.08
+    if sem:  # secondary-electron contrast: bright particles with brighter rims, either mode
+        absorb = _sem_contrast(rng, absorb, labels, mode)
 
     # --- support, optics, detector ----------------------------------------------------------
     carbon, illum, hole_mask = support_film(optics, shape, rng)
+    if support is not None:
+        if mode == "bf":
+            carbon *= np.exp(-np.float32(rng.uniform(0.2, 1.5)) * support)
+        else:
+            carbon *= 1.0 + np.float32(_lu(rng, 0.5, 6.0)) * support
     image = form_image(absorb, thick, carbon, illum, optics, rng, hole_mask=hole_mask)
 
     # --- burned-in overlays ---------------------------------------------------------------
@@ -388,7 +421,7 @@ def training_sample(
     eq_d = 2 * np.sqrt(counts / math.pi) if counts.size else np.zeros(0)
     meta = {
         "mode": mode,
-        "polarity": "dark" if mode == "bf" else "bright",
+        "polarity": "dark" if mode == "bf" and not sem else "bright",
         "nm_per_px": _lu(rng, 0.05, 2.0),
         "dose": optics.dose,
         "read_noise": optics.read_noise,
@@ -400,8 +433,55 @@ def training_sample(
         "median_diameter_px": float(np.median(eq_d)) if eq_d.size else 0.0,
         "shapes": {s: int(np.sum(kinds == j)) for j, s in enumerate(SHAPES)},
         "hole": optics.hole is not None,
+        "support": support is not None,
+        "textured_particles": texture,
+        "sem": sem,
         "banner_rows": banner_rows,
         "scale_bar": sb_box,
         "invalid_px": int(np.count_nonzero(~valid)),
     }
     return image, labels, meta
+
+
+def _internal_texture(rng: np.random.Generator, absorb: np.ndarray, labels: np.ndarray) -> int:
+    """Mesopores or a core-shell step inside a quarter of the particles of 30 px and more (in
+    place on ``absorb``; the labels stay whole: a textured particle is still one particle).
+    Returns how many particles were textured."""
+    ids, area = np.unique(labels[labels > 0], return_counts=True)
+    big = ids[(area >= math.pi * 15 ** 2) & (rng.random(ids.size) < 0.25)]
+    if big.size == 0:
+        return 0
+    from scipy import ndimage as ndi
+
+    boxes = ndi.find_objects(labels)
+    for i in big:
+        sl = boxes[int(i) - 1]
+        if sl is None:
+            continue
+        m = labels[sl] == i
+        a = absorb[sl]
+        if rng.random() < 0.5:  # mesopores: dark (BF: bright) pits, thinner material
+            pits = band_noise(rng, m.shape, float(rng.uniform(2, 6)))
+            frac = float(rng.uniform(0.1, 0.4))
+            hole = pits > np.quantile(pits[m], 1 - frac)
+            a[m & hole] *= np.float32(rng.uniform(0.2, 0.6))
+        else:  # core-shell: a core of another contrast inside a shell
+            d = ndi.distance_transform_edt(m)
+            core = d > (1 - rng.uniform(0.4, 0.8)) * d.max()
+            a[m & ~core] *= np.float32(rng.uniform(0.3, 0.7))
+    return int(big.size)
+
+
+def _sem_contrast(rng: np.random.Generator, absorb: np.ndarray, labels: np.ndarray,
+                  mode: str) -> np.ndarray:
+    """Secondary-electron look: every particle a flat level with bright rims (edge effect) of
+    U 1 - 4 px; in bright field the sign is flipped so that the particle images bright."""
+    from scipy import ndimage as ndi
+
+    inside = labels > 0
+    depth = ndi.distance_transform_edt(inside).astype(np.float32)
+    width = float(rng.uniform(1, 4))
+    level = float(np.median(absorb[inside])) if inside.any() else 0.0
+    rim = np.exp(-depth / width) * inside
+    out = (np.float32(level) * (0.8 + np.float32(1.2) * rim)).astype(np.float32)
+    return -out if mode == "bf" else out

@@ -52,6 +52,8 @@ __all__ = ["BACKGROUNDS", "ClassicalSegmenter"]
 #: ``auto``: ``film``, unless what it finds looks like a support rather than particles
 #: (:func:`_support_like`), then ``local``.
 BACKGROUNDS = ("auto", "film", "local")
+#: Large objects less solid than this (area-weighted area / convex-hull area) are a support.
+SUPPORT_SOLIDITY = 0.8
 
 
 class ClassicalSegmenter:
@@ -144,7 +146,7 @@ class ClassicalSegmenter:
     def local_background(self, x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """The support under the particles: a grey opening of ``x`` (particles positive) by a
         disk of radius ``local_radius_px`` (default 1/32 of the shorter side, at least 12 px),
-        run on a copy shrunk so the disk is 8 px across, and smoothed. Subtracting it (a white
+        run on a copy shrunk so the disk is 8 px across. Subtracting it (a white
         top-hat) leaves what is brighter than its own surroundings: particles on a thick, bright,
         textured support (HAADF of oxide or carbon supports), which are not brighter than the
         frame."""
@@ -160,8 +162,10 @@ class ClassicalSegmenter:
         k = max(3, int(round(2 * r * f)) | 1)
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         bg = cv2.morphologyEx(small, cv2.MORPH_OPEN, disk)
-        bg = cv2.GaussianBlur(bg, (0, 0), k / 4.0)
-        return bg if f == 1.0 else cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+        if f == 1.0:
+            return bg
+        # upsampled, the coarse opening overshoots a sharp support edge: keep it under the image
+        return np.minimum(cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR), x)
 
     def _segment(self, x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         h, w = x.shape
@@ -388,14 +392,27 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 
 
 def _support_like(labels: np.ndarray, valid: np.ndarray | None) -> bool:
-    """Did the film-background segmentation find a support rather than particles? True when its
-    objects cover more than 40 % of the valid area, or one object alone covers more than 8 %."""
+    """Did the film-background segmentation find a support rather than particles?
+
+    A support shows up as large, irregular objects: those over 2 % of the valid area together
+    cover more than 15 % of it and their area-weighted solidity (area / convex-hull area) is
+    below ``SUPPORT_SOLIDITY``. Large particles (tens to hundreds of px across) are convex and do not
+    count."""
     n_valid = int(valid.sum()) if valid is not None else labels.size
     if n_valid == 0:
         return False
     area = np.bincount(labels.ravel())
     area[0] = 0
-    return bool(area.sum() > 0.4 * n_valid or area.max() > 0.08 * n_valid)
+    big = np.flatnonzero(area > 0.02 * n_valid)
+    if big.size == 0 or area[big].sum() <= 0.15 * n_valid:
+        return False
+    hull = []
+    for i in big:
+        ys, xs = np.nonzero(labels == i)
+        pts = np.stack([xs, ys], axis=1).astype(np.int32)
+        hull.append(max(cv2.contourArea(cv2.convexHull(pts)), 1.0))
+    solidity = float(area[big].sum() / np.sum(hull))
+    return solidity < SUPPORT_SOLIDITY
 
 
 def _flat_background(x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

@@ -215,3 +215,61 @@ def _iou_matches(truth, pred):
     iou = inter / (a_t[:, None] + a_p[None, :] - inter + 1e-9)
     iou[0], iou[:, 0] = 0, 0
     return int((iou.max(1) > 0.5).sum()), ng, npr
+
+
+def _on_support(seed=0):
+    """HAADF-like: small bright particles on a large, lobed (zigzag), bright, textured support."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    support = np.zeros((512, 512), np.uint8)
+    pts = np.array([[40, 60], [200, 420], [300, 90], [470, 450]], np.int32)
+    cv2.polylines(support, [pts], False, 1, thickness=90)
+    texture = cv2.GaussianBlur(rng.standard_normal((512, 512)), (0, 0), 3) * 3
+    img = 100.0 + 400.0 * support * (1 + 0.15 * texture)
+    truth = []
+    ys, xs = np.nonzero(support)
+    for k in rng.choice(ys.size, 60, replace=False):
+        cy, cx = ys[k], xs[k]
+        if all((cy - a) ** 2 + (cx - b) ** 2 > 20 ** 2 for a, b in truth):
+            truth.append((cy, cx))
+            img[(np.arange(512)[:, None] - cy) ** 2 + (np.arange(512)[None] - cx) ** 2 <= 25] += 250
+    img = rng.poisson(np.clip(img, 0, None)).astype(np.uint16)
+    return img, np.array(truth)
+
+
+def test_particles_on_a_bright_support_are_found_against_their_surroundings():
+    img, truth = _on_support()
+    prepared = prepare(img, polarity="bright")
+
+    def found(seg):
+        lab = seg.segment(prepared)
+        ids = np.unique(lab)[1:]
+        area = np.bincount(lab.ravel())
+        # a hit: the particle's centre lies in an object of about its size (r = 5 px: 80 px²)
+        hits = sum(1 for cy, cx in truth if lab[cy, cx] > 0 and 30 < area[lab[cy, cx]] < 300)
+        return hits, ids.size
+
+    film_hits, _ = found(ClassicalSegmenter(background="film"))
+    auto = ClassicalSegmenter()  # background="auto"
+    auto_hits, n_auto = found(auto)
+    assert auto.last_background == "local"
+    assert film_hits <= 0.3 * len(truth)  # the support swallows them: one huge object
+    assert auto_hits >= 0.8 * len(truth) and n_auto <= 1.5 * len(truth)
+
+
+def test_large_convex_particles_keep_the_film_background():
+    import cv2
+
+    img = np.full((512, 512), 100.0)
+    for cy, cx in ((130, 130), (130, 380), (380, 250)):
+        cv2.circle(img, (cx, cy), 100, 600, -1)
+    img = np.random.default_rng(1).poisson(img).astype(np.uint16)
+    seg = ClassicalSegmenter()
+    lab = seg.segment(prepare(img, polarity="bright"))
+    assert seg.last_background == "film" and np.unique(lab).size - 1 == 3
+
+
+def test_background_mode_is_checked():
+    with pytest.raises(ValueError):
+        ClassicalSegmenter(background="tophat")

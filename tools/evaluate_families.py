@@ -66,6 +66,24 @@ def score(items, preds) -> dict:
     return out
 
 
+def upscaled(item: dict, factor: float) -> dict:
+    """The item seen at ``factor`` times the magnification: image resampled (cubic), labels
+    (nearest) and centres scaled."""
+    import cv2
+
+    h, w = item["raw"].shape
+    size = (round(w * factor), round(h * factor))
+    out = dict(item)
+    out["raw"] = cv2.resize(item["raw"], size, interpolation=cv2.INTER_CUBIC)
+    out["labels"] = cv2.resize(item["labels"], size, interpolation=cv2.INTER_NEAREST)
+    c = item["centres"].copy()
+    c[:, :2] = (c[:, :2] + 0.5) * factor - 0.5  # pixel centres
+    c[:, 2] *= factor
+    out["centres"] = c
+    out["median_d"] = item["median_d"] * factor
+    return out
+
+
 def learned(model: str, **options):
     from emstream.backends import make_segmenter
 
@@ -106,6 +124,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-classical", action="store_true")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="LearnedSegmenter option for every learned model (e.g. scale=1)")
+    ap.add_argument("--upscale", type=float, default=1.0,
+                    help="enlarge every image (and its truth) by this factor: the same particles "
+                         "at a higher magnification, on frames large enough for the tiled path")
+    ap.add_argument("--limit", type=int, default=0, help="at most this many images a family")
     ap.add_argument("--out", type=Path, default=Path("families.json"))
     ap.add_argument("--card", action="store_true")
     a = ap.parse_args(argv)
@@ -117,6 +139,10 @@ def main(argv=None) -> int:
         except json.JSONDecodeError:
             options[k] = v
     data = {f: families.load(f) for f in a.families.split(",")}
+    if a.limit:  # every k-th image, so both folds stay represented
+        data = {f: items[::max(1, len(items) // a.limit)][:a.limit] for f, items in data.items()}
+    if a.upscale != 1.0:
+        data = {f: [upscaled(it, a.upscale) for it in items] for f, items in data.items()}
     data = {f: items for f, items in data.items() if items}
     rows = []
 
@@ -152,7 +178,7 @@ def main(argv=None) -> int:
         if a.model:
             run(family, items, learned(a.model, **options), f"learned {Path(a.model).stem}",
                 "yes")
-    results = {"rows": rows, "options": options}
+    results = {"rows": rows, "options": options, "upscale": a.upscale, "limit": a.limit}
     a.out.write_text(json.dumps(results, indent=2))
     md = markdown(rows)
     a.out.with_suffix(".md").write_text(md + "\n")

@@ -503,11 +503,17 @@ class FrameView(QtWidgets.QWidget):
         tgt = f" · <span style='color:{theme.OUTLINE_MATCH}'>{nm} target</span>" if nm else ""
         ts = time.strftime("%H:%M:%S", time.localtime(f.t_acq))
         lv = f" · levels {self.levels[0]:.4g}–{self.levels[1]:.4g}" if self.levels else ""
+        conf = ""
+        if getattr(r, "confidence", None) is not None:
+            conf = f" · confidence {r.confidence:.2f}"
+        if getattr(r, "seg_flag", None):
+            conf += f" · <span style='color:{theme.WARN}'>⚠ doubtful segmentation</span>"
         self.caption.setText(
             f"<b>Frame #{r.seq}</b> · acquired {ts} · {w}×{h} px · {calib} · "
-            f"<b>{n}</b> particles{tgt} · {r.backend}"
+            f"<b>{n}</b> particles{tgt} · {r.backend}{conf}"
             f"<span style='color:{theme.TEXT_DIM}'>{lv}</span>"
         )
+        self.caption.setToolTip(r.seg_flag or "")
 
     def _on_mouse_moved(self, evt) -> None:
         pos = evt[0]

@@ -508,3 +508,24 @@ def test_trend_time_axis_writes_seconds_as_clock_seconds(qapp):
     v = list(wide.values())[0]
     assert axis.tickStrings(v, 1.0, list(wide)[0]) == [
         time.strftime("%H:%M:%S", time.localtime(x)) for x in v]
+
+
+def test_segmentation_confidence_and_flags_are_shown(window_factory, rng, artifacts_dir):
+    stats = {"confidence": 0.93, "flagged": 0, "last_flag": ""}
+    win = window_factory(None, stats=lambda: stats)
+    win.status.refresh()
+    assert "Confidence <b>0.93</b>" in win.status.labels["segmentation"].text()
+    assert "flagged" not in win.status.labels["segmentation"].text()
+    stats.update(confidence=0.41, flagged=2, last_flag="frame 17: low confidence 0.41 < 0.70")
+    win.status.refresh()
+    assert "2 flagged" in win.status.labels["segmentation"].text()
+    assert "frame 17: low confidence" in win.status.labels["segmentation"].toolTip()
+    r = make_result(rng, 17, n=12)
+    r.confidence, r.seg_flag = 0.41, "low confidence 0.41 < 0.70"
+    win.show_result(r)
+    caption = win.frame_view.caption
+    assert "confidence 0.41" in caption.text() and "doubtful segmentation" in caption.text()
+    assert caption.toolTip() == r.seg_flag
+    from emstream.gui.app import save_screenshot
+
+    save_screenshot(win, artifacts_dir / "gui_doubtful_frame.png")

@@ -47,9 +47,34 @@ from evaluate import Score  # noqa: E402
 
 
 def segment(seg, items) -> list[np.ndarray]:
+    """Labels of every item; a learned segmenter's per-image confidence and scale are added to
+    the items' ``info`` (keyed by the segmenter's name)."""
     from emstream.process.prepare import prepare
 
-    return [np.asarray(seg.segment(prepare(it["raw"]))) for it in items]
+    out = []
+    for it in items:
+        p = prepare(it["raw"])
+        if hasattr(seg, "segment_with_info"):
+            labels, info = seg.segment_with_info(p)
+            it.setdefault("info", {})[seg.name] = info
+        else:
+            labels = seg.segment(p)
+        out.append(np.asarray(labels))
+    return out
+
+
+def info_summary(items, key: str) -> dict | None:
+    """Quantiles of the confidence and the share of images resampled, over the items."""
+    infos = [it.get("info", {}).get(key) for it in items]
+    infos = [i for i in infos if i]
+    if not infos:
+        return None
+    conf = np.array([i["confidence"] for i in infos])
+    scale = np.array([i["scale"] for i in infos])
+    return {"confidence_q10_50_90": [round(float(q), 3) for q in np.quantile(conf, [.1, .5, .9])],
+            "flagged_below_0.7": round(float(np.mean(conf < 0.7)), 3),
+            "resampled": round(float(np.mean(scale < 1)), 3),
+            "scale_median": round(float(np.median(scale)), 3)}
 
 
 def score(items, preds) -> dict:
@@ -151,6 +176,7 @@ def main(argv=None) -> int:
         preds = segment(seg, items)
         r = score(items, preds)
         r["seconds"] = round(time.perf_counter() - t0, 1)
+        r["info"] = info_summary(items, seg.name)
         rows.append({"family": family, "images": len(items), "segmenter": name, "seen": seen,
                      "result": r})
         print(json.dumps(rows[-1]), flush=True)
@@ -164,9 +190,12 @@ def main(argv=None) -> int:
             pick = [it for it in items if it["fold"] == int(fold)]
             seg = learned(path, **options)
             held.append((pick, segment(seg, pick)))
+            for it in pick:
+                it.setdefault("info", {})["held-out"] = it["info"][seg.name]
         if held:
             its = [it for p, _ in held for it in p]
             r = score(its, [q for _, pr in held for q in pr])
+            r["info"] = info_summary(its, "held-out")
             rows.append({"family": family, "images": len(its), "segmenter": "learned, fold models",
                          "seen": "no (held-out fold)", "result": r})
             print(json.dumps(rows[-1]), flush=True)

@@ -55,6 +55,13 @@ SCALE_MAX_D = 64.0
 SCALE_TARGET_D = 40.0
 #: The scale estimate's coarse pass sees the frame with its longer side at most this many px.
 SCALE_PROBE_SIDE = 256
+#: ... and acts only on what it is sure of: at least ``SCALE_PROBE_MIN_COUNT`` large objects that
+#: cover at least this share of the frame, found with at least this confidence (mean margin, :func:`confidence`). A thick textured
+#: support under small particles looks like a few large, unsure objects in the probe (supported
+#: catalysts: margin 0.33-0.65, coverage <= 3 %; large particles in figures: 0.65-0.96).
+SCALE_PROBE_COVERAGE = 0.05
+SCALE_PROBE_MIN_COUNT = 3
+SCALE_PROBE_CONFIDENCE = 0.7
 #: The network never sees a frame whose shorter side is below this many px.
 SCALE_MIN_SIDE = 96
 
@@ -189,19 +196,23 @@ class LearnedSegmenter:
 
         A coarse pass (one view, the frame shrunk so its longer side is ``SCALE_PROBE_SIDE`` px:
         about 1/16 of a 1024² frame's cost) finds the particles that are large at native
-        resolution; if their median equivalent diameter, in native px, exceeds ``SCALE_MAX_D``
-        the frame is resampled so that it becomes ``SCALE_TARGET_D``. Small particles are
-        invisible to the coarse pass and leave the factor at 1, so they are never shrunk away.
+        resolution; if they are convincing (``SCALE_PROBE_COVERAGE``, ``SCALE_PROBE_CONFIDENCE``)
+        and their median equivalent diameter, in native px, exceeds ``SCALE_MAX_D`` the frame is
+        resampled so that it becomes ``SCALE_TARGET_D``. Small particles are invisible to the
+        coarse pass and leave the factor at 1, so they are never shrunk away.
         """
         h, w = image.shape
         c = min(1.0, SCALE_PROBE_SIDE / max(h, w))
         small = image if c == 1.0 else cv2.resize(
             image, (max(16, round(w * c)), max(16, round(h * c))), interpolation=cv2.INTER_AREA)
-        labels = self.instances(self._run_padded(small, views=1))
+        probe = self._run_padded(small, views=1)
+        labels = self.instances(probe)
         area = np.bincount(labels.ravel())[1:]
         area = area[area >= max(self.min_area_px, 4)]
-        if area.size == 0:
+        if area.size < SCALE_PROBE_MIN_COUNT or area.sum() < SCALE_PROBE_COVERAGE * labels.size:
             return 1.0
+        if confidence(probe[0], _logit(self.threshold)) < SCALE_PROBE_CONFIDENCE:
+            return 1.0  # unsure large objects: a textured support, not large particles
         d_native = float(np.median(np.sqrt(4 * area / np.pi))) / c
         if d_native <= SCALE_MAX_D:
             return 1.0

@@ -81,7 +81,9 @@ def test_small_particles_keep_their_native_pixels():
 
 
 def test_the_scale_never_shrinks_a_frame_below_the_minimum_side():
-    img = disks((200, 1024), 95, 2)  # a wide strip of huge particles
+    img = np.full((200, 1024), 100, np.uint16)  # a wide strip of huge particles
+    for cx in (150, 500, 850):
+        cv2.circle(img, (cx, 100), 95, 1000, -1)
     s = seg(scale="auto")
     f = s.estimate_scale(np.where(img > 500, 1.0, -1.0).astype(np.float32))
     assert f == pytest.approx(SCALE_MIN_SIDE / 200, rel=1e-6)
@@ -110,3 +112,21 @@ def test_confidence_function():
     assert confidence(sure, 0.0) > 0.99
     assert confidence(unsure, 0.0) < 0.1
     assert confidence(np.full((8, 8), -9.0), 0.0) == 1.0
+
+
+def test_a_few_unsure_or_sparse_large_objects_do_not_shrink_the_frame():
+    """A thick support under small particles shows up in the probe as a few large objects: too
+    few, too small a share of the frame, or found without confidence, it leaves the scale at 1."""
+    two = disks((1024, 1024), 150, 2, seed=3)  # two huge objects only
+    assert seg(scale="auto").estimate_scale(np.where(two > 500, 1.0, -1.0).astype(np.float32)) == 1.0
+
+    class Unsure(Bright):
+        def run(self, batch):
+            out = super().run(batch)
+            out["maps"][:, 0] *= 0.05  # p ~ 0.6 where it was sure
+            return out
+
+    big = disks((1024, 1024), 110, 4)
+    img = np.where(big > 500, 1.0, -1.0).astype(np.float32)
+    assert seg(scale="auto").estimate_scale(img) < 0.5
+    assert seg(Unsure(), scale="auto", threshold=0.5).estimate_scale(img) == 1.0

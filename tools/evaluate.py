@@ -25,7 +25,8 @@ generator's widest settings bury some fields of 4-8 px particles in carbon textu
 
 Every set is segmented through the production path (``prepare`` -> segmenter), for the learned
 model (ONNX Runtime, CPU) and the classical baseline alike. Results go to a JSON file and a
-markdown table, which ``--card`` writes into ``engines/MODEL_CARD.md``. ``--edges`` adds where
+markdown table, which ``--card`` writes into ``engines/MODEL_CARD.md`` (``auto_default`` is
+decided on the real image families by ``tools/evaluate_families.py --card``). ``--edges`` adds where
 the truth's and each segmenter's outlines sit on the particles' contrast step
 (:func:`edge_contrast`), which tells an annotation convention apart from a sizing error.
 
@@ -435,34 +436,10 @@ def main(argv=None) -> int:
     if a.card:
         from export_onnx import fill_card_section
 
+        # whether --segmenter auto picks the model is decided on the real image families
+        # (tools/evaluate_families.py --card), not on these sets
         fill_card_section(REPO / "engines" / "MODEL_CARD.md", "accuracy", md)
-        record_auto_default(Path(a.model).with_suffix(".json"), rows)
     return 0
-
-
-def record_auto_default(sidecar: Path, rows: list[dict]) -> None:
-    """Write into the model's sidecar whether ``--segmenter auto`` should pick it.
-
-    The learned model is the automatic default only where it beat the classical baseline on every
-    set both were scored on (pooled F1); the CLI reads ``auto_default`` from the sidecar.
-    """
-    def f1(seg_prefix: str, set_name: str) -> float | None:
-        for r in rows:
-            if r["set"] == set_name and r["segmenter"].startswith(seg_prefix):
-                return r["result"]["f1"]
-        return None
-
-    pairs = {name: (f1("learned", name), f1("classical", name))
-             for name in ("synthetic", "synthetic-wide", "scene")}
-    pairs["real"] = (f1("learned", "real held-out (all folds)"), f1("classical", "real (all 20)"))
-    scored = {k: v for k, v in pairs.items() if None not in v}
-    worse = [f"{k} {lf:.3f} vs {cf:.3f}" for k, (lf, cf) in scored.items() if lf <= cf]
-    info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    info["auto_default"] = bool(scored) and not worse
-    info["auto_default_reason"] = (
-        "beat the classical baseline on every evaluation set" if info["auto_default"] else
-        "did not beat the classical baseline (learned vs classical F1: " + "; ".join(worse) + ")")
-    sidecar.write_text(json.dumps(info, indent=2) + "\n")
 
 
 if __name__ == "__main__":

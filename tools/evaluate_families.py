@@ -160,7 +160,7 @@ def markdown(rows: list[dict]) -> str:
             f"{'—' if m is None else format(m['f1'], '.3f')} | "
             f"{'—' if m is None else pct(m['median_rel_diameter_error'])} |")
     if notes:
-        lines += ["", "Confidence (agreement of the mirror views) per image, and the scale policy:", "",
+        lines += ["", "The segmenter's confidence per image, and the scale policy:", "",
                   "| family | scored by | confidence q10 / q50 / q90 | flagged (< 0.7) | mean F1 "
                   "of flagged images | of the others | images resampled |",
                   "|---|---|---|---|---|---|---|", *notes]

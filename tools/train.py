@@ -49,7 +49,6 @@ from make_dataset import load_cache, load_real, parse_indices_text, targets  # n
 
 from emstream.backends.normalize import normalize_image  # noqa: E402
 from emstream.backends.segmenter import SCALE_MAX_D  # noqa: E402
-
 from emstream.backends.unet import build_model, count_parameters  # noqa: E402
 
 DEFAULTS = {

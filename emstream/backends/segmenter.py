@@ -10,16 +10,19 @@ Per frame:
    the valid ones, i.e. to the background level. A flat block at any other level has an edge
    the network reads as particle contrast: filling a data bar with 0 produced a row of false
    particles along it on the demo's bright-field frames (BF precision 0.60 -> 0.79).
-2. **Large-frame policy.** The network is fully convolutional and always runs at the frame's
-   *native* pixel size (no down-scaling by default, so a 4 px particle on a 4096² frame stays
-   4 px). Frames whose longer side is at most ``max_side`` (2048 on the CPU, 4096 on CUDA) run
-   in one piece, padded (reflect) to a multiple of 16. Larger frames are cut into ``tile`` x
-   ``tile`` tiles (default 1024) that overlap by ``2 * margin`` px (default margin 128, about
-   half the network's receptive field); each tile contributes only its interior (the outer
-   ``margin`` px are discarded, except at the frame edge), and the *maps* -- not labels -- are stitched, so the watershed runs once on the
-   whole frame and particles crossing tile borders are never cut or duplicated. An optional
-   ``scale`` < 1 (e.g. 0.5) resamples frames whose particles are all large (tens of px) for
-   speed; maps are resampled back to full size before post-processing.
+2. **Large-frame policy.** The network is fully convolutional and runs at the frame's *native*
+   pixel size unless the scale policy below shrinks a frame of large particles (a 4 px particle
+   on a 4096² frame stays 4 px). Frames whose longer side is at most ``max_side`` (2048 on the
+   CPU, 4096 on CUDA) run in one piece, padded (reflect) to a multiple of 16. Larger frames are
+   cut into ``tile`` x ``tile`` tiles (default 1024) that overlap by ``2 * margin`` px (default
+   margin 128, about half the network's receptive field); each tile contributes only its
+   interior (the outer ``margin`` px are discarded, except at the frame edge), and the *maps* --
+   not labels -- are stitched, so the watershed runs once on the whole frame and particles
+   crossing tile borders are never cut or duplicated. **Scale policy**: ``scale="auto"`` (the
+   shipped sidecar's) resamples a frame whose particles are larger than the network's size band
+   into it (:meth:`LearnedSegmenter.estimate_scale`; small particles are never shrunk); a
+   number fixes the factor. Maps are resampled back to full size before post-processing, so
+   outlines and sizes are in the frame's own pixels.
 3. **Instances** from the two maps with
    :func:`emstream.process.instances.instances_from_maps` (markers from the normalised distance,
    watershed inside the particle mask), pixels outside ``prepared.valid`` are 0.
@@ -55,10 +58,11 @@ SCALE_MAX_D = 64.0
 SCALE_TARGET_D = 40.0
 #: The scale estimate's coarse pass sees the frame with its longer side at most this many px.
 SCALE_PROBE_SIDE = 256
-#: ... and acts only on what it is sure of: at least ``SCALE_PROBE_MIN_COUNT`` large objects that
-#: cover at least this share of the frame, found with at least this confidence (mean margin, :func:`confidence`). A thick textured
-#: support under small particles looks like a few large, unsure objects in the probe (supported
-#: catalysts: margin 0.33-0.65, coverage <= 3 %; large particles in figures: 0.65-0.96).
+#: ... and acts only on what it is sure of: at least ``SCALE_PROBE_MIN_COUNT`` large objects
+#: covering at least ``SCALE_PROBE_COVERAGE`` of the frame, found with a confidence (mean margin,
+#: :func:`confidence`) of at least ``SCALE_PROBE_CONFIDENCE``. A thick textured support under
+#: small particles looks like a few large, unsure objects in the probe (supported catalysts:
+#: margin 0.33-0.65, coverage <= 3 %; large particles in figures: 0.65-0.96).
 SCALE_PROBE_COVERAGE = 0.05
 SCALE_PROBE_MIN_COUNT = 3
 SCALE_PROBE_CONFIDENCE = 0.7

@@ -8,6 +8,10 @@ same :class:`~emstream.process.segmenter.Segmenter` interface. Steps, on a prepa
 2. **Background flattening**: a smooth film background (normalised convolution of the pixels
    within ±2 σ of it, on a ~128 px thumbnail, two passes) is subtracted; illumination
    gradients, vignetting, thickness changes and vacuum holes go away, large particles do not.
+   Where the result looks like a support rather than particles (large irregular objects,
+   :func:`_support_like`), a local background (grey opening, :meth:`local_background`) is
+   subtracted instead and the frame segmented again (``background="auto"``; ``"film"`` or
+   ``"local"`` force one).
 3. **Denoising**: Gaussian smoothing (``smooth_sigma``, or chosen from the frame's own
    signal-to-noise for ``"auto"``: 1 px for strong particles, up to 3 px at low dose).
 4. **Detection** (hysteresis): seeds are pixels above the larger of ``k_sigma`` background
@@ -97,6 +101,8 @@ class ClassicalSegmenter:
             raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
         self.background = background
         self.local_radius_px = local_radius_px
+        #: the background the last frame used (``film`` or ``local``; diagnostics only)
+        self.last_background = "film"
         if smooth_sigma != "auto" and not (isinstance(smooth_sigma, (int, float)) and smooth_sigma >= 0):
             raise ValueError(f"smooth_sigma must be 'auto' or >= 0, got {smooth_sigma!r}")
         self.smooth_sigma = smooth_sigma
@@ -134,10 +140,8 @@ class ClassicalSegmenter:
         if valid is not None:
             x[~valid] = 0.0
         x -= _flat_background(x, valid)
-        if self.background == "local":
-            return self._segment(x - self.local_background(x, valid), valid)
-        labels = self._segment(x, valid)
-        if self.background == "auto" and _support_like(labels, valid):
+        labels = None if self.background == "local" else self._segment(x, valid)
+        if labels is None or (self.background == "auto" and _support_like(labels, valid)):
             self.last_background = "local"
             return self._segment(x - self.local_background(x, valid), valid)
         self.last_background = "film"
@@ -146,10 +150,9 @@ class ClassicalSegmenter:
     def local_background(self, x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
         """The support under the particles: a grey opening of ``x`` (particles positive) by a
         disk of radius ``local_radius_px`` (default 1/32 of the shorter side, at least 12 px),
-        run on a copy shrunk so the disk is 8 px across. Subtracting it (a white
-        top-hat) leaves what is brighter than its own surroundings: particles on a thick, bright,
-        textured support (HAADF of oxide or carbon supports), which are not brighter than the
-        frame."""
+        run on a copy shrunk so the disk is 8 px across. Subtracting it (a white top-hat) leaves
+        what is brighter than its own surroundings: particles on a thick, bright, textured support
+        (HAADF of oxide or carbon supports), which are not brighter than the frame."""
         h, w = x.shape
         r = self.local_radius_px or max(12.0, min(h, w) / 32.0)
         f = min(1.0, 8.0 / r)
@@ -396,8 +399,8 @@ def _support_like(labels: np.ndarray, valid: np.ndarray | None) -> bool:
 
     A support shows up as large, irregular objects: those over 2 % of the valid area together
     cover more than 15 % of it and their area-weighted solidity (area / convex-hull area) is
-    below ``SUPPORT_SOLIDITY``. Large particles (tens to hundreds of px across) are convex and do not
-    count."""
+    below ``SUPPORT_SOLIDITY``. Large particles (tens to hundreds of px across) are convex and
+    do not count."""
     n_valid = int(valid.sum()) if valid is not None else labels.size
     if n_valid == 0:
         return False

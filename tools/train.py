@@ -5,9 +5,11 @@ Reproducible: every run directory holds ``config.json`` (the full configuration,
 ``last.pt`` (weights, optimiser state, step, RNG states, config) from which ``--resume`` continues.
 Checkpoints are loaded with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
 
-Data per step: ``batch`` crops of ``size`` px; a fraction ``real_fraction`` of them are random,
-rescaled (x0.6..1.4) crops of the real BF-TEM images listed in ``real_train`` (by index; the
-rest of the 20 are held out), the remainder come from the synthetic cache(s) built by
+Data per step: ``batch`` crops of ``size`` px; a fraction ``real_fraction`` of them are random
+crops of real images -- the real image families of ``tools/families.py`` named by ``--families``
+(with the folds they train on), and/or the BF-TEM images listed by index in ``real_train`` --
+each family drawn equally often, resampled as the segmenter's scale policy does (``real_crop``)
+and jittered x0.7..1.4; the remainder come from the synthetic cache(s) built by
 ``tools/make_dataset.py``. Augmentation: 8 dihedral transforms, random contrast inversion
 (x -> -x, i.e. bright field <-> HAADF), gain/offset jitter, extra Gaussian noise.
 
@@ -15,7 +17,7 @@ Loss: BCE + soft Dice on the particle map; BCE against the soft normalised-dista
 (weighted x3 on particle pixels, and ``contact_weight`` more within two pixels of where two
 particles touch: the cache's ``contact`` mask) on the distance map. Pixels of synthetic
 particles an observer could not see (the cache's ``invisible`` mask: detectability d' below the
-cache's ``--ignore-below``) get no weight in any term:
+cache's ``--ignore-below``), and the unsure rim of box-labelled particles, get no weight in any term:
 a label the image does not support would teach the network to call carbon texture a particle.
 
 Examples::

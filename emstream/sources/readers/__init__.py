@@ -23,6 +23,7 @@ DM3/DM4                ncempy (rsciio)        ImageData calibrations per axis   
 TIA SER (+ .emi)       ncempy                 SER CalibrationDelta (m)                    GPL (opt.)
 Velox EMD              h5py                   BinaryResult.PixelSize + PixelUnitX/Y        BSD
 Berkeley EMD           h5py                   dimN vectors + units attribute              BSD
+PNG / JPEG / BMP       OpenCV                 none (exports and figures; ``analyze`` only) BSD
 =====================  =====================  ==========================================  =========
 
 The format is chosen by content (magic bytes) first and by suffix second, so a TIFF named
@@ -70,12 +71,19 @@ _SUFFIX_FORMAT = {
     ".dm4": "dm",
     ".ser": "ser",
     ".emd": "emd",
+    ".png": "plain",
+    ".jpg": "plain",
+    ".jpeg": "plain",
+    ".bmp": "plain",
 }
 
 #: Suffixes the folder watcher treats as frame files (lower case). ``.emi`` is deliberately
 #: absent (TIA metadata only) and so are generic ``.h5``/``.hdf5`` (detector master files);
-#: :func:`read_frames` still reads EMD-structured ``.h5`` files handed to it directly.
-SUPPORTED_SUFFIXES: frozenset[str] = frozenset(_SUFFIX_FORMAT)
+#: :func:`read_frames` still reads EMD-structured ``.h5`` files handed to it directly. Plain
+#: images (PNG, JPEG, BMP) are read when handed over (``analyze``) but not watched: acquisition
+#: software writes them as previews beside the real data.
+SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
+    s for s, fmt in _SUFFIX_FORMAT.items() if fmt != "plain")
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -103,6 +111,8 @@ def detect_format(path: str | os.PathLike[str]) -> str | None:
         return "ser"
     if len(head) >= 212 and head[208:212] == b"MAP ":
         return "mrc"
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:2] == b"BM":
+        return "plain"
     suffix = p.suffix.lower()
     if suffix == ".emi":
         return "emi"
@@ -137,6 +147,8 @@ def format_report() -> list[dict[str, object]]:
         {"name": "DM3 / DM4", "available": ncempy or rsciio,
          "detail": "ncempy" if ncempy else ("rosettasciio" if rsciio else hint)},
         {"name": "TIA SER (+ EMI)", "available": ncempy, "detail": "ncempy" if ncempy else hint},
+        {"name": "PNG / JPEG / BMP (uncalibrated; analyze only, not watched)",
+         "available": have("cv2"), "detail": "opencv"},
     ]
 
 
@@ -153,7 +165,8 @@ def _looks_like_dm(head: bytes) -> bool:
 
 #: format -> reader module; each module has ``read_<module>`` and ``check_<module>``
 #: (imported on first use: the GPL readers are optional).
-_MODULES = {"tiff": "tiff", "mrc": "mrc", "dm": "dm", "ser": "ser", "emi": "ser", "emd": "emd"}
+_MODULES = {"tiff": "tiff", "mrc": "mrc", "dm": "dm", "ser": "ser", "emi": "ser", "emd": "emd",
+            "plain": "plain"}
 
 
 def _reader(fmt: str) -> Callable[..., list[Frame]]:

@@ -257,10 +257,11 @@ def _drop_small(labels, min_area):
     return out
 
 
-def learned(model: str):
+def learned(model: str, **options):
+    """The learned segmenter on ONNX Runtime CPU (``options``: LearnedSegmenter overrides)."""
     from emstream.backends import make_segmenter
 
-    return make_segmenter("learned", backend="onnxruntime", device="cpu", model=model)
+    return make_segmenter("learned", backend="onnxruntime", device="cpu", model=model, **options)
 
 
 def classical():
@@ -429,17 +430,22 @@ def main(argv=None) -> int:
     if a.speed:
         results["speed"] = speed(a.model)
         print(json.dumps(results["speed"]), flush=True)
-    a.out.write_text(json.dumps(results, indent=2))
-    md = markdown(results)
-    a.out.with_suffix(".md").write_text(md + "\n")
+    # whether --segmenter auto picks the model is decided on the real image families
+    # (tools/evaluate_families.py --card), not on these sets
+    write_results(a.out, results, markdown(results), "accuracy" if a.card else None)
+    return 0
+
+
+def write_results(out: Path, results: dict, md: str, card_section: str | None = None) -> None:
+    """``results`` as JSON into ``out``, the markdown table beside it (``.md``) and on stdout,
+    and into ``card_section`` of ``engines/MODEL_CARD.md`` when one is named."""
+    out.write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(md + "\n")
     print(md)
-    if a.card:
+    if card_section:
         from export_onnx import fill_card_section
 
-        # whether --segmenter auto picks the model is decided on the real image families
-        # (tools/evaluate_families.py --card), not on these sets
-        fill_card_section(REPO / "engines" / "MODEL_CARD.md", "accuracy", md)
-    return 0
+        fill_card_section(REPO / "engines" / "MODEL_CARD.md", card_section, md)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ for p in (REPO, REPO / "tools"):
         sys.path.insert(0, str(p))
 
 import families  # noqa: E402
-from evaluate import Score  # noqa: E402
+from evaluate import Score, classical, learned, write_results  # noqa: E402
 
 
 def segment(seg, items) -> list[np.ndarray]:
@@ -123,18 +123,6 @@ def upscaled(item: dict, factor: float) -> dict:
     out["centres"] = c
     out["median_d"] = item["median_d"] * factor
     return out
-
-
-def learned(model: str, **options):
-    from emstream.backends import make_segmenter
-
-    return make_segmenter("learned", backend="onnxruntime", device="cpu", model=model, **options)
-
-
-def classical():
-    from emstream.process.classical import ClassicalSegmenter
-
-    return ClassicalSegmenter()
 
 
 def markdown(rows: list[dict]) -> str:
@@ -236,14 +224,8 @@ def main(argv=None) -> int:
             run(family, items, learned(a.model, **options), f"learned {Path(a.model).stem}",
                 "yes")
     results = {"rows": rows, "options": options, "upscale": a.upscale, "limit": a.limit}
-    a.out.write_text(json.dumps(results, indent=2))
-    md = markdown(rows)
-    a.out.with_suffix(".md").write_text(md + "\n")
-    print(md)
+    write_results(a.out, results, markdown(rows), "families" if a.card else None)
     if a.card:
-        from export_onnx import fill_card_section
-
-        fill_card_section(REPO / "engines" / "MODEL_CARD.md", "families", md)
         record_auto_default(Path(a.model or REPO / "engines" / "unet-s.onnx").with_suffix(".json"),
                             rows)
     return 0

@@ -79,11 +79,7 @@ def process_frame(
     prepared = _prepare.prepare(frame.pixels, polarity=polarity)
     t1 = time.perf_counter()
     timings["prepare"] = (t1 - t0) * 1e3
-    info: dict = {}
-    if hasattr(segmenter, "segment_with_info"):
-        labels, info = segmenter.segment_with_info(prepared)
-    else:
-        labels = segmenter.segment(prepared)
+    labels, info = _segment_with_info(segmenter, prepared)
     t2 = time.perf_counter()
     timings["segment"] = (t2 - t1) * 1e3
     particles = _measure.measure(labels, frame.pixels, frame.calibration, valid=prepared.valid)
@@ -120,9 +116,15 @@ class _Serialized:
 
     def segment_with_info(self, prepared: Any) -> tuple[Any, dict]:
         with self._lock:
-            if hasattr(self.inner, "segment_with_info"):
-                return self.inner.segment_with_info(prepared)
-            return self.inner.segment(prepared), {}
+            return _segment_with_info(self.inner, prepared)
+
+
+def _segment_with_info(segmenter: Any, prepared: Any) -> tuple[Any, dict]:
+    """Labels and what the segmenter says of the frame (``confidence``, ``scale``; ``{}`` for a
+    segmenter that says nothing, such as the classical baseline)."""
+    if hasattr(segmenter, "segment_with_info"):
+        return segmenter.segment_with_info(prepared)
+    return segmenter.segment(prepared), {}
 
 
 def _thread_safe(segmenter: Any) -> bool:

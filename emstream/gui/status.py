@@ -116,9 +116,10 @@ class StatusBar(QtWidgets.QStatusBar):
         L["queue"].setText(f"Queue <b>{_num(d.get('queue_depth'))}</b>")
         L["segmentation"].setText(segmentation_text(d))
         L["segmentation"].setToolTip(
-            (d.get("last_flag") or "no frame flagged") + " (confidence: agreement of the model's "
-            "mirror views, 0..1; a frame is flagged when it is low or its count collapses "
-            "against its neighbours)")
+            (d.get("last_flag") or "no frame flagged") + " (the segmenter's confidence in "
+            "the frame, 0..1: the learned model's probability margin, or the agreement of its "
+            "mirror views; a frame is flagged when it is low or its count collapses against its "
+            "neighbours)")
         disp = f"Display {display_fps:.0f} Hz" if display_fps is not None else "Display idle"
         if drawn:
             disp += f" · {drawn:,} drawn"

@@ -5,8 +5,8 @@ Pure: the figures come in with each :class:`~emstream.results.FrameResult`, in a
 A frame is flagged (``FrameResult.seg_flag``, the ledger's ``frames.seg_flag``) when
 
 * **low confidence**: the segmenter's own confidence (``FrameResult.confidence``; for the learned
-  model the agreement of its mirror views, see
-  :func:`emstream.backends.segmenter.confidence`) is below ``low``: the frame looks unlike
+  model its probability margin, or the agreement of its mirror views where it runs several,
+  see :func:`emstream.backends.segmenter.confidence`) is below ``low``: the frame looks unlike
   anything the model was trained on;
 * **count collapse**: it has fewer than ``collapse_fraction`` of the particles of the median of
   the last ``window`` unflagged frames, while that median is at least ``min_reference``. A real

@@ -359,7 +359,7 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if np.isfinite(conf).any():
             trend_svgs.append(
                 (
-                    "Segmentation confidence (agreement of the model's mirror views)",
+                    "Segmentation confidence (0..1: how sure the learned model is of each frame)",
                     timeseries_svg(ft, [("confidence", conf, "#5b4b8a")], xlabel=xl,
                                    ylabel="confidence", events=alert_marks, ymin=0),
                 )

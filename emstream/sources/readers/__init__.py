@@ -23,7 +23,7 @@ DM3/DM4                ncempy (rsciio)        ImageData calibrations per axis   
 TIA SER (+ .emi)       ncempy                 SER CalibrationDelta (m)                    GPL (opt.)
 Velox EMD              h5py                   BinaryResult.PixelSize + PixelUnitX/Y        BSD
 Berkeley EMD           h5py                   dimN vectors + units attribute              BSD
-PNG / JPEG / BMP       OpenCV                 none (exports and figures; ``analyze`` only) BSD
+PNG / JPEG / BMP       OpenCV                 none (exports and figures; ``analyze`` only) Apache
 =====================  =====================  ==========================================  =========
 
 The format is chosen by content (magic bytes) first and by suffix second, so a TIFF named

@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from emstream.frame import Calibration, Frame
 from emstream.process.confidence import SegmentationCheck
 from emstream.results import Alert, Event, FrameRecord, FrameResult
@@ -255,6 +257,10 @@ class Pipeline:
     workers : frames processed in parallel (prepare/segment/measure release the GIL for much of
         their work). Results are handed to rules and sinks strictly in ``seq`` order whatever
         the number of workers. ``None``: 1 on machines with up to 4 cores, else up to 4.
+    tracking : link particles into tracks, measure the stage drift and call tracking events
+        (:mod:`emstream.process.track`) in ``seq`` order; ``True`` for the default settings, a
+        ``TrackSettings`` to tune, ``False`` to switch it off. A sink with ``tracking_state()``
+        (the ledger) lets a restarted session go on with its tracks.
     """
 
     def __init__(
@@ -273,6 +279,7 @@ class Pipeline:
         keep_labels: bool = True,
         polarity: str = "auto",
         workers: int | None = None,
+        tracking: Any = True,
     ):
         if policy not in ("all", "latest"):
             raise ValueError(f"policy must be 'all' or 'latest', got {policy!r}")
@@ -326,6 +333,9 @@ class Pipeline:
         self._started = False
         self._listeners: list[Callable[[FrameRecord], None]] = []
         self.error: BaseException | None = None
+        self._tracking = tracking
+        self._tracker: Any = None
+        self._track_shape: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Pipeline:
@@ -607,6 +617,10 @@ class Pipeline:
                 alerts += list(self.watchdog.on_frame(record, time.time()))
             except Exception:
                 log.exception("watchdog failed")
+        track_events, summaries = [], []
+        if res is not None and record.status == "ok" and self._tracking is not False:
+            track_events, summaries = self._track(res)
+            alerts += self._evaluate_track_rules(res, track_events, summaries)
         with self._lock:
             st = self._stats
             if record.status == "ok":
@@ -634,6 +648,11 @@ class Pipeline:
             self._done_times.append(time.monotonic())
         for r in self._runners:
             r.put("frame_done", record)
+        for ev in track_events:
+            self._send_event(ev)
+        if summaries:
+            for r in self._runners:
+                r.put("tracks", summaries)
         for a in alerts:
             self._send_alert(a)
         for ev in drain_events(self.source):
@@ -643,6 +662,71 @@ class Pipeline:
                 fn(record)
             except Exception:  # noqa: BLE001
                 log.exception("listener failed")
+
+    # ------------------------------------------------------------------ tracking
+    def _new_tracker(self, resume: bool) -> Any:
+        from emstream.process.track import Tracker, TrackSettings
+
+        settings = self._tracking if isinstance(self._tracking, TrackSettings) else None
+        state = None
+        if resume:
+            for s in self.sinks:
+                fn = getattr(s, "tracking_state", None)
+                if fn is not None:
+                    try:
+                        state = fn()
+                    except Exception:  # noqa: BLE001 - a fresh start is better than none
+                        log.exception("tracking state not read: tracks start afresh")
+                    break
+        elif self._tracker is not None:  # new geometry: go on numbering
+            from emstream.process.track import TrackState
+
+            state = TrackState(seq=-1, track_ids=np.zeros(0, np.int64), yx=np.zeros((0, 2)),
+                               d=np.zeros(0), drift=self._tracker.drift.total,
+                               next_id=self._tracker.next_id)
+        return Tracker(settings, state)
+
+    def _track(self, res: FrameResult) -> tuple[list[Event], list[Any]]:
+        """Track one frame (in ``seq`` order); fills ``res.track_ids`` and ``res.drift_px``."""
+        summaries: list[Any] = []
+        try:
+            t0 = time.perf_counter()
+            shape = tuple(res.frame.pixels.shape)
+            if self._tracker is None:
+                self._tracker = self._new_tracker(resume=True)
+            elif shape != self._track_shape:  # another detector size: positions do not carry
+                summaries += self._tracker.finish(ended="lost")
+                self._tracker = self._new_tracker(resume=False)
+            self._track_shape = shape
+            cal = res.frame.calibration
+            upp = float(np.mean(cal.nm_per_px)) if cal.calibrated else 1.0
+            step = self._tracker.update(res.seq, res.frame.t_acq, res.particles, shape=shape[:2],
+                                        unit=res.unit, unit_per_px=upp, image=res.frame.pixels,
+                                        valid=res.valid)
+            res.track_ids = step.track_ids
+            res.drift_px = step.drift.total
+            summaries += step.summaries
+            res.timings_ms["track"] = (time.perf_counter() - t0) * 1e3
+            res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["track"]
+        except Exception:
+            log.exception("tracking failed on frame %s", res.seq)
+            return [], summaries
+        events = [Event(e.kind, e.message(), t=e.t,
+                        data={"seq": e.seq, "tracks": e.tracks, "unit": res.unit, **e.data})
+                  for e in step.events]
+        return events, summaries
+
+    def _evaluate_track_rules(self, res: FrameResult, events: list[Event],
+                              summaries: list[Any]) -> list[Alert]:
+        engine = self._rule_engine()
+        fn = getattr(engine, "evaluate_tracks", None)
+        if fn is None:
+            return []
+        try:
+            return list(fn(res, events, summaries))
+        except Exception:
+            log.exception("track rule evaluation failed on frame %s", res.seq)
+            return []
 
     def _send_alert(self, alert: Alert) -> None:
         log.warning("ALERT [%s] %s: %s", alert.severity, alert.rule, alert.message)
@@ -687,6 +771,15 @@ class Pipeline:
                 self._send_event(Event("source_stats", f"{self._stats.source}: {data}", data=dict(data)))
             except Exception:  # noqa: BLE001
                 log.exception("source statistics not recorded")
+        if self._tracker is not None:
+            try:
+                rows = self._tracker.finish()
+            except Exception:  # noqa: BLE001
+                log.exception("track summaries not recorded")
+                rows = []
+            if rows:
+                for r in self._runners:
+                    r.put("tracks", rows)
         for r in self._runners:
             r.stop()
         with self._lock:

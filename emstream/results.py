@@ -108,6 +108,10 @@ class FrameResult:
     seg_scale: float | None = None
     #: why this frame's segmentation is doubtful (``process.confidence``), ``None`` when fine
     seg_flag: str | None = None
+    #: each particle's track (``process.track``; ``None``: not tracked), aligned with the rows
+    track_ids: np.ndarray | None = None
+    #: cumulative stage drift since the session's first frame, px (y, x); ``None``: not tracked
+    drift_px: tuple[float, float] | None = None
 
     @property
     def seq(self) -> int:

@@ -75,6 +75,7 @@ DEFAULTS = {
     "init": None,
     "contact_weight": 0.0,
     "families": [],
+    "family_weights": None,  # e.g. "genc=3": how often a family is drawn relative to the others
 }
 
 #: particle diameters (px) the real crops of large particles are resampled to (log-uniform)
@@ -138,6 +139,16 @@ def load_families(specs) -> list[dict]:
     return out
 
 
+def parse_family_weights(text) -> dict[str, float]:
+    """``"genc=3,emps=1.5"`` -> ``{"genc": 3.0, "emps": 1.5}``; families not named weigh 1."""
+    out = {}
+    for part in (text or "").split(","):
+        if part.strip():
+            name, _, value = part.partition("=")
+            out[name.strip()] = float(value)
+    return out
+
+
 class Batches:
     def __init__(self, cfg, rng):
         self.cfg, self.rng = cfg, rng
@@ -154,10 +165,13 @@ class Batches:
             it.update(family="msa", median_d=float(np.median(
                 np.sqrt(4 * np.bincount(it["labels"].ravel())[1:] / np.pi))), ignore=None)
         self.real += load_families(cfg.get("families") or [])
-        # each family is drawn equally often, whatever its number of images
+        # each family is drawn equally often (or as --family-weights says), whatever its size
         self.by_family: dict[str, list[dict]] = {}
         for it in self.real:
             self.by_family.setdefault(it["family"], []).append(it)
+        weights = parse_family_weights(cfg.get("family_weights"))
+        w = np.array([weights.get(f, 1.0) for f in self.by_family], dtype=float)
+        self.family_p = w / w.sum() if len(w) else w
         if self.synth is None and not self.real:
             raise SystemExit("no training data: give --synthetic and/or --real-train / --families")
 
@@ -170,7 +184,7 @@ class Batches:
         xs, fs, ds, ws, cs = [], [], [], [], []
         for i in range(n):
             if i < n_real:  # real truth: no contacts known
-                fam = list(self.by_family)[int(rng.integers(len(self.by_family)))]
+                fam = list(self.by_family)[int(rng.choice(len(self.by_family), p=self.family_p))]
                 pool = self.by_family[fam]
                 img, fg, dist, ign = real_crop(rng, pool[int(rng.integers(len(pool)))], size)
                 contact = np.zeros_like(fg)

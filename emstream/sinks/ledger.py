@@ -25,7 +25,13 @@ import numpy as np
 
 from emstream.results import PARTICLE_COLUMNS, Alert, Event, FrameRecord
 from emstream.sinks.base import Session, Sink
-from emstream.sinks.schema import ADDED_COLUMNS, PARTICLE_DB_COLUMNS, SCHEMA, SCHEMA_VERSION
+from emstream.sinks.schema import (
+    ADDED_COLUMNS,
+    PARTICLE_DB_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TRACK_COLUMNS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,12 @@ LEDGER_NAME = "ledger.sqlite"
 _FRAME_COLS = (
     "seq, source, status, reason, file_version, t_acq, t_arrival, t_done, height, width, "
     "nm_per_px_y, nm_per_px_x, calibration_source, calibration_detail, unit, count, coverage, "
-    "mean_diameter, d10, d50, d90, backend, timings_json, confidence, seg_scale, seg_flag"
+    "mean_diameter, d10, d50, d90, backend, timings_json, confidence, seg_scale, seg_flag, "
+    "drift_y_px, drift_x_px, drift_y_nm, drift_x_nm"
+)
+_TRACK_UPSERT = (
+    f"INSERT OR REPLACE INTO tracks ({', '.join(TRACK_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in TRACK_COLUMNS)})"
 )
 _PARTICLE_INSERT = (
     f"INSERT OR REPLACE INTO particles ({', '.join(PARTICLE_DB_COLUMNS)}) "
@@ -193,6 +204,8 @@ class Ledger(Sink):
                 file_version = res.frame.metadata.get("file_version")
         if cal is not None and unit is None:
             unit = cal.unit
+        drift = res.drift_px if res is not None else None
+        nm = cal.nm_per_px if cal is not None and cal.nm_per_px else None
         row = (
             record.seq,
             record.source_id,
@@ -220,6 +233,10 @@ class Ledger(Sink):
             _num(res.confidence) if res is not None else None,
             _num(res.seg_scale) if res is not None else None,
             res.seg_flag if res is not None else None,
+            _num(drift[0]) if drift else None,
+            _num(drift[1]) if drift else None,
+            _num(drift[0] * nm[0]) if drift and nm else None,
+            _num(drift[1] * nm[1]) if drift and nm else None,
         )
         with self._lock:
             if self._closed:
@@ -236,13 +253,14 @@ class Ledger(Sink):
                 self._maybe_commit()
                 return
             if res is not None and record.status == "ok":
-                self._insert_particles(record.seq, res.particles)
+                self._insert_particles(record.seq, res.particles, res.track_ids)
             if file_version is not None:
                 self._file_progress(record, file_version)
             self._uncommitted += 1
             self._maybe_commit()
 
-    def _insert_particles(self, seq: int, particles: dict[str, np.ndarray]) -> None:
+    def _insert_particles(self, seq: int, particles: dict[str, np.ndarray],
+                          track_ids: np.ndarray | None = None) -> None:
         n = len(particles["label"]) if "label" in particles else 0
         if n == 0:
             return
@@ -260,6 +278,9 @@ class Ledger(Sink):
                 cols.append([int(v) for v in a.astype(bool).tolist()])
             else:
                 cols.append(a.astype(np.int64).tolist())
+        tracks = ([None] * n if track_ids is None or len(track_ids) != n
+                  else [int(t) if t >= 0 else None for t in np.asarray(track_ids).tolist()])
+        cols.append(tracks)
         rows = [(seq, *vals) for vals in zip(*cols, strict=True)]
         self._con.executemany(_PARTICLE_INSERT, rows)
 
@@ -325,6 +346,51 @@ class Ledger(Sink):
             )
             self._uncommitted += 1
             self._maybe_commit()
+
+    def tracks(self, rows: list[Any]) -> None:
+        """Record track summaries (``process.track.TrackSummary``); a later row of the same
+        track replaces the earlier one."""
+        if not rows:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._begin()
+            self._con.executemany(_TRACK_UPSERT, [
+                tuple(_num(v) if isinstance(v, float) else v for v in
+                      (getattr(r, c) for c in TRACK_COLUMNS)) for r in rows])
+            self._uncommitted += 1
+            self._maybe_commit()
+
+    def tracking_state(self) -> Any:
+        """Where tracking stood (``process.track.TrackState``) so a restarted monitor goes on
+        without renumbering; ``None`` when nothing was tracked."""
+        from emstream.process.track import TrackState, TrackSummary
+
+        with self._lock:
+            top = self._con.execute(
+                "SELECT MAX(m) FROM (SELECT MAX(track_id) AS m FROM particles "
+                "UNION ALL SELECT MAX(track_id) FROM tracks)").fetchone()[0]
+            if top is None:
+                return None
+            row = self._con.execute(
+                "SELECT seq, drift_y_px, drift_x_px FROM frames WHERE status='ok' "
+                "AND drift_y_px IS NOT NULL ORDER BY seq DESC LIMIT 1").fetchone()
+            parts = [] if row is None else self._con.execute(
+                "SELECT track_id, centroid_y_px, centroid_x_px, area_px FROM particles "
+                "WHERE seq=? AND track_id IS NOT NULL", (row[0],)).fetchall()
+            open_rows = self._con.execute(
+                f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE ended='active'").fetchall()
+        a = np.array(parts, dtype=float).reshape(-1, 4)
+        return TrackState(
+            seq=int(row[0]) if row else -1,
+            track_ids=a[:, 0].astype(np.int64), yx=a[:, 1:3],
+            d=2.0 * np.sqrt(np.maximum(a[:, 3], 0.0) / math.pi),
+            drift=(float(row[1]), float(row[2])) if row else (0.0, 0.0),
+            next_id=int(top) + 1,
+            open_tracks=[TrackSummary(**{c: (float("nan") if v is None and c in (
+                "growth_rate", "mean_speed", "d_start", "d_end") else v)
+                for c, v in zip(TRACK_COLUMNS, r, strict=True)}) for r in open_rows])
 
     def close(self) -> None:
         with self._lock:

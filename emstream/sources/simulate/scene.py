@@ -140,7 +140,12 @@ class SimFrame:
     mode : ``"bf"`` or ``"haadf"``.
     seq : frame number from 0.
     valid : bool (H, W), False over burned-in overlays.
-    stage_offset_px : accumulated drift (y, x).
+    stage_offset_px : accumulated drift (y, x): a sample point at ``(sy, sx)`` is imaged at
+        ``(sy + oy, sx + ox)`` (modulo the sample torus).
+    events : what happened to the sample in the step that led to this frame, each a dict with
+        ``kind`` (``"coalescence"``: ``ids`` [kept, gone], ``into`` (the kept id, which goes on),
+        ``start_seq`` (the frame the neck began); ``"nucleation"``: ``id``; ``"dissolution"``:
+        ``id``). Whether an event was in view is for the scorer to say (``particles``).
     """
 
     image: np.ndarray
@@ -152,6 +157,7 @@ class SimFrame:
     seq: int = 0
     valid: np.ndarray | None = None
     stage_offset_px: tuple[float, float] = (0.0, 0.0)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +175,7 @@ class _Sinter:
     a: int  # grain ids
     b: int
     progress: float = 0.0
+    start_seq: int = 0
 
 
 def _wrap_crop(tex: np.ndarray, r0: int, c0: int, h: int, w: int) -> np.ndarray:
@@ -210,6 +217,7 @@ class Microscope:
         self._next_id = 1
         self.grains: dict[int, _Grain] = {}
         self.sinters: list[_Sinter] = []
+        self._events: list[dict[str, Any]] = []  # truth events of the current step
         self.nm = float(cfg.nm_per_px)
         self._r_med = cfg.median_diameter_nm / 2 / self.nm
         self.optics = Optics(
@@ -322,6 +330,7 @@ class Microscope:
                     g.proto.invalidate()
                 if r < 0.75:
                     del self.grains[gid]
+                    self._events.append({"kind": "dissolution", "id": int(gid)})
                     continue
                 g.proto.strength = s
         self._step_sintering()
@@ -347,6 +356,7 @@ class Microscope:
                     if self._in_hole(y, x):
                         continue
                     g = self._new_grain(y, x, r)
+                    self._events.append({"kind": "nucleation", "id": int(g.id)})
                     pos = np.vstack([pos, (y, x)])
                     rad = np.append(rad, r)
                     break
@@ -379,6 +389,8 @@ class Microscope:
                 merged.aspect = keep.relax
                 keep.proto, keep.sy, keep.sx, keep.r = merged, cy % Hc, cx % Wc, rr
                 del self.grains[gone.id]
+                self._events.append({"kind": "coalescence", "ids": [int(keep.id), int(gone.id)],
+                                     "into": int(keep.id), "start_seq": int(s.start_seq)})
                 continue
             # centres approach (shrinkage during neck growth)
             pull = 0.04 * float(np.hypot(*d)) / max(cfg.coalescence_frames, 1)
@@ -406,7 +418,7 @@ class Microscope:
             a, b = int(ids[i]), int(ids[j])
             if a in busy or b in busy:
                 continue
-            self.sinters.append(_Sinter(a, b))
+            self.sinters.append(_Sinter(a, b, start_seq=self.seq))
             busy.update((a, b))
 
     # -- imaging -------------------------------------------------------------------------------
@@ -471,6 +483,7 @@ class Microscope:
 
     def next_frame(self, t_acq: float | None = None) -> SimFrame:
         """Advance the sample by one frame (except for the first call) and image it."""
+        self._events = []
         if self.seq > 0:
             self._step_sample()
         H, W = self.shape
@@ -498,7 +511,8 @@ class Microscope:
         t = self.t0 + self.seq / max(self.config.fps, 1e-9) if t_acq is None else float(t_acq)
         frame = SimFrame(image=image, labels=labels, particles=particles, t_acq=t,
                          nm_per_px=self.nm, mode=self.config.mode, seq=self.seq, valid=valid,
-                         stage_offset_px=(float(self.offset[0]), float(self.offset[1])))
+                         stage_offset_px=(float(self.offset[0]), float(self.offset[1])),
+                         events=self._events)
         self.seq += 1
         return frame
 

@@ -200,7 +200,8 @@ def send_stream(
             sent += 1
             record({"kind": "frame", "series": series, "seq": frame.seq, "t_acq": frame.t_acq,
                     "nm_per_px": nm, "imaging": frame.mode, "shape": list(frame.image.shape),
-                    "status": "ok", "defect": None, "particles": frame.particles})
+                    "status": "ok", "defect": None, "particles": frame.particles,
+                    "stage_offset_px": list(frame.stage_offset_px), "events": frame.events})
             for kind in bad_at.get(i, []):
                 msg = _bad_message(kind, parts, frame.image, frame.seq, series, frame.t_acq, nm)
                 if not send(msg):

@@ -39,7 +39,9 @@ numbers its files after the first one's):
   ``null``), ``seq`` (simulator frame number; ``null`` for injected bad files), ``t_acq``,
   ``write_mode``, ``nm_per_px``, ``imaging`` (``bf``/``haadf``), ``shape`` [h, w],
   ``status`` (``"ok"`` or ``"quarantined"``), ``defect`` (``null`` or the injected kind),
-  ``particles`` (truth list, see :class:`.scene.SimFrame`).
+  ``particles`` (truth list, see :class:`.scene.SimFrame`), ``stage_offset_px`` [y, x] (the
+  accumulated stage drift) and ``events`` (coalescence / nucleation / dissolution with the
+  particle ids involved; :class:`.scene.SimFrame`). Particle ``id`` s persist across frames.
 - last line: ``{"kind": "end", "event": "end", "frames": good frames written, "bad_files": n,
   "stopped": bool, "t_end": ..., "seed": ..., "modes": [...]}``.
 """
@@ -272,6 +274,7 @@ def write_session(
                 "write_mode": mode, "nm_per_px": frame.nm_per_px, "imaging": frame.mode,
                 "shape": list(frame.image.shape), "status": "ok", "defect": None,
                 "particles": frame.particles,
+                "stage_offset_px": list(frame.stage_offset_px), "events": frame.events,
             }
             if mode == "mrc_stack":
                 if stack is None or stack.nz >= stack_size:

@@ -1,0 +1,487 @@
+"""Live particle tracking: drift-corrected linking, track summaries and events (pure).
+
+:class:`Tracker` takes one frame's particle table at a time, in ``seq`` order, and returns a
+:class:`TrackStep`: a ``track_id`` per particle, the stage drift, the events that became certain
+on this frame and the track summaries to record.
+
+**Linking** is trackpy's streaming linker (:class:`trackpy.linking.Linker`, Crocker–Grier with
+subnetwork resolution), chosen over LapTrack because it links one frame at a time as frames
+arrive (LapTrack solves a whole movie at once) and has ``memory`` for particles missed in a frame
+or two. Particles are linked in a scaled space ``(y/R, x/R, ln(d)/ln(G))`` with a search radius of
+1, so a link needs both a short drift-corrected jump (``R`` px, from the median diameter) and a
+plausible size change (at most a factor ``G`` per frame): the size gate keeps a nucleus next to a
+big particle from taking its identity.
+
+**Ends and events** are decided ``memory + 1`` frames after a track was last seen (it might come
+back until then), so they lag live frames by that much but carry the frame they happened on:
+
+- ``coalescence``: the track ended next to a track that, on the next frame, holds about the area
+  of both (kept within ``area_tolerance``); or two or more tracks ended where one began with
+  their summed area. The continuing (or new) track is ``into``; every ended one is
+  ``merged into N``.
+- ``left_field``: the track ended touching the frame edge (or within the drift of it).
+- ``dissolution``: the track ended away from the edge after shrinking (last diameter below
+  ``dissolve_ratio`` of its largest).
+- ``nucleation``: a track seen for ``min_frames`` frames that began away from the edge, after the
+  session's first frame, farther than a particle diameter from every particle of the frame
+  before, and not from a coalescence.
+- otherwise a track is ``lost``; tracks shorter than ``min_frames`` are ``transient`` (flicker of
+  the segmentation) and make no event.
+
+Memory stays flat: a track's diameter history is decimated to at most ``HISTORY`` points, ended
+tracks are dropped once summarised, and only the last ``memory + 2`` frames are kept.
+
+Note: trackpy numbers its objects with class-level counters; this module never uses those
+numbers (each trackpy track object carries the emstream id), so several trackers in one process
+keep their ids apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from emstream.process.drift import DriftEstimator, DriftStep
+
+__all__ = ["TrackSettings", "Tracker", "TrackStep", "TrackSummary", "TrackEvent", "TrackState",
+           "EVENT_KINDS", "growth_rate"]
+
+#: event kinds the tracker writes (DESIGN.md: the ``events`` table's tracking kinds)
+EVENT_KINDS = ("coalescence", "nucleation", "dissolution", "left_field")
+
+#: most (t, diameter) points kept per track for its growth-rate fit
+HISTORY = 256
+
+
+@dataclass
+class TrackSettings:
+    """How particles are linked and when events are called (defaults need no tuning).
+
+    memory : frames a particle may be missed and keep its track.
+    search_diameters : largest drift-corrected jump per frame, in median particle diameters of
+        the first frame with particles (at least ``min_search_px``; fixed for the session).
+    size_change : largest diameter ratio between linked appearances (``G``).
+    min_frames : frames a track must last to count (shorter: ``transient``).
+    area_tolerance : relative mismatch of areas allowed in a coalescence.
+    dissolve_ratio : a track that ends away from the edge below this share of its largest
+        diameter dissolved.
+    summary_every : frames between summaries of the tracks still going.
+    """
+
+    memory: int = 2
+    search_diameters: float = 0.6
+    min_search_px: float = 4.0
+    size_change: float = 1.6
+    min_frames: int = 3
+    area_tolerance: float = 0.35
+    dissolve_ratio: float = 0.75
+    summary_every: int = 50
+
+
+@dataclass
+class TrackSummary:
+    """One row of the ``tracks`` table. Lengths in the frame's unit (nm, or px uncalibrated)."""
+
+    track_id: int
+    first_seq: int
+    last_seq: int
+    frames_seen: int
+    t_first: float
+    t_last: float
+    d_start: float
+    d_end: float
+    growth_rate: float  # unit/s, Theil–Sen slope of the diameter over time (NaN: < 3 points)
+    mean_speed: float  # unit/s, drift-corrected path length over time seen (NaN: one frame)
+    began: str  # present_at_start | nucleated | entered_field | from_coalescence | appeared
+    ended: str  # active | merged | left_field | dissolved | lost | transient
+    merged_into: int | None = None
+    unit: str = "px"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrackEvent:
+    """A tracking event: ``kind`` (:data:`EVENT_KINDS`), the frame ``seq`` it happened on, its
+    time, the tracks involved, and figures (``into``, areas, position on the sample)."""
+
+    kind: str
+    seq: int
+    t: float
+    tracks: list[int]
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def message(self) -> str:
+        ids = ", ".join(f"#{i}" for i in self.tracks)
+        if self.kind == "coalescence":
+            return f"frame {self.seq}: tracks {ids} coalesced into #{self.data.get('into')}"
+        return f"frame {self.seq}: {self.kind.replace('_', ' ')} of track {ids}"
+
+
+@dataclass
+class TrackStep:
+    """What :meth:`Tracker.update` says about one frame."""
+
+    track_ids: np.ndarray  # int64, one per particle row (-1: not linked, e.g. no particles)
+    drift: DriftStep
+    events: list[TrackEvent]
+    summaries: list[TrackSummary]
+
+
+@dataclass
+class TrackState:
+    """Where a session's tracking stood (from the ledger) so a restart goes on without
+    renumbering: the last frame's particles (``track_ids``, ``yx`` image px, ``d`` px), its
+    ``seq``, the cumulative ``drift`` then, the next free id and the open tracks' rows."""
+
+    seq: int
+    track_ids: np.ndarray
+    yx: np.ndarray
+    d: np.ndarray
+    drift: tuple[float, float]
+    next_id: int
+    open_tracks: list[TrackSummary] = field(default_factory=list)
+
+
+def growth_rate(t: np.ndarray, d: np.ndarray) -> float:
+    """Theil–Sen slope of ``d`` against ``t`` (robust to a few missegmented frames); NaN for
+    fewer than 3 points or no time span."""
+    t = np.asarray(t, float)
+    d = np.asarray(d, float)
+    if len(t) < 3 or float(np.ptp(t)) <= 0:
+        return float("nan")
+    from scipy.stats import theilslopes
+
+    return float(theilslopes(d, t)[0])
+
+
+class _Track:
+    __slots__ = ("id", "first_seq", "last_seq", "t_first", "t_last", "n", "d_first", "d_last",
+                 "d_max", "began", "ended", "into", "hist_t", "hist_d", "path", "y", "x",
+                 "touch", "near_px", "unit", "written_at")
+
+    def __init__(self, tid: int, seq: int, t: float, began: str, unit: str):
+        self.id, self.first_seq, self.last_seq = tid, seq, seq
+        self.t_first = self.t_last = t
+        self.n = 0
+        self.d_first = self.d_last = self.d_max = float("nan")
+        self.began, self.ended, self.into = began, "active", None
+        self.hist_t: list[float] = []
+        self.hist_d: list[float] = []
+        self.path = 0.0
+        self.y = self.x = float("nan")
+        self.touch = False
+        self.near_px = float("inf")  # distance to the nearest particle of the frame before birth
+        self.unit = unit
+        self.written_at = -1
+
+    def add(self, seq: int, t: float, y: float, x: float, d: float, touch: bool,
+            unit_per_px: float) -> None:
+        if self.n:
+            self.path += math.hypot(y - self.y, x - self.x) * unit_per_px
+        else:
+            self.d_first = d
+        self.n += 1
+        self.last_seq, self.t_last = seq, t
+        self.y, self.x, self.d_last, self.touch = y, x, d, touch
+        self.d_max = d if not self.d_max >= d else self.d_max
+        self.hist_t.append(t)
+        self.hist_d.append(d)
+        if len(self.hist_t) > HISTORY:  # keep every other point: uniform in time, bounded
+            self.hist_t = self.hist_t[::2]
+            self.hist_d = self.hist_d[::2]
+
+    def summary(self) -> TrackSummary:
+        span = self.t_last - self.t_first
+        return TrackSummary(
+            track_id=self.id, first_seq=self.first_seq, last_seq=self.last_seq,
+            frames_seen=self.n, t_first=self.t_first, t_last=self.t_last,
+            d_start=self.d_first, d_end=self.d_last,
+            growth_rate=growth_rate(np.array(self.hist_t), np.array(self.hist_d)),
+            mean_speed=self.path / span if span > 0 else float("nan"),
+            began=self.began, ended=self.ended, merged_into=self.into, unit=self.unit)
+
+
+@dataclass
+class _Seen:
+    """One frame as the event logic needs it (drift-corrected positions)."""
+
+    seq: int
+    t: float
+    ids: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+    area: np.ndarray  # px²
+    d: np.ndarray  # px
+    touch: np.ndarray
+    shape: tuple[int, int]
+    drift: tuple[float, float]
+
+
+class Tracker:
+    """Links each frame's particles to the tracks so far. Call :meth:`update` in ``seq`` order
+    and :meth:`finish` at the end of the session (summaries of the tracks still going)."""
+
+    def __init__(self, settings: TrackSettings | None = None, state: TrackState | None = None):
+        self.settings = s = settings or TrackSettings()
+        self._linker = None
+        self._tracks: dict[int, _Track] = {}
+        self._next_id = 1
+        self._recent: deque[_Seen] = deque(maxlen=s.memory + 2)
+        self._first_seq: int | None = None
+        self._frames = 0
+        self._search_px = s.min_search_px
+        self._seed: TrackState | None = state
+        self.drift = DriftEstimator()
+        if state is not None:
+            self._next_id = max(int(state.next_id), 1)
+            self._first_seq = -1  # not a session start: nothing is "present at start"
+            self.drift = DriftEstimator(total=state.drift, prev_centres=np.column_stack(
+                [state.yx.reshape(-1, 2), state.d.reshape(-1)]) if len(state.d) else None)
+            for row in state.open_tracks:
+                tr = _Track(row.track_id, row.first_seq, row.t_first, row.began, row.unit)
+                tr.n, tr.last_seq, tr.t_last = row.frames_seen, row.last_seq, row.t_last
+                tr.d_first, tr.d_last, tr.d_max = row.d_start, row.d_end, max(row.d_start,
+                                                                               row.d_end)
+                tr.hist_t, tr.hist_d = [row.t_first, row.t_last], [row.d_start, row.d_end]
+                self._tracks[tr.id] = tr
+
+    # ------------------------------------------------------------------ linking
+    def _scaled(self, y: np.ndarray, x: np.ndarray, d: np.ndarray) -> np.ndarray:
+        s = self.settings
+        return np.column_stack([y / self._search_px, x / self._search_px,
+                                np.log(np.maximum(d, 0.5)) / math.log(s.size_change)])
+
+    def _link(self, seq: int, coords: np.ndarray) -> list[Any]:
+        """trackpy track objects, one per particle row."""
+        from trackpy.linking.linking import Linker
+
+        if self._linker is None:
+            self._linker = Linker(1.0, memory=self.settings.memory, link_strategy="recursive",
+                                  adaptive_stop=0.3)
+            seed = self._seed
+            if seed is None:
+                self._linker.init_level(coords, seq)
+            else:
+                # a restart: the ledger's last frame, whose tracks have ids, comes first
+                self._linker.init_level(self._scaled(seed.yx[:, 0] - seed.drift[0],
+                                                     seed.yx[:, 1] - seed.drift[1], seed.d),
+                                        seed.seq)
+                for p, tid in zip(self._linker.hash.points, seed.track_ids.tolist(), strict=True):
+                    p.track.eid = int(tid)
+                self._linker.next_level(coords, seq)
+        else:
+            self._linker.next_level(coords, seq)
+        return [p.track for p in self._linker.hash.points]
+
+    # ------------------------------------------------------------------ frames
+    def update(self, seq: int, t: float, particles: dict[str, np.ndarray], *,
+               shape: tuple[int, int], unit: str = "px", unit_per_px: float = 1.0,
+               image: np.ndarray | None = None, valid: np.ndarray | None = None) -> TrackStep:
+        """Track one frame's particles (a :data:`results.PARTICLE_COLUMNS` table).
+
+        ``unit`` / ``unit_per_px``: the table's length unit and its size of a pixel (1 for px).
+        ``image`` / ``valid``: the frame, for the drift (without it the drift comes from the
+        particle centres).
+        """
+        s = self.settings
+        y_img = np.asarray(particles.get("centroid_y_px", np.zeros(0)), float)
+        x_img = np.asarray(particles.get("centroid_x_px", np.zeros(0)), float)
+        area = np.asarray(particles.get("area_px", np.zeros(0)), float)
+        touch = np.asarray(particles.get("touches_border", np.zeros(0, bool)), bool)
+        d_px = 2.0 * np.sqrt(np.maximum(area, 0.0) / math.pi)
+        n = len(y_img)
+        drift = self.drift.update(np.column_stack([y_img, x_img, d_px]) if n else
+                                  np.zeros((0, 3)), image, valid)
+        y = y_img - drift.total[0]
+        x = x_img - drift.total[1]
+        if self._first_seq is None:
+            self._first_seq = seq
+        if n and self._linker is None:
+            # fixed for the session: the linker keeps earlier frames in these scaled units
+            med = float(np.median(d_px if self._seed is None else self._seed.d))
+            self._search_px = max(s.min_search_px, s.search_diameters * med)
+        ids = np.full(n, -1, dtype=np.int64)
+        if self._seed is not None and not len(self._seed.d):
+            self._seed = None
+        prev = self._recent[-1] if self._recent else None
+        if n:
+            objs = self._link(seq, self._scaled(y, x, d_px))
+            prev_tree = cKDTree(np.column_stack([prev.y, prev.x])) if prev is not None and len(
+                prev.y) else None
+            for i, obj in enumerate(objs):
+                tid = getattr(obj, "eid", None)
+                if tid is None or tid not in self._tracks:
+                    if tid is None:
+                        tid = self._next_id
+                        self._next_id += 1
+                        obj.eid = tid
+                    tr = _Track(tid, seq, t, "present_at_start" if seq == self._first_seq
+                                else "appeared", unit)
+                    if prev_tree is not None:
+                        tr.near_px, _ = prev_tree.query([y[i], x[i]])
+                    self._tracks[tid] = tr
+                self._tracks[tid].add(seq, t, y[i], x[i], d_px[i] * unit_per_px, bool(touch[i]),
+                                      unit_per_px)
+                ids[i] = tid
+        if n:
+            self._seed = None
+        seen = _Seen(seq, t, ids, y, x, area, d_px, touch, tuple(shape), drift.total)
+        self._recent.append(seen)
+        self._frames += 1
+        events = self._decide(seq, seen, unit_per_px)
+        summaries = [self._tracks.pop(tid).summary() for tid in
+                     [k for k, tr in self._tracks.items() if tr.ended != "active"]]
+        if s.summary_every and self._frames % s.summary_every == 0:
+            summaries += [tr.summary() for tr in self._tracks.values()]
+        return TrackStep(track_ids=ids, drift=drift, events=events, summaries=summaries)
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def finish(self, ended: str = "active") -> list[TrackSummary]:
+        """Summaries of every track still going (``ended = "active"``: a restart goes on with
+        them); ``ended="lost"`` closes them for good (the field of view changed)."""
+        rows = []
+        for tr in self._tracks.values():
+            if tr.ended == "active":
+                tr.ended = ended
+            rows.append(tr.summary())
+        if ended != "active":
+            self._tracks.clear()
+        return rows
+
+    # ------------------------------------------------------------------ ends and events
+    def _frame(self, seq: int) -> _Seen | None:
+        for f in self._recent:
+            if f.seq == seq:
+                return f
+        return None
+
+    def _decide(self, seq: int, now: _Seen, unit_per_px: float) -> list[TrackEvent]:
+        s = self.settings
+        events: list[TrackEvent] = []
+        # births confirmed this frame: nucleation?
+        for tr in self._tracks.values():
+            if tr.n == s.min_frames and tr.last_seq == seq and tr.began == "appeared":
+                self._classify_birth(tr, now, events, unit_per_px)
+        # tracks last seen memory + 1 frames ago have ended
+        gone_seq = seq - s.memory - 1
+        ended = [tr for tr in self._tracks.values() if tr.ended == "active" and
+                 tr.last_seq <= gone_seq]
+        if not ended:
+            return events
+        merges: dict[int, list[_Track]] = {}
+        for tr in ended:
+            kind, into = self._classify_end(tr)
+            tr.ended = kind
+            if kind == "merged" and into is not None:
+                merges.setdefault(into, []).append(tr)
+            elif kind == "left_field" and tr.n >= s.min_frames:
+                events.append(TrackEvent("left_field", tr.last_seq + 1, tr.t_last, [tr.id],
+                                         self._where(tr, unit_per_px)))
+            elif kind == "dissolved":
+                events.append(TrackEvent("dissolution", tr.last_seq + 1, tr.t_last, [tr.id],
+                                         {**self._where(tr, unit_per_px), "d_max": tr.d_max}))
+        for into, parts in merges.items():
+            for tr in parts:
+                tr.into = into
+            after = self._frame(parts[0].last_seq + 1)
+            product = self._tracks.get(into)
+            ids = [tr.id for tr in parts]
+            continuing = product is not None and product.first_seq <= parts[0].last_seq
+            data = {"into": into, "merged": ids, **self._where(parts[0], unit_per_px)}
+            if after is not None:
+                k = np.flatnonzero(after.ids == into)
+                if k.size:
+                    data["area_after_px"] = float(after.area[k[0]])
+            events.append(TrackEvent("coalescence", parts[0].last_seq + 1,
+                                     after.t if after is not None else parts[0].t_last,
+                                     ([into] if continuing else []) + ids, data))
+            if product is not None and not continuing and product.began == "appeared":
+                product.began = "from_coalescence"
+        return events
+
+    def _where(self, tr: _Track, unit_per_px: float) -> dict[str, Any]:
+        return {"y_px": round(tr.y, 2), "x_px": round(tr.x, 2), "d": tr.d_last,
+                "unit_per_px": unit_per_px}
+
+    def _classify_birth(self, tr: _Track, now: _Seen, events: list, unit_per_px: float) -> None:
+        born = self._frame(tr.first_seq)
+        h, w = now.shape
+        d_px = tr.d_first / unit_per_px if unit_per_px else tr.d_first
+        if born is not None:
+            yi, xi = tr.y + born.drift[0], tr.x + born.drift[1]
+            h, w = born.shape
+        else:
+            yi, xi = tr.y + now.drift[0], tr.x + now.drift[1]
+        edge = min(yi, xi, h - 1 - yi, w - 1 - xi)
+        if edge < d_px / 2 + 3 or tr.touch:
+            tr.began = "entered_field"
+        elif tr.near_px > max(1.5 * d_px, 3.0):
+            tr.began = "nucleated"
+            events.append(TrackEvent("nucleation", tr.first_seq, tr.t_first, [tr.id],
+                                     self._where(tr, unit_per_px)))
+
+    def _classify_end(self, tr: _Track) -> tuple[str, int | None]:
+        s = self.settings
+        if tr.n < s.min_frames:
+            return "transient", None
+        last = self._frame(tr.last_seq)
+        after = self._frame(tr.last_seq + 1)
+        if last is not None:
+            k = np.flatnonzero(last.ids == tr.id)
+            h, w = last.shape
+            yi, xi = tr.y + last.drift[0], tr.x + last.drift[1]
+            r = float(last.d[k[0]]) / 2 if k.size else 0.0
+            step = 0.0
+            if after is not None:
+                step = math.hypot(after.drift[0] - last.drift[0], after.drift[1] - last.drift[1])
+            if tr.touch or min(yi, xi, h - 1 - yi, w - 1 - xi) < r + 2 + 2 * step:
+                return "left_field", None
+            if after is not None and k.size:
+                into = self._merge_partner(tr, last, after, int(k[0]))
+                if into is not None:
+                    return "merged", into
+        if tr.d_last < s.dissolve_ratio * tr.d_max:
+            return "dissolved", None
+        return "lost", None
+
+    def _merge_partner(self, tr: _Track, last: _Seen, after: _Seen, k: int) -> int | None:
+        """The track that on the next frame holds this one's area next to where it was."""
+        s = self.settings
+        if not len(after.ids):
+            return None
+        a_end = float(last.area[k])
+        r_end = float(last.d[k]) / 2
+        dist = np.hypot(after.y - tr.y, after.x - tr.x)
+        best, best_err = None, s.area_tolerance
+        for j in np.flatnonzero(dist <= r_end + after.d / 2 * 1.3 + 2):
+            other = int(after.ids[j])
+            if other == tr.id or other < 0:
+                continue
+            a_after = float(after.area[j])
+            kk = np.flatnonzero(last.ids == other)
+            if kk.size:  # it went on: did it gain this one's area?
+                a_before = float(last.area[kk[0]])
+                if a_after < a_before + 0.5 * a_end:
+                    continue
+                err = abs(a_after - (a_before + a_end)) / (a_before + a_end)
+            else:  # it began there: it holds the area of everything that ended around it
+                near = np.hypot(last.y - after.y[j], last.x - after.x[j]) <= after.d[j] / 2 + \
+                    last.d / 2 + 2
+                gone = near & ~np.isin(last.ids, after.ids)
+                total = float(last.area[gone].sum()) if gone.any() else a_end
+                if gone.sum() < 2:
+                    continue
+                err = abs(a_after - total) / total
+            if err <= best_err:
+                best, best_err = other, err
+        return best

@@ -1,0 +1,190 @@
+"""The live tracker: identities, drift-corrected linking, ends, events, restarts, bounded memory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from emstream.process.track import HISTORY, Tracker, TrackSettings, TrackState, growth_rate
+
+SHAPE = (512, 512)
+
+
+def table(yx, d, touch=None) -> dict[str, np.ndarray]:
+    yx = np.asarray(yx, float).reshape(-1, 2)
+    d = np.asarray(d, float)
+    return {
+        "centroid_y_px": yx[:, 0], "centroid_x_px": yx[:, 1],
+        "area_px": math.pi * d**2 / 4,
+        "touches_border": np.zeros(len(d), bool) if touch is None else np.asarray(touch, bool),
+    }
+
+
+def grid(n=5, spacing=80.0, start=60.0):
+    g = np.array([(start + i * spacing, start + j * spacing) for i in range(n) for j in range(n)])
+    return g
+
+
+def run(tracker, frames, t0=0.0, dt=0.5):
+    steps = []
+    for k, (yx, d, *touch) in enumerate(frames):
+        steps.append(tracker.update(k, t0 + k * dt, table(yx, d, *touch), shape=SHAPE))
+    return steps
+
+
+def test_identities_survive_drift_and_small_motion():
+    base = grid()
+    d = np.full(len(base), 12.0)
+    rng = np.random.default_rng(0)
+    frames = [(base + (3.0 * k, -2.0 * k) + rng.normal(0, 0.3, base.shape), d) for k in range(20)]
+    steps = run(Tracker(), frames)
+    first = steps[0].track_ids
+    assert len(set(first.tolist())) == len(base)
+    for s in steps[1:]:
+        assert np.array_equal(s.track_ids, first)
+    assert np.allclose(steps[-1].drift.total, (57.0, -38.0), atol=0.5)
+
+
+def test_a_particle_missed_for_two_frames_keeps_its_track():
+    base = grid(3)
+    d = np.full(len(base), 12.0)
+    frames = [(base, d)] * 3 + [(base[1:], d[1:])] * 2 + [(base, d)] * 3
+    steps = run(Tracker(TrackSettings(memory=2)), frames)
+    assert steps[-1].track_ids[0] == steps[0].track_ids[0]
+
+
+def test_size_gate_keeps_a_nucleus_from_taking_a_big_particles_identity():
+    big = np.array([[200.0, 200.0]])
+    frames = [(big, [30.0])] * 4
+    # the big one is missed while a small one appears right next to where it was
+    frames += [(np.array([[204.0, 203.0]]), [6.0])]
+    steps = run(Tracker(), frames)
+    assert steps[-1].track_ids[0] != steps[0].track_ids[0]
+
+
+def test_coalescence_of_two_tracks_into_one_that_goes_on():
+    a, b = np.array([200.0, 200.0]), np.array([200.0, 224.0])
+    frames = [(np.array([a, b, [400, 400]]), [24.0, 20.0, 15.0])] * 5
+    merged_d = math.sqrt(24.0**2 + 20.0**2)  # area conserved
+    frames += [(np.array([[200.0, 208.0], [400, 400]]), [merged_d, 15.0])] * 6
+    steps = run(Tracker(), frames)
+    ids_a, ids_b = steps[0].track_ids[:2].tolist()
+    events = [e for s in steps for e in s.events]
+    coal = [e for e in events if e.kind == "coalescence"]
+    assert len(coal) == 1
+    ev = coal[0]
+    assert ev.seq == 5  # the frame the merged particle was first seen
+    assert set(ev.tracks) == {ids_a, ids_b}
+    assert ev.data["into"] == ids_a  # the larger one goes on
+    ended = {s.track_id: s for st in steps for s in st.summaries}
+    assert ended[ids_b].ended == "merged" and ended[ids_b].merged_into == ids_a
+
+
+def test_two_that_end_where_one_begins_coalesce_into_the_new_track():
+    a, b = np.array([200.0, 180.0]), np.array([200.0, 220.0])  # too far for either to link on
+    frames = [(np.array([a, b]), [30.0, 30.0])] * 5
+    frames += [(np.array([[200.0, 200.0]]), [30.0 * math.sqrt(2)])] * 6
+    steps = run(Tracker(TrackSettings(search_diameters=0.3)), frames)
+    coal = [e for s in steps for e in s.events if e.kind == "coalescence"]
+    assert len(coal) == 1
+    new_id = int(steps[5].track_ids[0])
+    assert coal[0].data["into"] == new_id
+    assert set(coal[0].tracks) == set(steps[0].track_ids.tolist())
+
+
+def test_nucleation_is_called_once_confirmed_and_dated_to_its_first_frame():
+    base = grid(3)
+    d = np.full(len(base), 12.0)
+    frames = [(base, d)] * 4
+    nucleus = np.array([[300.0, 120.0]])  # empty space, far from every particle
+    frames += [(np.vstack([base, nucleus]), np.append(d, 5.0))] * 5
+    steps = run(Tracker(), frames)
+    nuc = [e for s in steps for e in s.events if e.kind == "nucleation"]
+    assert len(nuc) == 1 and nuc[0].seq == 4
+    assert [s.summaries for s in steps]  # noqa: B015
+
+
+def test_flicker_is_transient_and_makes_no_event():
+    base = grid(3)
+    d = np.full(len(base), 12.0)
+    blip = np.vstack([base, [[300.0, 120.0]]])
+    frames = [(base, d)] * 3 + [(blip, np.append(d, 6.0))] + [(base, d)] * 6
+    steps = run(Tracker(), frames)
+    assert not [e for s in steps for e in s.events]
+    ended = [s for st in steps for s in st.summaries if s.ended != "active"]
+    assert [s.ended for s in ended] == ["transient"]
+
+
+def test_leaving_the_field_is_told_apart_from_being_lost():
+    frames = []
+    for k in range(12):
+        yx = np.array([[200.0, 470.0 + 6 * k], [200.0, 200.0]])  # one walks out of the field
+        keep = yx[:, 1] < SHAPE[1] - 6
+        touch = yx[keep][:, 1] > SHAPE[1] - 14
+        frames.append((yx[keep], np.full(keep.sum(), 12.0), touch))
+    steps = run(Tracker(TrackSettings(search_diameters=1.0)), frames)
+    kinds = [e.kind for s in steps for e in s.events]
+    assert kinds == ["left_field"]
+
+
+def test_restart_goes_on_without_renumbering():
+    base = grid(3)
+    d = np.full(len(base), 12.0)
+    tr = Tracker()
+    steps = run(tr, [(base + (k, 0), d) for k in range(5)])
+    last = steps[-1]
+    state = TrackState(seq=4, track_ids=last.track_ids, yx=base + (4, 0), d=d,
+                       drift=last.drift.total, next_id=int(last.track_ids.max()) + 1,
+                       open_tracks=tr.finish())
+    resumed = Tracker(state=state)
+    step = resumed.update(5, 2.5, table(base + (5, 0), d), shape=SHAPE)
+    assert np.array_equal(step.track_ids, last.track_ids)
+    assert np.allclose(step.drift.total, (5, 0), atol=0.05)
+    step = resumed.update(6, 3.0, table(np.vstack([base + (6, 0), [[300.0, 120.0]]]),
+                                        np.append(d, 6.0)), shape=SHAPE)
+    assert step.track_ids[-1] == state.next_id  # new tracks number on
+    rows = {r.track_id: r for r in resumed.finish()}
+    assert rows[int(last.track_ids[0])].frames_seen == 7
+    assert rows[int(last.track_ids[0])].first_seq == 0
+
+
+def test_growth_rate_is_robust_and_summaries_are_in_the_frames_unit():
+    t = np.arange(20) * 0.5
+    d = 10 + 0.2 * t
+    d[5] = 40.0  # one missegmented frame
+    assert growth_rate(t, d) == pytest.approx(0.2, abs=1e-6)
+    assert math.isnan(growth_rate(t[:2], d[:2]))
+    tr = Tracker()
+    for k in range(10):
+        tr.update(k, k * 1.0, table([[100.0, 100.0 + k]], [20.0 + k]), shape=SHAPE,
+                  unit="nm", unit_per_px=0.5)
+    (row,) = tr.finish()
+    assert row.unit == "nm"
+    assert row.growth_rate == pytest.approx(0.5, rel=1e-3)  # 1 px/s of diameter = 0.5 nm/s
+    assert row.d_start == pytest.approx(10.0) and row.d_end == pytest.approx(14.5)
+    assert row.began == "present_at_start" and row.ended == "active"
+
+
+def test_memory_is_bounded_over_a_long_session():
+    tr = Tracker()
+    rng = np.random.default_rng(1)
+    base = grid(4)
+    d = np.full(len(base), 10.0)
+    for k in range(3 * HISTORY + 50):
+        extra = rng.uniform(20, 490, (3, 2))  # short-lived flicker, ended and dropped
+        yx = np.vstack([base, extra]) if k % 2 else base
+        dd = np.append(d, [6.0] * 3) if k % 2 else d
+        tr.update(k, k * 0.1, table(yx, dd), shape=SHAPE)
+    assert len(tr._tracks) <= len(base) + 3 * (tr.settings.memory + 2)
+    assert all(len(t.hist_t) <= HISTORY for t in tr._tracks.values())
+    assert len(tr._recent) == tr.settings.memory + 2
+
+
+def test_empty_frames_are_fine():
+    tr = Tracker()
+    s = tr.update(0, 0.0, table(np.zeros((0, 2)), []), shape=SHAPE)
+    assert s.track_ids.shape == (0,)
+    s = tr.update(1, 0.5, table([[100.0, 100.0]], [10.0]), shape=SHAPE)
+    assert s.track_ids.tolist() == [1]

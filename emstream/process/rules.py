@@ -31,6 +31,18 @@ The rules file
     actions = ["log", "command"]
     command = ["python", "notify.py", "{rule}", "{seq}"]   # opt-in hook, no shell
 
+    [[rules]]
+    name = "fast growers"
+    tracks.growth_rate_nm_per_s = [0.5, 10]      # track conditions (process.track summaries)
+    tracks.frames_seen = {min = 10}
+    min_count = 2                                # tracks that must match at once
+
+    [[rules]]
+    name = "sintering burst"
+    events.kind = "coalescence"                  # coalescence | nucleation | dissolution | left_field
+    events.count = [3, inf]                      # events of that kind ...
+    events.window_s = 60                         # ... in the last 60 s (acquisition time)
+
 Semantics
 ---------
 * A particle matches a rule when it satisfies **every** ``particles.*`` range (bounds inclusive).
@@ -46,6 +58,16 @@ Semantics
   ``Frame.t_acq``, so replays and tests are deterministic) have passed since it last fired. Firing
   disarms the rule; ``clear_frames`` consecutive non-matching frames re-arm it. A rule that is armed
   and still matching while in cool-down fires on the first matching frame after the cool-down.
+* ``tracks.<field>`` (``TRACK_FIELDS``: ``growth_rate_nm_per_s``, ``mean_speed_nm_per_s``,
+  ``d_start_nm``, ``d_end_nm``, ``frames_seen``, ``duration_s``) are checked on the track
+  summaries the tracker gives on a frame: every track that ends, and every track still going
+  each ``TrackSettings.summary_every`` frames (50 by default). The frame matches when at least
+  ``min_count`` of them satisfy every range.
+* ``events.kind`` with ``events.count`` (default ``[1, inf]``) and ``events.window_s`` (default
+  0: the events the frame brought): the frame matches when the number of tracking events of that
+  kind dated within the window before the frame is in the range.
+* A rule has conditions of one family: particles/frame, tracks, or events. All rules share the
+  ``for_frames`` / ``clear_frames`` / ``cooldown_s`` state machine.
 * Units: columns ending in ``_nm`` / ``_nm2`` and frame diameter statistics are in nm only on
   calibrated frames. On an uncalibrated frame a rule that uses such a field does **not** match (and
   that is logged once per rule), unless the rule says ``uncalibrated = "pixels"``, in which case the
@@ -76,6 +98,7 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport
 __all__ = [
     "ACTIONS",
     "FRAME_FIELDS",
+    "TRACK_FIELDS",
     "Range",
     "Rule",
     "RuleEngine",
@@ -113,11 +136,26 @@ FRAME_FIELDS: tuple[str, ...] = (
     *(f"{f}{_CHANGE_SUFFIX}" for f in _SUMMARY_FIELDS),
 )
 
+#: Every ``tracks.<field>`` a rule may use -> the ``TrackSummary`` attribute it reads
+#: (``duration_s``: ``t_last - t_first``).
+TRACK_FIELDS: dict[str, str] = {
+    "growth_rate_nm_per_s": "growth_rate",
+    "mean_speed_nm_per_s": "mean_speed",
+    "d_start_nm": "d_start",
+    "d_end_nm": "d_end",
+    "frames_seen": "frames_seen",
+    "duration_s": "duration_s",
+}
+#: Tracking event kinds an ``events.kind`` condition may name (``process.track.EVENT_KINDS``).
+EVENT_KINDS = ("coalescence", "nucleation", "dissolution", "left_field")
+
 _RULE_KEYS = (
     "name",
     "severity",
     "particles",
     "frame",
+    "tracks",
+    "events",
     "min_count",
     "for_frames",
     "clear_frames",
@@ -172,17 +210,30 @@ class Rule:
     uncalibrated: str = "skip"  # "skip" | "pixels"
     enabled: bool = True
     line: int = 0  # line of the rule's [[rules]] header in its file
+    tracks: Mapping[str, Range] = field(default_factory=dict)
+    event_kind: str | None = None
+    event_count: Range = Range(1.0, math.inf)
+    event_window_s: float = 0.0
+
+    @property
+    def on_tracks(self) -> bool:
+        """Evaluated on tracking output (``RuleEngine.evaluate_tracks``), not on the frame."""
+        return bool(self.tracks) or self.event_kind is not None
 
     @property
     def uses_lengths(self) -> bool:
         """True when a condition is a length whose unit depends on the calibration."""
-        return any(_is_length_column(c) for c in self.particles) or any(
-            f in _LENGTH_FRAME_FIELDS for f in self.frame
-        )
+        return (any(_is_length_column(c) for c in self.particles)
+                or any(f in _LENGTH_FRAME_FIELDS for f in self.frame)
+                or any(f != "frames_seen" and f != "duration_s" for f in self.tracks))
 
     def describe(self) -> str:
         parts = [f"{c} {r}" for c, r in self.particles.items()]
         parts += [f"frame.{f} {r}" for f, r in self.frame.items()]
+        parts += [f"tracks.{f} {r}" for f, r in self.tracks.items()]
+        if self.event_kind:
+            window = f" in {self.event_window_s:g} s" if self.event_window_s else ""
+            parts.append(f"{self.event_kind} events {self.event_count}{window}")
         return ", ".join(parts)
 
 
@@ -364,8 +415,40 @@ class _Validator:
                 )
             frame[key] = self.range(i, ("frame", fname), spec)
 
-        if not particles and not frame:
-            raise self.error(i, (), "a rule needs at least one particles.* or frame.* condition")
+        tracks: dict[str, Range] = {}
+        raw_t = raw.get("tracks", {})
+        if not isinstance(raw_t, dict):
+            raise self.error(i, ("tracks",), "must be a table of field = [lo, hi]")
+        for fname, spec in raw_t.items():
+            if fname not in TRACK_FIELDS:
+                raise self.error(i, ("tracks", fname),
+                                 f"unknown track field{_suggest(fname, TRACK_FIELDS)}")
+            tracks[fname] = self.range(i, ("tracks", fname), spec)
+        raw_e = raw.get("events", {})
+        if not isinstance(raw_e, dict):
+            raise self.error(i, ("events",), 'must be a table: events.kind = "coalescence"')
+        for key in raw_e:
+            if key not in ("kind", "count", "window_s"):
+                raise self.error(i, ("events", key),
+                                 f"unknown events key{_suggest(key, ('kind', 'count', 'window_s'))}")
+        event_kind = raw_e.get("kind")
+        if raw_e and event_kind not in EVENT_KINDS:
+            raise self.error(i, ("events", "kind"),
+                             f"must be one of {', '.join(EVENT_KINDS)}, got {event_kind!r}")
+        event_count = (self.range(i, ("events", "count"), raw_e["count"]) if "count" in raw_e
+                       else Range(1.0, math.inf))
+        window = raw_e.get("window_s", 0.0)
+        if not _is_number(window) or not 0 <= window < math.inf:
+            raise self.error(i, ("events", "window_s"),
+                             f"must be a number of seconds ≥ 0, got {window!r}")
+        families = [n for n, v in (("particles/frame", particles or frame), ("tracks", tracks),
+                                   ("events", raw_e)) if v]
+        if not families:
+            raise self.error(i, (), "a rule needs at least one particles.*, frame.*, tracks.* "
+                                    "or events.* condition")
+        if len(families) > 1:
+            raise self.error(i, (), f"a rule has conditions of one family, not {' and '.join(families)}"
+                                    ": split it into two rules")
 
         def positive_int(key: str, default: int, minimum: int = 1) -> int:
             v = raw.get(key, default)
@@ -429,6 +512,10 @@ class _Validator:
             uncalibrated=uncal,
             enabled=enabled,
             line=self.line_of(i),
+            tracks=tracks,
+            event_kind=event_kind,
+            event_count=event_count,
+            event_window_s=float(window),
         )
 
     def range(self, i: int, path: tuple[str, ...], spec: Any) -> Range:
@@ -507,6 +594,7 @@ class RuleEngine:
         self.last: dict[str, RuleMatch] = {}
         #: Human notes worth showing once (e.g. a rule skipped on uncalibrated frames).
         self.notes: list[str] = []
+        self._event_times: list[tuple[float, str]] = []  # (t_acq, kind) of recent events
 
     @property
     def rules(self) -> list[Rule]:
@@ -532,6 +620,7 @@ class RuleEngine:
         self._baseline_values = other._baseline_values
         self._baseline_unit = other._baseline_unit
         self._baseline_n = other._baseline_n
+        self._event_times = other._event_times
 
     # -- per-particle ------------------------------------------------------------------------
     def particle_mask(self, rule: Rule, particles: ParticleTable, unit: str = "nm") -> np.ndarray:
@@ -623,13 +712,61 @@ class RuleEngine:
         alerts: list[Alert] = []
         self.last = {}
         for rule in self.rules:
-            if not rule.enabled:
+            if not rule.enabled or rule.on_tracks:
                 continue
             m = self.match(rule, result, values)
             self.last[rule.name] = m
             if self._step(rule, m.matched, t):
                 alerts.append(self._alert(rule, result, m, values, t))
         self._update_baseline(result, values)
+        return alerts
+
+    # -- tracks and events ---------------------------------------------------------------------
+    def evaluate_tracks(self, result: FrameResult, events: Iterable[Any],
+                        summaries: Iterable[Any]) -> list[Alert]:
+        """Advance every tracks/events rule by one frame: ``events`` are the tracking events the
+        frame brought (``results.Event``, ``data["seq"]`` their frame), ``summaries`` the track
+        summaries (``process.track.TrackSummary``)."""
+        rules = [r for r in self.rules if r.enabled and r.on_tracks]
+        if not rules:
+            return []
+        t = _as_float(result.frame.t_acq)
+        events = list(events)
+        summaries = list(summaries)
+        window = max((r.event_window_s for r in rules if r.event_kind), default=0.0)
+        for ev in events:
+            self._event_times.append((t, ev.kind))
+        while self._event_times and self._event_times[0][0] < t - window:
+            self._event_times.pop(0)
+        alerts = []
+        for rule in rules:
+            if rule.event_kind:
+                n = sum(1 for te, k in self._event_times if k == rule.event_kind
+                        and (te >= t - rule.event_window_s if rule.event_window_s else te == t))
+                ok = bool(rule.event_count.contains(n))
+                what = f"{n} {rule.event_kind} event{'s' if n != 1 else ''}" + (
+                    f" in {rule.event_window_s:g} s" if rule.event_window_s else "")
+                ids = sorted({i for ev in events if ev.kind == rule.event_kind
+                              for i in ev.data.get("tracks", [])})
+            else:
+                if result.unit != "nm" and rule.uncalibrated == "skip" and rule.uses_lengths:
+                    ok, ids, what = False, [], ""
+                else:
+                    hits = [s for s in summaries if all(
+                        bool(rng.contains(_track_value(s, f))) for f, rng in rule.tracks.items())]
+                    ok = len(hits) >= rule.min_count
+                    ids = [int(s.track_id) for s in hits]
+                    what = f"{len(hits)} track{'s' if len(hits) != 1 else ''} with " + ", ".join(
+                        f"{f} {r}" for f, r in rule.tracks.items()) + f" ({result.unit})"
+            if self._step(rule, ok, t):
+                shown = ", ".join(f"#{i}" for i in ids[:12]) + (" …" if len(ids) > 12 else "")
+                alerts.append(Alert(
+                    rule=rule.name, severity=rule.severity,  # type: ignore[arg-type]
+                    seq=result.seq, t=t, actions=list(rule.actions),
+                    message=f"{rule.name}: {what}" + (f" (tracks {shown})" if ids else "")
+                    + f" (frame {result.seq})",
+                    snapshot=snapshot_name(result.seq, rule.name) if "snapshot" in rule.actions
+                    else None))
         return alerts
 
     def _step(self, rule: Rule, matched: bool, t: float) -> bool:
@@ -694,6 +831,12 @@ def snapshot_name(seq: int | None, rule: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", rule).strip("_")[:60] or "rule"
     s = f"{seq:06d}" if seq is not None else "none"
     return f"snapshots/alert_{s}_{slug}.png"
+
+
+def _track_value(summary: Any, field_name: str) -> float:
+    if field_name == "duration_s":
+        return _as_float(summary.t_last - summary.t_first)
+    return _as_float(getattr(summary, TRACK_FIELDS[field_name]))
 
 
 def _n_rows(particles: ParticleTable) -> int:

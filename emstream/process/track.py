@@ -28,8 +28,14 @@ back until then), so they lag live frames by that much but carry the frame they 
 - otherwise a track is ``lost``; tracks shorter than ``min_frames`` are ``transient`` (flicker of
   the segmentation) and make no event.
 
+**Gap closing**: a particle that appears where a track was lost less than ``gap_frames`` frames
+ago (same place, similar size) continues that track instead of starting one (segmenters miss a
+faint particle now and then; without it every miss would read as a new particle and a false
+nucleation).
+
 Memory stays flat: a track's diameter history is decimated to at most ``HISTORY`` points, ended
-tracks are dropped once summarised, and only the last ``memory + 2`` frames are kept.
+tracks are dropped once summarised (lost ones after ``gap_frames``), and only the last
+``memory + 2`` frames are kept.
 
 Note: trackpy numbers its objects with class-level counters; this module never uses those
 numbers (each trackpy track object carries the emstream id), so several trackers in one process
@@ -71,6 +77,8 @@ class TrackSettings:
     dissolve_ratio : a track that ends away from the edge below this share of its largest
         diameter dissolved.
     summary_every : frames between summaries of the tracks still going.
+    gap_frames : a lost track found again (same place, similar size) within this many frames
+        keeps its identity (gap closing).
     """
 
     memory: int = 2
@@ -81,6 +89,7 @@ class TrackSettings:
     area_tolerance: float = 0.35
     dissolve_ratio: float = 0.75
     summary_every: int = 50
+    gap_frames: int = 20
 
 
 @dataclass
@@ -238,6 +247,7 @@ class Tracker:
         self._frames = 0
         self._search_px = s.min_search_px
         self._seed: TrackState | None = state
+        self._lost: dict[int, _Track] = {}  # lost tracks that may be found again
         self.drift = DriftEstimator()
         if state is not None:
             self._next_id = max(int(state.next_id), 1)
@@ -317,6 +327,10 @@ class Tracker:
                 prev.y) else None
             for i, obj in enumerate(objs):
                 tid = getattr(obj, "eid", None)
+                if tid is None:
+                    tid = self._refound(seq, y[i], x[i], d_px[i] * unit_per_px)
+                    if tid is not None:
+                        obj.eid = tid
                 if tid is None or tid not in self._tracks:
                     if tid is None:
                         tid = self._next_id
@@ -336,8 +350,14 @@ class Tracker:
         self._recent.append(seen)
         self._frames += 1
         events = self._decide(seq, seen, unit_per_px)
-        summaries = [self._tracks.pop(tid).summary() for tid in
-                     [k for k, tr in self._tracks.items() if tr.ended != "active"]]
+        summaries = []
+        for tid in [k for k, tr in self._tracks.items() if tr.ended != "active"]:
+            tr = self._tracks.pop(tid)
+            summaries.append(tr.summary())
+            if tr.ended == "lost":  # may be found again (gap closing)
+                self._lost[tid] = tr
+        for tid in [k for k, tr in self._lost.items() if tr.last_seq < seq - s.gap_frames]:
+            del self._lost[tid]
         if s.summary_every and self._frames % s.summary_every == 0:
             summaries += [tr.summary() for tr in self._tracks.values()]
         return TrackStep(track_ids=ids, drift=drift, events=events, summaries=summaries)
@@ -357,6 +377,28 @@ class Tracker:
         if ended != "active":
             self._tracks.clear()
         return rows
+
+    def _refound(self, seq: int, y: float, x: float, d: float) -> int | None:
+        """Gap closing: a particle that appears where a track was lost (not seen for more than
+        ``memory`` frames, at most ``gap_frames`` ago), within the search radius and of a
+        similar size, is that track found again (a segmenter that misses a particle for a few
+        frames would otherwise make it a new track, and a false nucleation)."""
+        s = self.settings
+        best, best_dist = None, self._search_px
+        for tr in (*self._lost.values(), *self._tracks.values()):
+            if tr.ended not in ("active", "lost") or not seq - s.gap_frames <= tr.last_seq < \
+                    seq - s.memory or tr.n < s.min_frames:
+                continue
+            ratio = d / max(tr.d_last, 1e-9)
+            dist = math.hypot(y - tr.y, x - tr.x)
+            if 1 / s.size_change < ratio < s.size_change and dist <= best_dist:
+                best, best_dist = tr, dist
+        if best is None:
+            return None
+        if best.id in self._lost:  # its summary said lost: it goes on
+            best.ended = "active"
+            self._tracks[best.id] = self._lost.pop(best.id)
+        return best.id
 
     # ------------------------------------------------------------------ ends and events
     def _frame(self, seq: int) -> _Seen | None:

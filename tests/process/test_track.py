@@ -188,3 +188,22 @@ def test_empty_frames_are_fine():
     assert s.track_ids.shape == (0,)
     s = tr.update(1, 0.5, table([[100.0, 100.0]], [10.0]), shape=SHAPE)
     assert s.track_ids.tolist() == [1]
+
+
+def test_gap_closing_finds_a_lost_track_again_without_a_false_nucleation():
+    base = grid(3)
+    d = np.full(len(base), 12.0)
+    frames = [(base, d)] * 5 + [(base[1:], d[1:])] * 6 + [(base, d)] * 5  # missed for 6 frames
+    steps = run(Tracker(TrackSettings(memory=2, gap_frames=20)), frames)
+    assert steps[-1].track_ids[0] == steps[0].track_ids[0]
+    assert not [e for s in steps for e in s.events]
+    said = [r.ended for st in steps for r in st.summaries if r.track_id == steps[0].track_ids[0]]
+    assert said == ["lost"]  # said while it was gone; its row is replaced when it ends again
+
+
+def test_a_particle_gone_longer_than_the_gap_is_a_new_track():
+    base = grid(3)
+    d = np.full(len(base), 12.0)
+    frames = [(base, d)] * 5 + [(base[1:], d[1:])] * 30 + [(base, d)] * 5
+    steps = run(Tracker(TrackSettings(gap_frames=20)), frames)
+    assert steps[-1].track_ids[0] != steps[0].track_ids[0]

@@ -13,8 +13,8 @@ Scores (stated so they can be checked):
 - **IDF1** (Ristani et al. 2016): a detection is the truth particle under its centroid (label
   image); a truth identity is a particle's *visit* to the field (it leaves and, the sample being a
   torus, may come back much later: a tracker cannot know it is the same one). Truth detections:
-  particles of >= ``MIN_AREA_PX`` px not touching the frame edge; predicted: tracked particles not
-  touching the edge. Truth visits and tracks are matched one-to-one to maximise shared frames
+  particles of >= ``MIN_AREA_PX`` px not touching the frame edge or the data bar; predicted:
+  tracked particles not touching them. Truth visits and tracks are matched one-to-one to maximise shared frames
   (``linear_sum_assignment``); IDF1 = 2·IDTP / (truth + predicted detections).
 - **events**: a truth coalescence counts when both particles were in view, off the edge, on the
   frame before the merge; a truth nucleation when the nucleus was seen >= 3 frames off the edge.
@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def match_events(pred: list[dict], truth: list[dict]) -> tuple[int, list[float]]
 
 
 def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSettings,
-                use_truth: bool, size: int) -> dict:
+                use_truth: bool, size: int, detail: bool = False) -> dict:
     cfg = SceneConfig(shape=(size, size), mode=mode, t0=0.0)
     scope = Microscope(cfg, seed=seed)
     tracker = Tracker(settings)
@@ -113,6 +114,7 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
     prev_offset = None
     prev_truth: dict[int, dict] = {}
     track_ms = []
+    labels_at: dict[int, np.ndarray | None] = {}
     from emstream.pipeline import process_frame
 
     for k in range(frames):
@@ -136,8 +138,12 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
             true = np.subtract(sim.stage_offset_px, prev_offset)
             drift_err.append(float(np.hypot(*(np.array(step.drift.step) - true))))
         prev_offset = sim.stage_offset_px
-        # truth visits
+        # truth visits; a particle touching the frame edge or the data bar is not fully in view
         truth = {p["id"]: p for p in sim.particles}
+        if sim.valid is not None:
+            for pid in np.unique(sim.labels[ndimage.binary_dilation(~sim.valid, iterations=2)]):
+                if int(pid) in truth:
+                    truth[int(pid)] = {**truth[int(pid)], "touches_border": True}
         for pid in truth:
             if pid not in prev_visible:
                 visit[pid] = visit.get(pid, -1) + 1
@@ -177,10 +183,24 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
                                      "y": p["centroid_yx_px"][0], "x": p["centroid_yx_px"][1],
                                      "d_px": 2 * math.sqrt(p["area_px"] / math.pi)})
         prev_truth = truth
+        labels_at[k] = sim.labels if detail else None
+        if detail and k - 12 in labels_at:
+            del labels_at[k - 12]
         for ev in step.events:
             dy, dx = totals.get(ev.seq, step.drift.total)
+            if detail and ev.seq in labels_at:  # what the truth has there: old particle or none
+                lab = labels_at[ev.seq]
+                yy = int(np.clip(round(ev.data["y_px"] + dy), 0, lab.shape[0] - 1))
+                xx = int(np.clip(round(ev.data["x_px"] + dx), 0, lab.shape[1] - 1))
+                pid = int(lab[yy, xx])
+                key = (pid, visit.get(pid, 0))
+                seen = first_seen.get(key, [])
+                ev.data["truth_id"] = pid
+                ev.data["truth_age"] = ev.seq - seen[0] if seen else None
             pred_events.append({"kind": ev.kind, "seq": ev.seq, "y": ev.data["y_px"] + dy,
-                                "x": ev.data["x_px"] + dx})
+                                "x": ev.data["x_px"] + dx, "tracks": ev.tracks,
+                                "truth_id": ev.data.get("truth_id"),
+                                "truth_age": ev.data.get("truth_age")})
     # nucleation truth: only nuclei seen (off the edge, >= 3 frames) in their first frame
     nuc = [e for e in truth_events if e["kind"] == "nucleation"
            and len(first_seen.get((e["id"], e["visit"]), [])) >= 3
@@ -203,6 +223,8 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
                      "precision": m / len(pred_k) if pred_k else float("nan"),
                      "recall": m / len(truth_k) if truth_k else float("nan"),
                      "median_frame_offset": float(np.median(offsets)) if offsets else None}
+        if detail:
+            out[kind]["detail"] = {"truth": truth_k, "found": pred_k}
     return out
 
 
@@ -216,6 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--segmenter", default="classical", help="classical | learned | auto")
     ap.add_argument("--truth-labels", action="store_true",
                     help="track the simulator's labels (the tracker alone)")
+    ap.add_argument("--detail", action="store_true", help="list every event in the JSON")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     from emstream.pipeline import make_segmenter
@@ -225,11 +248,15 @@ def main(argv=None) -> int:
     for mode in a.modes:
         for seed in a.seeds:
             t0 = time.time()
-            r = run_session(seed, mode, a.frames, seg, TrackSettings(), a.truth_labels, a.size)
+            r = run_session(seed, mode, a.frames, seg, TrackSettings(), a.truth_labels, a.size,
+                            a.detail)
             r["segmenter"] = "truth labels" if a.truth_labels else getattr(seg, "name", "?")
             r["seconds"] = round(time.time() - t0, 1)
             rows.append(r)
-            print(json.dumps(r), flush=True)
+            print(json.dumps({k: v for k, v in r.items() if k not in ("coalescence",
+                                                                     "nucleation")}
+                             | {k: {kk: vv for kk, vv in r[k].items() if kk != "detail"}
+                                for k in ("coalescence", "nucleation")}), flush=True)
 
     def pooled(kind: str, key: str) -> float:
         m = sum(r[kind]["matched"] for r in rows)

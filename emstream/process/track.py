@@ -18,13 +18,19 @@ back until then), so they lag live frames by that much but carry the frame they 
 - ``coalescence``: the track ended next to a track that, on the next frame, holds about the area
   of both (kept within ``area_tolerance``); or two or more tracks ended where one began with
   their summed area. The continuing (or new) track is ``into``; every ended one is
-  ``merged into N``.
+  ``merged into N``. It is called ``confirm_frames`` later if the merged tracks stayed gone
+  (touching particles the segmenter joins for a few frames and splits again are not one), had
+  lasted ``nucleation_frames`` frames and been seen in each of the ``min_frames`` frames before
+  it ended (a fragment that flickers in and out of a particle is not a particle), and the
+  product is clear of the frame edge.
 - ``left_field``: the track ended touching the frame edge (or within the drift of it).
 - ``dissolution``: the track ended away from the edge after shrinking (last diameter below
   ``dissolve_ratio`` of its largest).
-- ``nucleation``: a track seen for ``min_frames`` frames that began away from the edge, after the
-  session's first frame, farther than a particle diameter from every particle of the frame
-  before, and not from a coalescence.
+- ``nucleation``: a track seen for ``nucleation_frames`` frames that began away from the edge,
+  after the session's first frame, with a clear gap (half its diameter, at least 2 px) to the
+  outline of every particle of the frame before, and not as a fragment of one (``split``: a
+  neighbour that shrank by about its area at the same frame; segmenters cut particles now and
+  then, and such a fragment that joins again is no coalescence either).
 - otherwise a track is ``lost``; tracks shorter than ``min_frames`` are ``transient`` (flicker of
   the segmentation) and make no event.
 
@@ -73,10 +79,13 @@ class TrackSettings:
         the first frame with particles (at least ``min_search_px``; fixed for the session).
     size_change : largest diameter ratio between linked appearances (``G``).
     min_frames : frames a track must last to count (shorter: ``transient``).
+    nucleation_frames : frames a new track must last before it is called a nucleation.
     area_tolerance : relative mismatch of areas allowed in a coalescence.
     dissolve_ratio : a track that ends away from the edge below this share of its largest
         diameter dissolved.
     summary_every : frames between summaries of the tracks still going.
+    confirm_frames : frames a coalescence waits, after its end was decided, for the merged
+        tracks to stay gone before it is called.
     gap_frames : a lost track found again (same place, similar size) within this many frames
         keeps its identity (gap closing).
     """
@@ -86,10 +95,12 @@ class TrackSettings:
     min_search_px: float = 4.0
     size_change: float = 1.6
     min_frames: int = 3
+    nucleation_frames: int = 8
     area_tolerance: float = 0.35
     dissolve_ratio: float = 0.75
     summary_every: int = 50
     gap_frames: int = 20
+    confirm_frames: int = 4
 
 
 @dataclass
@@ -106,7 +117,7 @@ class TrackSummary:
     d_end: float
     growth_rate: float  # unit/s, Theil–Sen slope of the diameter over time (NaN: < 3 points)
     mean_speed: float  # unit/s, drift-corrected path length over time seen (NaN: one frame)
-    began: str  # present_at_start | nucleated | entered_field | from_coalescence | appeared
+    began: str  # present_at_start | nucleated | entered_field | from_coalescence | split | appeared
     ended: str  # active | merged | left_field | dissolved | lost | transient
     merged_into: int | None = None
     unit: str = "px"
@@ -173,7 +184,7 @@ def growth_rate(t: np.ndarray, d: np.ndarray) -> float:
 class _Track:
     __slots__ = ("id", "first_seq", "last_seq", "t_first", "t_last", "n", "d_first", "d_last",
                  "d_max", "began", "ended", "into", "hist_t", "hist_d", "path", "y", "x",
-                 "touch", "near_px", "unit", "written_at")
+                 "touch", "near_gap", "split_from", "unit", "written_at", "run")
 
     def __init__(self, tid: int, seq: int, t: float, began: str, unit: str):
         self.id, self.first_seq, self.last_seq = tid, seq, seq
@@ -186,9 +197,11 @@ class _Track:
         self.path = 0.0
         self.y = self.x = float("nan")
         self.touch = False
-        self.near_px = float("inf")  # distance to the nearest particle of the frame before birth
+        self.near_gap = float("inf")  # px between it and the nearest particle of the frame before
+        self.split_from: int | None = None  # a fragment that broke off this track at birth
         self.unit = unit
         self.written_at = -1
+        self.run = 0  # frames seen in a row up to last_seq
 
     def add(self, seq: int, t: float, y: float, x: float, d: float, touch: bool,
             unit_per_px: float) -> None:
@@ -196,6 +209,7 @@ class _Track:
             self.path += math.hypot(y - self.y, x - self.x) * unit_per_px
         else:
             self.d_first = d
+        self.run = self.run + 1 if self.n and seq == self.last_seq + 1 else 1
         self.n += 1
         self.last_seq, self.t_last = seq, t
         self.y, self.x, self.d_last, self.touch = y, x, d, touch
@@ -247,7 +261,8 @@ class Tracker:
         self._frames = 0
         self._search_px = s.min_search_px
         self._seed: TrackState | None = state
-        self._lost: dict[int, _Track] = {}  # lost tracks that may be found again
+        self._lost: dict[int, _Track] = {}  # lost / merged tracks that may be found again
+        self._pending: list[tuple[int, TrackEvent, list[_Track]]] = []  # coalescences to confirm
         self.drift = DriftEstimator()
         if state is not None:
             self._next_id = max(int(state.next_id), 1)
@@ -321,10 +336,9 @@ class Tracker:
         if self._seed is not None and not len(self._seed.d):
             self._seed = None
         prev = self._recent[-1] if self._recent else None
+        born: list[tuple[int, _Track]] = []
         if n:
             objs = self._link(seq, self._scaled(y, x, d_px))
-            prev_tree = cKDTree(np.column_stack([prev.y, prev.x])) if prev is not None and len(
-                prev.y) else None
             for i, obj in enumerate(objs):
                 tid = getattr(obj, "eid", None)
                 if tid is None:
@@ -338,14 +352,15 @@ class Tracker:
                         obj.eid = tid
                     tr = _Track(tid, seq, t, "present_at_start" if seq == self._first_seq
                                 else "appeared", unit)
-                    if prev_tree is not None:
-                        tr.near_px, _ = prev_tree.query([y[i], x[i]])
                     self._tracks[tid] = tr
+                    born.append((i, tr))
                 self._tracks[tid].add(seq, t, y[i], x[i], d_px[i] * unit_per_px, bool(touch[i]),
                                       unit_per_px)
                 ids[i] = tid
         if n:
             self._seed = None
+        if born and prev is not None and len(prev.ids):
+            self._births(born, prev, ids, y, x, area, d_px)
         seen = _Seen(seq, t, ids, y, x, area, d_px, touch, tuple(shape), drift.total)
         self._recent.append(seen)
         self._frames += 1
@@ -354,7 +369,7 @@ class Tracker:
         for tid in [k for k, tr in self._tracks.items() if tr.ended != "active"]:
             tr = self._tracks.pop(tid)
             summaries.append(tr.summary())
-            if tr.ended == "lost":  # may be found again (gap closing)
+            if tr.ended in ("lost", "merged"):  # may be found again (gap closing)
                 self._lost[tid] = tr
         for tid in [k for k, tr in self._lost.items() if tr.last_seq < seq - s.gap_frames]:
             del self._lost[tid]
@@ -378,6 +393,30 @@ class Tracker:
             self._tracks.clear()
         return rows
 
+    def _births(self, born: list[tuple[int, _Track]], prev: _Seen, ids: np.ndarray,
+                y: np.ndarray, x: np.ndarray, area: np.ndarray, d_px: np.ndarray) -> None:
+        """How far each new track is from the particles of the frame before (``near_gap``, px
+        between outlines), and whether it broke off one of them (``split_from``: that particle
+        goes on, smaller by about the newcomer's area, as when a segmenter cuts a particle in
+        two for a few frames)."""
+        tree = cKDTree(np.column_stack([prev.y, prev.x]))
+        k = min(6, len(prev.ids))
+        now_area = {int(t): float(a) for t, a in zip(ids.tolist(), area.tolist(), strict=True)}
+        for i, tr in born:
+            dist, j = tree.query([y[i], x[i]], k=k)
+            dist, j = np.atleast_1d(dist), np.atleast_1d(j)
+            gaps = dist - prev.d[j] / 2 - d_px[i] / 2
+            tr.near_gap = float(gaps.min())
+            for g, jj in sorted(zip(gaps.tolist(), j.tolist(), strict=True)):
+                if g > 2.0:
+                    break
+                parent = int(prev.ids[jj])
+                before, after = float(prev.area[jj]), now_area.get(parent)
+                if after is not None and after < 0.85 * before and \
+                        after + area[i] >= 0.6 * before:
+                    tr.split_from = parent
+                    break
+
     def _refound(self, seq: int, y: float, x: float, d: float) -> int | None:
         """Gap closing: a particle that appears where a track was lost (not seen for more than
         ``memory`` frames, at most ``gap_frames`` ago), within the search radius and of a
@@ -386,7 +425,7 @@ class Tracker:
         s = self.settings
         best, best_dist = None, self._search_px
         for tr in (*self._lost.values(), *self._tracks.values()):
-            if tr.ended not in ("active", "lost") or not seq - s.gap_frames <= tr.last_seq < \
+            if tr.ended not in ("active", "lost", "merged") or not seq - s.gap_frames <= tr.last_seq < \
                     seq - s.memory or tr.n < s.min_frames:
                 continue
             ratio = d / max(tr.d_last, 1e-9)
@@ -395,8 +434,8 @@ class Tracker:
                 best, best_dist = tr, dist
         if best is None:
             return None
-        if best.id in self._lost:  # its summary said lost: it goes on
-            best.ended = "active"
+        if best.id in self._lost:  # its summary said lost / merged: it goes on
+            best.ended, best.into = "active", None
             self._tracks[best.id] = self._lost.pop(best.id)
         return best.id
 
@@ -409,10 +448,10 @@ class Tracker:
 
     def _decide(self, seq: int, now: _Seen, unit_per_px: float) -> list[TrackEvent]:
         s = self.settings
-        events: list[TrackEvent] = []
+        events: list[TrackEvent] = self._confirm_merges(seq)
         # births confirmed this frame: nucleation?
         for tr in self._tracks.values():
-            if tr.n == s.min_frames and tr.last_seq == seq and tr.began == "appeared":
+            if tr.n == s.nucleation_frames and tr.last_seq == seq and tr.began == "appeared":
                 self._classify_birth(tr, now, events, unit_per_px)
         # tracks last seen memory + 1 frames ago have ended
         gone_seq = seq - s.memory - 1
@@ -444,12 +483,39 @@ class Tracker:
                 k = np.flatnonzero(after.ids == into)
                 if k.size:
                     data["area_after_px"] = float(after.area[k[0]])
-            events.append(TrackEvent("coalescence", parts[0].last_seq + 1,
-                                     after.t if after is not None else parts[0].t_last,
-                                     ([into] if continuing else []) + ids, data))
-            if product is not None and not continuing and product.began == "appeared":
-                product.began = "from_coalescence"
+            ev = TrackEvent("coalescence", parts[0].last_seq + 1,
+                            after.t if after is not None else parts[0].t_last,
+                            ([into] if continuing else []) + ids, data)
+            self._pending.append((seq + s.confirm_frames, ev, parts))
         return events
+
+    def _confirm_merges(self, seq: int) -> list[TrackEvent]:  # noqa: C901
+        """Coalescences whose merged tracks stayed gone ``confirm_frames`` frames (a pair the
+        segmenter joined for a few frames and then split again is not one)."""
+        s = self.settings
+        out, keep = [], []
+        for due, ev, parts in self._pending:
+            if due > seq:
+                keep.append((due, ev, parts))
+                continue
+            into = ev.data["into"]
+            product = self._tracks.get(into) or self._lost.get(into)
+            # a fragment the segmenter cut off and joins again is no coalescence
+            gone = [tr.id for tr in parts if tr.ended == "merged" and tr.split_from != into
+                    and not (product is not None and product.split_from == tr.id)
+                    and tr.n >= s.nucleation_frames and tr.run >= s.min_frames]
+            if product is None or product.touch:  # cut by the edge: areas say nothing
+                gone = []
+            if not gone:
+                continue
+            ev.tracks = [t for t in ev.tracks if t == into or t in gone]
+            ev.data["merged"] = gone
+            out.append(ev)
+            product = self._tracks.get(into)
+            if product is not None and into not in ev.tracks and product.began == "appeared":
+                product.began = "from_coalescence"
+        self._pending = keep
+        return out
 
     def _where(self, tr: _Track, unit_per_px: float) -> dict[str, Any]:
         return {"y_px": round(tr.y, 2), "x_px": round(tr.x, 2), "d": tr.d_last,
@@ -467,7 +533,9 @@ class Tracker:
         edge = min(yi, xi, h - 1 - yi, w - 1 - xi)
         if edge < d_px / 2 + 3 or tr.touch:
             tr.began = "entered_field"
-        elif tr.near_px > max(1.5 * d_px, 3.0):
+        elif tr.split_from is not None:
+            tr.began = "split"
+        elif tr.near_gap > max(0.5 * d_px, 2.0):
             tr.began = "nucleated"
             events.append(TrackEvent("nucleation", tr.first_seq, tr.t_first, [tr.id],
                                      self._where(tr, unit_per_px)))

@@ -10,8 +10,18 @@ Written to ``SESSION/exports/``, each file atomically (temp file in the same fol
     *Analyze Particles* results table instead: a leading blank-named row number column, the
     ImageJ names (``Area``, ``Feret``, ``MinFeret``, ``AR``, ``Round``, ``Circ.``, ``Solidity`` ...
     from :data:`emstream.results.IMAGEJ_HEADERS`) and ``Slice`` = frame ``seq``.
+    A ``track_id`` column (the particle's track) follows, on sessions that were tracked.
+``trajectories.csv`` / ``trajectories.parquet``
+    the tracked particles as trackpy users expect them (``trackpy.link`` output): ``frame``
+    (= ``seq``), ``particle`` (= ``track_id``), ``x``, ``y`` (image px), ``size`` (equivalent
+    diameter in ``unit``), ``unit``, ``t_acq``, and ``x_sample`` / ``y_sample``: the position
+    with the stage drift taken out (px), which is what was linked.
+``tracks.csv`` / ``tracks.parquet``, ``events.csv`` / ``events.parquet``
+    the ``tracks`` table (one row per track) and the ``events`` table (tracking events, gaps,
+    restarts...).
 ``frames.csv`` / ``frames.parquet``
-    the ledger's ``frames`` table (every frame, its terminal status and reason, summary, timings).
+    the ledger's ``frames`` table (every frame, its terminal status and reason, summary, timings,
+    drift).
 ``alerts.csv`` / ``alerts.parquet``
     the ``alerts`` table.
 
@@ -129,17 +139,32 @@ def _sql_type(con: sqlite3.Connection, table: str) -> dict[str, pa.DataType]:
     return out
 
 
-def _particles_query() -> tuple[str, list[str], list[pa.DataType]]:
+def _particles_query(tracked: bool = False) -> tuple[str, list[str], list[pa.DataType]]:
     names = ["seq", "unit", "t_acq", "source", *PARTICLE_COLUMNS]
     types = [pa.int64(), pa.string(), pa.float64(), pa.string()] + [
         _ARROW[dt] for dt, _ in PARTICLE_COLUMNS.values()
     ]
     cols = ", ".join(f"p.{c}" for c in PARTICLE_COLUMNS)
+    if tracked:
+        names.append("track_id")
+        types.append(pa.int64())
+        cols += ", p.track_id"
     sql = (
         f"SELECT p.seq, f.unit, f.t_acq, f.source, {cols} FROM particles p "
         "LEFT JOIN frames f ON f.seq = p.seq ORDER BY p.seq, p.label"
     )
     return sql, names, types
+
+
+_TRAJECTORY_NAMES = ["frame", "particle", "y", "x", "size", "unit", "t_acq", "y_sample", "x_sample"]
+_TRAJECTORY_TYPES = [pa.int64(), pa.int64(), pa.float64(), pa.float64(), pa.float64(),
+                     pa.string(), pa.float64(), pa.float64(), pa.float64()]
+_TRAJECTORY_SQL = (
+    "SELECT p.seq, p.track_id, p.centroid_y_px, p.centroid_x_px, p.equivalent_diameter_nm, "
+    "f.unit, f.t_acq, p.centroid_y_px - COALESCE(f.drift_y_px, 0), "
+    "p.centroid_x_px - COALESCE(f.drift_x_px, 0) FROM particles p JOIN frames f ON f.seq = p.seq "
+    "WHERE p.track_id IS NOT NULL ORDER BY p.seq, p.track_id"
+)
 
 
 def export_session(session_dir: str | os.PathLike[str], *, imagej: bool = False) -> list[Path]:
@@ -155,7 +180,8 @@ def export_session(session_dir: str | os.PathLike[str], *, imagej: bool = False)
     written: list[Path] = []
     with closing(connect_ledger_readonly(session_dir)) as con:
         # particles
-        sql, names, types = _particles_query()
+        tracked = "track_id" in _table_columns(con, "particles")
+        sql, names, types = _particles_query(tracked)
         if imagej:
             header = [" ", "Slice", "Unit", *[IMAGEJ_HEADERS.get(c, c) for c in PARTICLE_COLUMNS]]
 
@@ -170,9 +196,18 @@ def export_session(session_dir: str | os.PathLike[str], *, imagej: bool = False)
             )
         written.append(_write_parquet(out / "particles.parquet", names, types, con.execute(sql)))
 
-        # frames and alerts: the ledger tables as they are
-        for table, order in (("frames", "seq"), ("alerts", "id")):
+        if tracked:
+            written.append(_write_csv(out / "trajectories.csv", _TRAJECTORY_NAMES,
+                                      (tuple(r) for r in con.execute(_TRAJECTORY_SQL))))
+            written.append(_write_parquet(out / "trajectories.parquet", _TRAJECTORY_NAMES,
+                                          _TRAJECTORY_TYPES, con.execute(_TRAJECTORY_SQL)))
+
+        # the other ledger tables as they are
+        for table, order in (("frames", "seq"), ("alerts", "id"), ("tracks", "track_id"),
+                             ("events", "id")):
             cols = _table_columns(con, table)
+            if not cols:  # a ledger from before the table existed
+                continue
             typemap = _sql_type(con, table)
             q = f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}"
             written.append(

@@ -76,6 +76,13 @@ def _load(session_dir: Path) -> dict[str, Any]:
             "FROM particles p JOIN frames f ON f.seq = p.seq WHERE f.status = 'ok' "
             "ORDER BY p.seq"
         ).fetchall()
+        per_frame = _rows(
+            con,
+            "SELECT seq, SUM(equivalent_diameter_nm * equivalent_diameter_nm * "
+            "equivalent_diameter_nm) AS sum_d3, SUM(area_nm2) AS sum_area FROM particles "
+            "GROUP BY seq",
+        )
+        tracks = _rows(con, "SELECT * FROM tracks")
         alerts = _rows(con, "SELECT * FROM alerts ORDER BY t, id")
         events = _rows(con, "SELECT * FROM events ORDER BY t, id")
         qfiles = _rows(
@@ -106,6 +113,8 @@ def _load(session_dir: Path) -> dict[str, Any]:
         "alerts": alerts,
         "events": events,
         "qfiles": qfiles,
+        "per_frame": {r["seq"]: r for r in per_frame},
+        "tracks": tracks,
     }
 
 
@@ -378,6 +387,8 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
             )
         )
 
+    kin = _kinetics_section(data, ok_frames, unit, t0, tscale, tunit)
+
     # --- alerts
     alerts = []
     n_embedded = 0
@@ -520,6 +531,7 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "size": size,
         "hist_svg": hist_svg,
         "trend_svgs": trend_svgs,
+        "kinetics": kin,
         "alerts": alerts,
         "alerts_by_rule": sorted(by_rule.items(), key=lambda kv: -kv[1]),
         "n_snapshots_not_embedded": max(
@@ -548,6 +560,108 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "tunit": tunit,
         "max_alert_rows": MAX_ALERT_ROWS,
     }
+
+
+_TRACK_EVENT_COLOURS = {"coalescence": "#d64545", "nucleation": "#2f80ed",
+                        "dissolution": "#7c5e10", "left_field": "#9aa5b1"}
+
+
+def _kinetics_section(data: dict[str, Any], ok_frames: list[dict[str, Any]], unit: str,
+                      t0: float, tscale: float, tunit: str) -> dict[str, Any] | None:
+    """Drift, tracks, events and coarsening kinetics (``process.kinetics``); ``None`` for a
+    session that was not tracked."""
+    from emstream.process.kinetics import kinetics
+
+    frames = [f for f in ok_frames if f.get("unit") == unit and f.get("t_acq") is not None]
+    if not frames or not any(f.get("drift_y_px") is not None for f in frames):
+        return None
+    track_events = [e for e in data["events"] if e.get("kind") in _TRACK_EVENT_COLOURS]
+    ev_data = []
+    for e in track_events:
+        try:
+            ev_data.append((e, json.loads(e.get("data_json") or "{}")))
+        except ValueError:
+            ev_data.append((e, {}))
+    t = np.array([f["t_acq"] for f in frames], float)
+    seq_t = {f["seq"]: f["t_acq"] for f in frames}
+    pf = data["per_frame"]
+
+    def per(key: str) -> np.ndarray:
+        return np.array([np.nan if (pf.get(f["seq"]) or {}).get(key) is None
+                         else float(pf[f["seq"]][key]) for f in frames])
+
+    count = np.array([float(f.get("count") or 0) for f in frames])
+    cov = np.array([np.nan if f.get("coverage") is None else float(f["coverage"]) for f in frames])
+    px_area = np.array([float(f.get("height") or 0) * float(f.get("width") or 0) *
+                        float(f.get("nm_per_px_y") or 1) * float(f.get("nm_per_px_x") or 1)
+                        for f in frames])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        field_area = np.where(cov > 0, per("sum_area") / cov, px_area)
+    merges = [(seq_t.get(d.get("seq"), e["t"]), len(d.get("merged") or []))
+              for e, d in ev_data if e["kind"] == "coalescence"]
+    counts_by_kind = {k: sum(1 for e in track_events if e["kind"] == k)
+                      for k in _TRACK_EVENT_COLOURS}
+    k = kinetics(t, count, np.array([np.nan if f.get("mean_diameter") is None
+                                     else f["mean_diameter"] for f in frames], float),
+                 np.array([np.nan if f.get("d50") is None else f["d50"] for f in frames], float),
+                 per("sum_d3"), field_area, calibrated=unit == "nm", merges=merges,
+                 event_counts=counts_by_kind)
+    ft = (t - t0) / tscale
+    xl = f"time since first frame ({tunit})"
+    marks = [((seq_t.get(d.get("seq"), e["t"]) - t0) / tscale, _TRACK_EVENT_COLOURS[e["kind"]])
+             for e, d in ev_data if e["kind"] in ("coalescence", "nucleation")]
+    svgs = [
+        (f"Mean and median diameter ({unit}); lines: coalescence (red), nucleation (blue)",
+         timeseries_svg(ft, [("mean", k.mean_d, "#334e68"), ("median (D50)", k.median_d,
+                                                               "#0b6e4f")],
+                        xlabel=xl, ylabel=f"diameter ({unit})", events=marks[:400])),
+        (f"Number density ({k.density_unit})",
+         timeseries_svg(ft, [("density", k.density, "#7c5e10")], xlabel=xl,
+                        ylabel=k.density_unit, ymin=0)),
+        (f"Ripening test: <r>³ − <r₀>³ ({unit}³; a straight line is LSW coarsening)",
+         timeseries_svg(ft, [("<r>³ − <r₀>³", k.r3_minus_r03, "#5b4b8a"),
+                             *([("fit", k.lsw_k * (t - t0) + k.lsw_intercept, "#d64545")]
+                               if math.isfinite(k.lsw_k) else [])],
+                        xlabel=xl, ylabel=f"{unit}³")),
+    ]
+    dy = np.array([np.nan if f.get("drift_y_px") is None else f["drift_y_px"] for f in frames])
+    dx = np.array([np.nan if f.get("drift_x_px") is None else f["drift_x_px"] for f in frames])
+    scale = np.array([float(f.get("nm_per_px_y") or 1.0) for f in frames]) if unit == "nm" \
+        else np.ones(len(frames))
+    svgs.append((f"Stage drift since the first frame ({unit}; y and x)",
+                 timeseries_svg(ft, [("y", dy * scale, "#2f80ed"), ("x", dx * scale, "#d64545")],
+                                xlabel=xl, ylabel=f"drift ({unit})")))
+    tracks = data["tracks"]
+    long = [r for r in tracks if (r.get("frames_seen") or 0) >= 10]
+    rates = np.array([r["growth_rate"] for r in long if r.get("growth_rate") is not None], float)
+    speeds = np.array([r["mean_speed"] for r in long if r.get("mean_speed") is not None], float)
+    began: dict[str, int] = {}
+    ended: dict[str, int] = {}
+    for r in tracks:
+        began[r.get("began") or "?"] = began.get(r.get("began") or "?", 0) + 1
+        ended[r.get("ended") or "?"] = ended.get(r.get("ended") or "?", 0) + 1
+    share = k.coalescence_share
+    rows = [
+        ("Tracks", f"{len(tracks):,} ({len(long):,} seen in ≥ 10 frames)"),
+        ("How tracks began", ", ".join(f"{n} {b.replace('_', ' ')}" for b, n in
+                                       sorted(began.items(), key=lambda kv: -kv[1]))),
+        ("How tracks ended", ", ".join(f"{n} {b.replace('_', ' ')}" for b, n in
+                                       sorted(ended.items(), key=lambda kv: -kv[1]))),
+        ("Events", ", ".join(f"{n} {kk.replace('_', ' ')}" for kk, n in counts_by_kind.items())),
+        (f"Median growth rate of tracks ≥ 10 frames ({unit}/s)",
+         _num(np.median(rates)) if rates.size else "—"),
+        (f"Median speed on the sample ({unit}/s)", _num(np.median(speeds)) if speeds.size else "—"),
+        (f"LSW rate K (<r>³ − <r₀>³ = K t; {unit}³/s)",
+         f"{_num(k.lsw_k)} (R² {_num(k.lsw_r2)})"),
+        ("Count decay exponent a (N ∝ t^−a)", _num(k.count_decay_exponent)),
+        ("Growth of ln⟨V⟩ explained by coalescence",
+         f"{100 * share:.0f} %" if math.isfinite(share) else "— (mean volume did not grow)"),
+        ("Total drift", f"{_num(math.hypot(dy[-1] * scale[-1], dx[-1] * scale[-1]))} {unit}"
+         if np.isfinite(dy[-1]) else "—"),
+    ]
+    recent = [{"time": _fmt_time(e.get("t")), "seq": d.get("seq", "—"), "kind": e["kind"],
+               "message": e.get("message") or ""} for e, d in ev_data[-MAX_ALERT_ROWS:]]
+    return {"svgs": svgs, "rows": rows, "events": recent, "n_events": len(ev_data)}
 
 
 def render_report(session_dir: str | os.PathLike[str]) -> str:

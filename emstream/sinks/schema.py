@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS tracks (
   growth_rate REAL,                -- d(diameter)/dt, unit/s (Theil-Sen; NULL under 3 frames)
   mean_speed REAL,                 -- drift-corrected path length / time seen, unit/s
   began TEXT,                      -- present_at_start | nucleated | entered_field |
-                                   -- from_coalescence | appeared
+                                   -- from_coalescence | split | appeared
   ended TEXT,                      -- active | merged | left_field | dissolved | lost | transient
   merged_into INTEGER,             -- the track it merged into (ended = merged)
   unit TEXT                        -- nm | px

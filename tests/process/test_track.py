@@ -66,16 +66,16 @@ def test_size_gate_keeps_a_nucleus_from_taking_a_big_particles_identity():
 
 def test_coalescence_of_two_tracks_into_one_that_goes_on():
     a, b = np.array([200.0, 200.0]), np.array([200.0, 224.0])
-    frames = [(np.array([a, b, [400, 400]]), [24.0, 20.0, 15.0])] * 5
+    frames = [(np.array([a, b, [400, 400]]), [24.0, 20.0, 15.0])] * 10
     merged_d = math.sqrt(24.0**2 + 20.0**2)  # area conserved
-    frames += [(np.array([[200.0, 208.0], [400, 400]]), [merged_d, 15.0])] * 6
+    frames += [(np.array([[200.0, 208.0], [400, 400]]), [merged_d, 15.0])] * 10
     steps = run(Tracker(), frames)
     ids_a, ids_b = steps[0].track_ids[:2].tolist()
     events = [e for s in steps for e in s.events]
     coal = [e for e in events if e.kind == "coalescence"]
     assert len(coal) == 1
     ev = coal[0]
-    assert ev.seq == 5  # the frame the merged particle was first seen
+    assert ev.seq == 10  # the frame the merged particle was first seen
     assert set(ev.tracks) == {ids_a, ids_b}
     assert ev.data["into"] == ids_a  # the larger one goes on
     ended = {s.track_id: s for st in steps for s in st.summaries}
@@ -84,12 +84,12 @@ def test_coalescence_of_two_tracks_into_one_that_goes_on():
 
 def test_two_that_end_where_one_begins_coalesce_into_the_new_track():
     a, b = np.array([200.0, 180.0]), np.array([200.0, 220.0])  # too far for either to link on
-    frames = [(np.array([a, b]), [30.0, 30.0])] * 5
-    frames += [(np.array([[200.0, 200.0]]), [30.0 * math.sqrt(2)])] * 6
+    frames = [(np.array([a, b]), [30.0, 30.0])] * 10
+    frames += [(np.array([[200.0, 200.0]]), [30.0 * math.sqrt(2)])] * 10
     steps = run(Tracker(TrackSettings(search_diameters=0.3)), frames)
     coal = [e for s in steps for e in s.events if e.kind == "coalescence"]
     assert len(coal) == 1
-    new_id = int(steps[5].track_ids[0])
+    new_id = int(steps[10].track_ids[0])
     assert coal[0].data["into"] == new_id
     assert set(coal[0].tracks) == set(steps[0].track_ids.tolist())
 
@@ -99,11 +99,20 @@ def test_nucleation_is_called_once_confirmed_and_dated_to_its_first_frame():
     d = np.full(len(base), 12.0)
     frames = [(base, d)] * 4
     nucleus = np.array([[300.0, 120.0]])  # empty space, far from every particle
-    frames += [(np.vstack([base, nucleus]), np.append(d, 5.0))] * 5
+    frames += [(np.vstack([base, nucleus]), np.append(d, 5.0))] * 10
     steps = run(Tracker(), frames)
     nuc = [e for s in steps for e in s.events if e.kind == "nucleation"]
     assert len(nuc) == 1 and nuc[0].seq == 4
     assert [s.summaries for s in steps]  # noqa: B015
+
+
+def test_a_fragment_flickering_in_and_out_of_a_particle_is_no_coalescence():
+    big = np.array([[200.0, 200.0]])
+    whole = (big, [40.0])
+    cut = (np.array([[196.0, 196.0], [212.0, 212.0]]), [34.0, 20.0])  # the segmenter cuts it
+    frames = [whole] * 10 + [cut, whole] * 8 + [whole] * 12
+    steps = run(Tracker(), frames)
+    assert not [e for s in steps for e in s.events if e.kind in ("coalescence", "nucleation")]
 
 
 def test_flicker_is_transient_and_makes_no_event():
@@ -207,3 +216,13 @@ def test_a_particle_gone_longer_than_the_gap_is_a_new_track():
     frames = [(base, d)] * 5 + [(base[1:], d[1:])] * 30 + [(base, d)] * 5
     steps = run(Tracker(TrackSettings(gap_frames=20)), frames)
     assert steps[-1].track_ids[0] != steps[0].track_ids[0]
+
+
+def test_touching_pair_joined_for_a_few_frames_then_split_is_no_coalescence():
+    a, b = np.array([200.0, 200.0]), np.array([200.0, 224.0])
+    pair = (np.array([a, b]), [24.0, 20.0])
+    joined = (np.array([[200.0, 208.0]]), [math.sqrt(24.0**2 + 20.0**2)])
+    frames = [pair] * 10 + [joined] * 4 + [pair] * 10
+    steps = run(Tracker(), frames)
+    assert not [e for s in steps for e in s.events if e.kind == "coalescence"]
+    assert set(steps[-1].track_ids.tolist()) == set(steps[0].track_ids.tolist())

@@ -129,6 +129,8 @@ class GuiSink(Sink):
         self.signals.alertRaised.emit(alert)
 
     def event(self, event: Event) -> None:
+        if event.kind in ("coalescence", "nucleation", "dissolution", "left_field"):
+            self.statistics.add_event(event.t, event.kind)
         self.signals.eventLogged.emit(event)
 
     def close(self) -> None:

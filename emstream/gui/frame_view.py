@@ -273,6 +273,19 @@ class FrameView(QtWidgets.QWidget):
             item.setZValue(10)
             self.vb.addItem(item)
 
+        self.show_tracks = True
+        self.path_trails = QtWidgets.QGraphicsPathItem()
+        self.path_ids = QtWidgets.QGraphicsPathItem()
+        for item, brush in ((self.path_trails, None), (self.path_ids, theme.TRAIL)):
+            pen = QtGui.QPen(QtGui.QColor(theme.TRAIL))
+            pen.setCosmetic(True)
+            pen.setWidth(0 if brush else 2)
+            item.setPen(pen if brush is None else QtGui.QPen(QtCore.Qt.PenStyle.NoPen))
+            item.setBrush(QtGui.QBrush(QtGui.QColor(brush)) if brush else
+                          QtGui.QBrush(QtCore.Qt.BrushStyle.NoBrush))
+            item.setZValue(11)
+            self.vb.addItem(item)
+
         self.scale_bar = CalibratedScaleBar()
         self.scale_bar.setParentItem(self.vb)
         # top-right: burned-in data bars and scale bars usually sit along the bottom edge
@@ -318,6 +331,17 @@ class FrameView(QtWidgets.QWidget):
         if self.result is not None:
             self.set_result(self.result, self.matches, keep_outlines=True)
         self.contrastChanged.emit()
+
+    def set_show_tracks(self, show: bool) -> None:
+        """Track trails and IDs on or off."""
+        self.show_tracks = bool(show)
+        for item in (self.path_trails, self.path_ids):
+            item.setVisible(self.show_tracks)
+
+    def set_track_paths(self, paths: tuple[QtGui.QPainterPath, QtGui.QPainterPath] | None) -> None:
+        trails, ids = paths if paths is not None else (QtGui.QPainterPath(), QtGui.QPainterPath())
+        self.path_trails.setPath(trails)
+        self.path_ids.setPath(ids)
 
     def set_show_outlines(self, show: bool) -> None:
         self.show_outlines = bool(show)

@@ -340,6 +340,8 @@ class DisplayFrame:
     factor: int = 1
     #: Ready-made outline paths (built by the window's display thread with Qt value types).
     paths: object = None
+    #: Ready-made (trails, ID labels) paths of the frame's tracks, or None.
+    tracks: object = None
 
     @property
     def nbytes(self) -> int:

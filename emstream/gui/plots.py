@@ -222,8 +222,51 @@ class SizeDistributionPanel(QtWidgets.QWidget):
         self.summary.setText(text)
 
 
+class TrackSizePlot(QtWidgets.QWidget):
+    """The size over time of the track of the particle last clicked."""
+
+    def __init__(self, history, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.history = history
+        self.track_id: int | None = None
+        self.plot = pg.PlotWidget(axisItems={"bottom": ClockAxis()})
+        self.plot.setBackground(theme.PANEL_BG)
+        p = self.plot.getPlotItem()
+        _style_plot(p)
+        p.setMenuEnabled(False)
+        p.setLabel("bottom", "Acquisition time", **_label_style())
+        self.curve = p.plot(pen=pg.mkPen(theme.TRAIL, width=1.8), symbol="o", symbolSize=4,
+                            symbolBrush=theme.TRAIL, symbolPen=None)
+        self.title = QtWidgets.QLabel("Click a particle: its track's size over time")
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addWidget(self.title)
+        lay.addWidget(self.plot, 1)
+
+    def show_track(self, track_id: int | None, unit: str) -> None:
+        self.track_id = track_id
+        if track_id is None:
+            self.curve.setData([], [])
+            self.title.setText("This particle is not tracked")
+            return
+        t, d = self.history.sizes_of(track_id)
+        self.curve.setData(t, d)
+        self.plot.getPlotItem().setLabel("left", f"diameter ({unit})", **_label_style())
+        rate = ""
+        if len(t) >= 3 and float(np.ptp(t)) > 0:
+            from emstream.process.track import growth_rate
+
+            rate = f" · growth {growth_rate(t, d):+.3g} {unit}/s"
+        self.title.setText(f"Track #{track_id}: {len(t)} recent frames{rate}")
+
+    @property
+    def points(self) -> int:
+        return len(self.curve.xData) if self.curve.xData is not None else 0
+
+
 class TrendsPanel(QtWidgets.QWidget):
-    """Count, mean/median diameter and coverage against acquisition (clock) time."""
+    """Count, mean/median diameter, coverage and stage drift against acquisition (clock) time;
+    coalescence (red) and nucleation (blue) marks on the count."""
 
     def __init__(self, stats: SessionStatistics, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -242,6 +285,7 @@ class TrendsPanel(QtWidgets.QWidget):
                 ],
             ),
             ("%", [("coverage", theme.OUTLINE_MATCH, "Coverage")]),
+            ("drift nm", [("drift_y", theme.ACCENT, "Drift y"), ("drift_x", theme.WARN, "Drift x")]),
         ]
         self.curves: dict[str, pg.PlotDataItem] = {}
         for i, (ylabel, series) in enumerate(specs):
@@ -262,6 +306,15 @@ class TrendsPanel(QtWidgets.QWidget):
                 p.getAxis("bottom").setStyle(showValues=False)
             self.plots.append(p)
         self.plots[-1].setLabel("bottom", "Acquisition time", **_label_style())
+        self.event_marks = {
+            kind: pg.ScatterPlotItem(symbol=symbol, size=9, pen=None, brush=colour, name=name)
+            for kind, symbol, colour, name in (
+                ("coalescence", "t", theme.EVENT_COALESCENCE, "coalescence"),
+                ("nucleation", "o", theme.EVENT_NUCLEATION, "nucleation"))
+        }
+        for item in self.event_marks.values():
+            self.plots[0].addItem(item)
+        self.n_events = 0
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addWidget(self.glw)
@@ -279,3 +332,15 @@ class TrendsPanel(QtWidgets.QWidget):
         for key, curve in self.curves.items():
             v = t[key][order] * (100.0 if key == "coverage" else 1.0)
             curve.setData(x, v, connect="finite")
+        if unit != getattr(self, "_drift_unit", None):
+            self._drift_unit = unit
+            self.plots[3].setLabel("left", f"drift {unit}", **_label_style())
+        events = self.stats.event_snapshot()
+        self.n_events = len(events)
+        counts = t["count"][order]
+        for kind, item in self.event_marks.items():
+            te = np.array([e[0] for e in events if e[1] == kind], float)
+            if te.size and x.size:
+                item.setData(te, np.interp(te, x, np.nan_to_num(counts)))
+            else:
+                item.setData([], [])

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from collections import deque
+
+from emstream.gui.trails import TrackHistory
 from emstream.process.stats import SizeHistogram
 from emstream.results import FrameRecord, FrameResult, ParticleTable
 
@@ -90,7 +93,8 @@ class TrendSeries:
     ``stride``-th frame is kept: resolution halves, the time span stays the whole session.
     """
 
-    FIELDS = ("t_acq", "seq", "count", "mean_diameter", "median_diameter", "coverage")
+    FIELDS = ("t_acq", "seq", "count", "mean_diameter", "median_diameter", "coverage",
+              "drift_y", "drift_x")
 
     def __init__(self, capacity: int = 20_000) -> None:
         self.capacity = int(capacity)
@@ -100,7 +104,8 @@ class TrendSeries:
         self._seen = 0
 
     def add(
-        self, t_acq: float, seq: int, count: int, mean: float, median: float, cov: float
+        self, t_acq: float, seq: int, count: int, mean: float, median: float, cov: float,
+        drift_y: float = math.nan, drift_x: float = math.nan,
     ) -> None:
         self._seen += 1
         if (self._seen - 1) % self.stride:
@@ -111,7 +116,7 @@ class TrendSeries:
             self._data[:, : half.shape[1]] = half
             self.n = half.shape[1]
             self.stride *= 2
-        self._data[:, self.n] = (t_acq, seq, count, mean, median, cov)
+        self._data[:, self.n] = (t_acq, seq, count, mean, median, cov, drift_y, drift_x)
         self.n += 1
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -143,6 +148,10 @@ class SessionStatistics:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.t0: float | None = None
+        #: recent positions and sizes of every live track (trails, size over time)
+        self.tracks = TrackHistory()
+        #: tracking events as (t_acq, kind), the most recent ones
+        self.events: deque[tuple[float, str]] = deque(maxlen=2000)
 
     # -- writers (pipeline threads) ----------------------------------------------------------
     def account(self, record: FrameRecord) -> bool:
@@ -179,9 +188,24 @@ class SessionStatistics:
                 self.first_seq = result.seq
                 self.t0 = result.frame.t_acq
             self.last_seq = max(result.seq, self.last_seq if self.last_seq is not None else -1)
+            drift = (math.nan, math.nan)
+            if result.drift_px is not None:
+                cal = result.frame.calibration
+                sy, sx = cal.nm_per_px if cal.nm_per_px else (1.0, 1.0)
+                drift = (result.drift_px[0] * sy, result.drift_px[1] * sx)
             self.trends.add(
-                result.frame.t_acq, result.seq, s.count, mean, median, float(s.coverage)
+                result.frame.t_acq, result.seq, s.count, mean, median, float(s.coverage), *drift
             )
+        self.tracks.add(result)
+
+    def add_event(self, t_acq: float, kind: str) -> None:
+        """Remember a tracking event for the trends (coalescence, nucleation ...)."""
+        with self._lock:
+            self.events.append((float(t_acq), kind))
+
+    def event_snapshot(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.events)
 
     def add_history(
         self,

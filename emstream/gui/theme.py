@@ -15,6 +15,9 @@ OK = "#59d38c"
 
 OUTLINE_OTHER = "#39d0ff"  # cyan: every measured particle
 OUTLINE_MATCH = "#ff4fd8"  # magenta: particles matching a target rule
+TRAIL = "#c58cff"  # violet: where tracked particles moved on the sample
+EVENT_COALESCENCE = "#ff6b6b"
+EVENT_NUCLEATION = "#4aa3ff"
 OUTLINE_SELECTED = "#ffe14a"  # yellow: the particle picked with the mouse
 SCALE_BAR = "#ffffff"
 

@@ -17,9 +17,10 @@ from emstream.gui.alerts_panel import AlertBanner, AlertsPanel
 from emstream.gui.bridge import GuiSink
 from emstream.gui.frame_view import CONTRAST_PRESETS, FrameView, outline_paths, particle_info
 from emstream.gui.outlines import DisplayFrame, prepare_display
-from emstream.gui.plots import SizeDistributionPanel, TrendsPanel
+from emstream.gui.plots import SizeDistributionPanel, TrackSizePlot, TrendsPanel
 from emstream.gui.session_stats import SessionStatistics
 from emstream.gui.status import StatusBar
+from emstream.gui.trails import trail_paths
 from emstream.results import Alert, FrameResult
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,15 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.particle_table.setAlternatingRowColors(True)
         self.frame_view.particleHovered.connect(self._show_particle)
         self.frame_view.particleClicked.connect(self._show_particle)
+        self.frame_view.particleClicked.connect(self._show_track)
+        self.track_plot = TrackSizePlot(self.statistics.tracks)
+        particle_tab = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
+        particle_tab.addWidget(self.particle_table)
+        particle_tab.addWidget(self.track_plot)
 
         self.lower_tabs = QtWidgets.QTabWidget()
         self.lower_tabs.addTab(self.alerts_panel, "Alerts")
-        self.lower_tabs.addTab(self.particle_table, "Particle")
+        self.lower_tabs.addTab(particle_tab, "Particle")
 
         def group(title: str, w: QtWidgets.QWidget) -> QtWidgets.QGroupBox:
             box = QtWidgets.QGroupBox(title)
@@ -195,6 +201,11 @@ class MonitorWindow(QtWidgets.QMainWindow):
             "Outlines", "Show particle outlines", "O", self.frame_view.set_show_outlines, True
         )
         self.act_outlines.setChecked(True)
+        self.act_tracks = action(
+            "Tracks", "Show track IDs and trails (where particles moved on the sample)", "T",
+            self.frame_view.set_show_tracks, True
+        )
+        self.act_tracks.setChecked(True)
         self.act_fit = action("Fit", "Fit the frame to the view", "F", self._fit)
         tb.addWidget(QtWidgets.QLabel(" Contrast "))
         self.contrast = QtWidgets.QComboBox()
@@ -220,7 +231,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.legend = QtWidgets.QLabel(
             f"<span style='color:{theme.OUTLINE_OTHER}'>━</span> particle &nbsp; "
             f"<span style='color:{theme.OUTLINE_MATCH}'>━</span> target rule &nbsp; "
-            f"<span style='color:{theme.OUTLINE_SELECTED}'>━</span> selected &nbsp;"
+            f"<span style='color:{theme.OUTLINE_SELECTED}'>━</span> selected &nbsp; "
+            f"<span style='color:{theme.TRAIL}'>━</span> track &nbsp;"
         )
         tb.addWidget(self.legend)
         self.mode_label = QtWidgets.QLabel("")
@@ -276,6 +288,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         # the outline paths too: QPainterPath is a value type, safe to build off the GUI thread
         t0 = time.perf_counter()
         d.paths = outline_paths(d.outlines, d.matches, len(result.particles.get("label", ())))
+        if self.frame_view.show_tracks:
+            d.tracks = trail_paths(result, self.statistics.tracks)
         d.prepare_ms += (time.perf_counter() - t0) * 1e3
         return d
 
@@ -302,6 +316,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
             small=(d.small, d.factor),
             paths=d.paths,
         )
+        self.frame_view.set_track_paths(d.tracks)
         # the size histogram follows at ≤ 5 Hz while live (every frame when stepping/paused)
         now = time.monotonic()
         if self.paused or now - self._last_hist >= HIST_INTERVAL_S:
@@ -398,6 +413,18 @@ class MonitorWindow(QtWidgets.QMainWindow):
         for i, (k, v) in enumerate(info):
             t.setItem(i, 0, QtWidgets.QTableWidgetItem(k))
             t.setItem(i, 1, QtWidgets.QTableWidgetItem(v))
+
+    def _show_track(self, hit) -> None:
+        """A clicked particle: its track's size over time."""
+        if hit is None:
+            return
+        result, row = hit
+        ids = result.track_ids
+        if ids is None or row >= len(ids) or ids[row] < 0:
+            self.track_plot.show_track(None, result.unit)
+            return
+        self.track_plot.show_track(int(ids[row]), result.unit)
+        self.lower_tabs.setCurrentIndex(1)
 
     def _on_session_opened(self, session) -> None:
         self.session_dir = Path(session.session_dir)

@@ -248,3 +248,27 @@ def test_review_shows_saved_snapshots(tmp_path, artifacts_dir, rng):
     assert "Snapshot" in w.frame_view.caption.text()
     assert w.statistics.counts()["frames_ok"] == 8
     assert w.alerts_panel.total == 1
+
+
+def test_tracks_drawn_and_a_clicked_particle_shows_its_size_over_time(finished_session,
+                                                                        artifacts_dir, qtbot):
+    """Trails and IDs on the overlay; clicking a particle plots its track's diameter."""
+    session_dir, win, sims, shot = finished_session
+    fv = win.frame_view
+    res = fv.result
+    assert res.track_ids is not None and (res.track_ids >= 0).all()
+    assert fv.path_ids.path().elementCount() > 0  # ID labels
+    assert fv.path_trails.path().elementCount() > 0  # the stage drifts; trails are on the sample
+    row = int(np.argmax(res.particles["area_px"]))
+    fv.particleClicked.emit((res, row))
+    assert win.track_plot.track_id == int(res.track_ids[row])
+    assert win.track_plot.points >= 20  # present since the first frame
+    win.act_tracks.trigger()  # toggle off
+    assert not fv.path_trails.isVisible() and not fv.show_tracks
+    win.act_tracks.trigger()
+    assert fv.path_trails.isVisible()
+    con = sqlite3.connect(f"file:{session_dir / 'ledger.sqlite'}?mode=ro", uri=True)
+    n_tracks = con.execute("SELECT COUNT(DISTINCT track_id) FROM particles").fetchone()[0]
+    con.close()
+    assert n_tracks >= len(sims[0].particles)
+    win.grab().save(str(artifacts_dir / "gui_track_clicked.png"))

@@ -15,9 +15,9 @@ big particle from taking its identity.
 **Ends and events** are decided ``memory + 1`` frames after a track was last seen (it might come
 back until then), so they lag live frames by that much but carry the frame they happened on:
 
-- ``coalescence``: the track ended next to a track that, on the next frame, holds about the area
-  of both (kept within ``area_tolerance``); or two or more tracks ended where one began with
-  their summed area. The continuing (or new) track is ``into``; every ended one is
+- ``coalescence``: the track ended next to a track that, on the next frame, holds about the
+  matter of both (projected area, or volume as ``area^1.5`` for particles that round up, within
+  ``area_tolerance``); or two or more tracks ended where one began with their summed matter. The continuing (or new) track is ``into``; every ended one is
   ``merged into N``. It is called ``confirm_frames`` later if the merged tracks stayed gone
   (touching particles the segmenter joins for a few frames and splits again are not one), had
   lasted ``nucleation_frames`` frames and been seen in each of the ``min_frames`` frames before
@@ -27,7 +27,7 @@ back until then), so they lag live frames by that much but carry the frame they 
 - ``dissolution``: the track ended away from the edge after shrinking (last diameter below
   ``dissolve_ratio`` of its largest).
 - ``nucleation``: a track seen for ``nucleation_frames`` frames that began away from the edge,
-  after the session's first frame, with a clear gap (half its diameter, at least 2 px) to the
+  after the session's first frame, with a gap (a tenth of its diameter, at least 1 px) to the
   outline of every particle of the frame before, and not as a fragment of one (``split``: a
   neighbour that shrank by about its area at the same frame; segmenters cut particles now and
   then, and such a fragment that joins again is no coalescence either).
@@ -535,7 +535,7 @@ class Tracker:
             tr.began = "entered_field"
         elif tr.split_from is not None:
             tr.began = "split"
-        elif tr.near_gap > max(0.5 * d_px, 2.0):
+        elif tr.near_gap > max(0.1 * d_px, 1.0):
             tr.began = "nucleated"
             events.append(TrackEvent("nucleation", tr.first_seq, tr.t_first, [tr.id],
                                      self._where(tr, unit_per_px)))
@@ -565,7 +565,9 @@ class Tracker:
         return "lost", None
 
     def _merge_partner(self, tr: _Track, last: _Seen, after: _Seen, k: int) -> int | None:
-        """The track that on the next frame holds this one's area next to where it was."""
+        """The track that on the next frame holds this one's matter next to where it was:
+        its projected area (flat particles) or its volume (``area^1.5``: particles that round up
+        after merging) is about the sum of the merged ones'."""
         s = self.settings
         if not len(after.ids):
             return None
@@ -573,25 +575,31 @@ class Tracker:
         r_end = float(last.d[k]) / 2
         dist = np.hypot(after.y - tr.y, after.x - tr.x)
         best, best_err = None, s.area_tolerance
+
+        def mismatch(product: float, parts: np.ndarray) -> float:
+            by_area = abs(product - parts.sum()) / parts.sum()
+            v = parts**1.5
+            by_volume = abs(product**1.5 - v.sum()) / v.sum()
+            return min(by_area, by_volume)
+
         for j in np.flatnonzero(dist <= r_end + after.d / 2 * 1.3 + 2):
             other = int(after.ids[j])
             if other == tr.id or other < 0:
                 continue
             a_after = float(after.area[j])
             kk = np.flatnonzero(last.ids == other)
-            if kk.size:  # it went on: did it gain this one's area?
+            if kk.size:  # it went on: did it gain this one's matter?
                 a_before = float(last.area[kk[0]])
-                if a_after < a_before + 0.5 * a_end:
+                if a_after**1.5 < a_before**1.5 + 0.5 * a_end**1.5:
                     continue
-                err = abs(a_after - (a_before + a_end)) / (a_before + a_end)
-            else:  # it began there: it holds the area of everything that ended around it
+                err = mismatch(a_after, np.array([a_before, a_end]))
+            else:  # it began there: it holds the matter of everything that ended around it
                 near = np.hypot(last.y - after.y[j], last.x - after.x[j]) <= after.d[j] / 2 + \
                     last.d / 2 + 2
                 gone = near & ~np.isin(last.ids, after.ids)
-                total = float(last.area[gone].sum()) if gone.any() else a_end
                 if gone.sum() < 2:
                     continue
-                err = abs(a_after - total) / total
+                err = mismatch(a_after, last.area[gone])
             if err <= best_err:
                 best, best_err = other, err
         return best

@@ -322,8 +322,10 @@ class Tracker:
         touch = np.asarray(particles.get("touches_border", np.zeros(0, bool)), bool)
         d_px = 2.0 * np.sqrt(np.maximum(area, 0.0) / math.pi)
         n = len(y_img)
-        drift = self.drift.update(np.column_stack([y_img, x_img, d_px]) if n else
-                                  np.zeros((0, 3)), image, valid)
+        # particles cut by the frame edge move their centroids as they slide out: not for drift
+        inside = ~touch
+        drift = self.drift.update(np.column_stack([y_img[inside], x_img[inside], d_px[inside]]),
+                                  image, valid)
         y = y_img - drift.total[0]
         x = x_img - drift.total[1]
         if self._first_seq is None:

@@ -83,7 +83,8 @@ class TrackSettings:
     area_tolerance : relative mismatch of areas allowed in a coalescence.
     dissolve_ratio : a track that ends away from the edge below this share of its largest
         diameter dissolved.
-    summary_every : frames between summaries of the tracks still going.
+    summary_every : frames between summaries of each track still going (a 1/summary_every share
+        of the open tracks is summarised on every frame, so the cost is spread evenly).
     confirm_frames : frames a coalescence waits, after its end was decided, for the merged
         tracks to stay gone before it is called.
     gap_frames : a lost track found again (same place, similar size) within this many frames
@@ -176,6 +177,9 @@ def growth_rate(t: np.ndarray, d: np.ndarray) -> float:
     d = np.asarray(d, float)
     if len(t) < 3 or float(np.ptp(t)) <= 0:
         return float("nan")
+    if len(t) > 64:  # Theil-Sen is O(n^2): 64 points spread over the track are plenty
+        pick = np.linspace(0, len(t) - 1, 64).round().astype(int)
+        t, d = t[pick], d[pick]
     from scipy.stats import theilslopes
 
     return float(theilslopes(d, t)[0])
@@ -375,8 +379,10 @@ class Tracker:
                 self._lost[tid] = tr
         for tid in [k for k, tr in self._lost.items() if tr.last_seq < seq - s.gap_frames]:
             del self._lost[tid]
-        if s.summary_every and self._frames % s.summary_every == 0:
-            summaries += [tr.summary() for tr in self._tracks.values()]
+        if s.summary_every:  # the open tracks in turn, 1/summary_every of them a frame
+            k = self._frames % s.summary_every
+            summaries += [tr.summary() for tid, tr in self._tracks.items()
+                          if tid % s.summary_every == k]
         return TrackStep(track_ids=ids, drift=drift, events=events, summaries=summaries)
 
     @property

@@ -42,6 +42,12 @@ def test_exports_match_the_ledger(session):
             "frames.parquet",
             "alerts.csv",
             "alerts.parquet",
+            "trajectories.csv",
+            "trajectories.parquet",
+            "tracks.csv",
+            "tracks.parquet",
+            "events.csv",
+            "events.parquet",
         ]
     )
     counts = _ledger_counts(session)
@@ -53,7 +59,12 @@ def test_exports_match_the_ledger(session):
         t = pq.read_table(session / "exports" / f"{table}.parquet")
         assert t.num_rows == counts[table]
     parts = pq.read_table(session / "exports" / "particles.parquet")
-    assert parts.column_names == ["seq", "unit", "t_acq", "source", *PARTICLE_COLUMNS]
+    assert parts.column_names == ["seq", "unit", "t_acq", "source", *PARTICLE_COLUMNS, "track_id"]
+    traj = pq.read_table(session / "exports" / "trajectories.parquet")
+    assert traj.column_names[:4] == ["frame", "particle", "y", "x"]  # as trackpy.link gives
+    # this session was written without the pipeline's tracker (tests/test_pipeline_tracking.py
+    # checks a tracked one): no particle has a track, so no trajectory rows
+    assert set(parts.column("track_id").to_pylist()) == {None} and traj.num_rows == 0
     assert set(parts.column("unit").to_pylist()) == {"nm"}
     assert str(parts.schema.field("touches_border").type) == "bool"
     frames = pq.read_table(session / "exports" / "frames.parquet").to_pydict()

@@ -42,6 +42,11 @@ def stats_table(stats: Any, *, title: str = "emstream") -> Table:
     if getattr(stats, "flagged", 0):
         seg += f"   [yellow]{stats.flagged} flagged[/] ({stats.last_flag})"
     t.add_row("segmentation", seg)
+    drift = getattr(stats, "drift", None)
+    if drift is not None:
+        ev = getattr(stats, "track_events", {}) or {}
+        t.add_row("tracking", f"drift {drift[0]:+.1f}, {drift[1]:+.1f} {stats.unit}   "
+                  + "  ".join(f"{k.replace('_', ' ')} {n}" for k, n in sorted(ev.items())))
     if stats.timings_ms:
         t.add_row(
             "stage ms",
@@ -113,6 +118,10 @@ def summary_table(stats: Any, *, session_dir: Any = None, elapsed_s: float | Non
     if elapsed_s is not None:
         t.add_row("elapsed", f"{elapsed_s:.1f} s")
     t.add_row("last particles / D50", f"{stats.particles} / {_fmt(stats.d50, '.1f', ' ' + stats.unit)}")
+    ev = getattr(stats, "track_events", None)
+    if getattr(stats, "drift", None) is not None:
+        t.add_row("tracking events", ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in
+                                               sorted((ev or {}).items())) or "none")
     if getattr(stats, "flagged", 0):
         t.add_row("doubtful segmentation", f"{stats.flagged} frames flagged (ledger: frames.seg_flag)")
     if getattr(stats, "alerts", 0):

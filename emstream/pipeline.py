@@ -163,6 +163,10 @@ class PipelineStats:
     last_flag: str = ""
     running: bool = False
     t_last_frame: float | None = None
+    #: cumulative stage drift of the last frame (y, x) in ``unit``; ``None``: not tracked
+    drift: tuple[float, float] | None = None
+    #: tracking events so far, by kind
+    track_events: dict[str, int] = field(default_factory=dict)
 
     @property
     def terminal(self) -> int:
@@ -389,6 +393,7 @@ class Pipeline:
         with self._lock:
             s = PipelineStats(**{k: getattr(self._stats, k) for k in self._stats.__dataclass_fields__})
             s.timings_ms = dict(self._stats.timings_ms)
+            s.track_events = dict(self._stats.track_events)
         now = time.monotonic()
         recent = [t for t in self._done_times if now - t <= 10.0]
         if len(recent) >= 2:
@@ -635,6 +640,12 @@ class Pipeline:
                     st.backend = res.backend
                     st.confidence = (float("nan") if res.confidence is None
                                      else float(res.confidence))
+                    if res.drift_px is not None:
+                        cal = res.frame.calibration
+                        sy, sx = cal.nm_per_px if cal.nm_per_px else (1.0, 1.0)
+                        st.drift = (res.drift_px[0] * sy, res.drift_px[1] * sx)
+                    for ev in track_events:
+                        st.track_events[ev.kind] = st.track_events.get(ev.kind, 0) + 1
                     if res.seg_flag:
                         st.flagged += 1
                         st.last_flag = f"frame {res.seq}: {res.seg_flag}"

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-
-from collections import deque
 
 from emstream.gui.trails import TrackHistory
 from emstream.process.stats import SizeHistogram

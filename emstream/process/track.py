@@ -180,15 +180,18 @@ def growth_rate(t: np.ndarray, d: np.ndarray) -> float:
     if len(t) > 64:  # Theil-Sen is O(n^2): 64 points spread over the track are plenty
         pick = np.linspace(0, len(t) - 1, 64).round().astype(int)
         t, d = t[pick], d[pick]
-    from scipy.stats import theilslopes
-
-    return float(theilslopes(d, t)[0])
+    # the median of the pairwise slopes (as scipy.stats.theilslopes, which also computes
+    # confidence intervals and costs ~0.6 ms a call: 14 ms a frame at 1,000 tracks)
+    i, j = np.triu_indices(len(t), 1)
+    dt = t[j] - t[i]
+    ok = dt > 0
+    return float(np.median((d[j] - d[i])[ok] / dt[ok])) if ok.any() else float("nan")
 
 
 class _Track:
     __slots__ = ("id", "first_seq", "last_seq", "t_first", "t_last", "n", "d_first", "d_last",
                  "d_max", "began", "ended", "into", "hist_t", "hist_d", "path", "y", "x",
-                 "touch", "near_gap", "split_from", "unit", "written_at", "run")
+                 "touch", "near_gap", "split_from", "unit", "run")
 
     def __init__(self, tid: int, seq: int, t: float, began: str, unit: str):
         self.id, self.first_seq, self.last_seq = tid, seq, seq
@@ -204,7 +207,6 @@ class _Track:
         self.near_gap = float("inf")  # px between it and the nearest particle of the frame before
         self.split_from: int | None = None  # a fragment that broke off this track at birth
         self.unit = unit
-        self.written_at = -1
         self.run = 0  # frames seen in a row up to last_seq
 
     def add(self, seq: int, t: float, y: float, x: float, d: float, touch: bool,

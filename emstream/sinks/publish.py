@@ -33,7 +33,11 @@ Every message is two frames, ``[topic, json]``, both UTF-8. Subscribe to ``b"fra
      "snapshot": "snapshots/alert_000017_large_particles.png"}   # relative to the session, or null
 
 An alert is published when its actions include ``"publish"`` (the default for rules and for every
-built-in alert). ``event``: ``{"kind", "message", "t", "data"}``. ``session``:
+built-in alert). ``event``: ``{"kind", "message", "t", "data"}``; the tracking events
+(``process.track``) have ``kind`` ``coalescence`` | ``nucleation`` | ``dissolution`` |
+``left_field`` and ``data`` ``{"seq": frame it happened on, "tracks": [ids], "into": id
+(coalescence), "merged": [ids], "y_px", "x_px": drift-corrected position, "d": diameter,
+"unit": "nm" | "px"}``. ``session``:
 ``{"state": "open"|"close", "session_dir", "source", "backend", "t"}``.
 
 Security: the socket binds to loopback unless ``allow_remote=True`` (then anyone who can reach

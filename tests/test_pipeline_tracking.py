@@ -171,3 +171,39 @@ def test_restart_goes_on_with_the_same_tracks(sims, tmp_path):
     assert kept / len(common) > 0.95
     assert set(before.values()) & set(id30.values())
     assert new_ids is None or new_ids > top  # new tracks number on
+
+
+def test_report_has_the_kinetics_section(sims, tmp_path, artifacts_dir):
+    import shutil
+    import subprocess
+
+    from emstream.sinks.report import collect, write_report
+
+    run(sims, tmp_path)
+    kin = collect(tmp_path)["kinetics"]
+    assert kin is not None
+    rows = dict(kin["rows"])
+    assert rows["Tracks"].split()[0].replace(",", "").isdigit()
+    assert "nucleation" in rows["Events"]
+    assert "R²" in rows[next(k for k in rows if k.startswith("LSW rate"))]
+    captions = [c for c, _ in kin["svgs"]]
+    assert any("drift" in c for c in captions) and any("<r>³" in c for c in captions)
+    path = write_report(tmp_path)
+    html = path.read_text(encoding="utf-8")
+    assert 'id="kinetics"' in html and "Tracking events" in html
+    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                if shutil.which(n)), None)
+    if exe is None:
+        pytest.skip("no chromium binary (apt-get install chromium)")
+    # the kinetics section alone (the other sections are in session_report.png)
+    import re
+
+    only = tmp_path / "kinetics.html"
+    only.write_text(re.sub(r'<section id="(?!kinetics")[^"]*">.*?</section>', "", html,
+                           flags=re.S), encoding="utf-8")
+    shot = artifacts_dir / "report_kinetics.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--hide-scrollbars", "--window-size=1200,2700", f"--screenshot={shot}",
+                    only.resolve().as_uri()], capture_output=True, timeout=120, check=False)
+    assert shot.is_file()

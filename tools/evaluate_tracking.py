@@ -21,7 +21,9 @@ Scores (stated so they can be checked):
   A tracker event matches an unmatched truth event of its kind within 1.5 diameters (+3 px) and
   within 3 frames; for coalescence the truth's window runs from the frame the neck began (pairs
   sinter over ``coalescence_frames``; a segmenter that joins them at the neck is right) to 3 frames
-  after the merge. Precision = matched / tracker events, recall = matched / truth events.
+  after the merge. Events in the last frames, which the tracker cannot have decided when the
+  session ends (``memory + confirm_frames + 2`` frames for coalescence, ``nucleation_frames + 1``
+  for nucleation), are left out on both sides. Precision = matched / tracker events, recall = matched / truth events.
 
 Usage::
 
@@ -206,8 +208,10 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
            and len(first_seen.get((e["id"], e["visit"]), [])) >= 3
            and first_seen[(e["id"], e["visit"])][0] == e["seq"]]
     coal = [e for e in truth_events if e["kind"] == "coalescence"]
-    # events too close to the end cannot be decided yet
-    last = frames - settings.memory - 3
+    # events too close to the end cannot be decided yet: a coalescence is called memory + 1 +
+    # confirm_frames frames after it, a nucleation nucleation_frames after
+    last = {"coalescence": frames - settings.memory - settings.confirm_frames - 2,
+            "nucleation": frames - settings.nucleation_frames - 1}
     out = {"seed": seed, "mode": mode, "frames": frames,
            "drift_err_px_median": float(np.median(drift_err)),
            "drift_err_px_p95": float(np.percentile(drift_err, 95)),
@@ -216,8 +220,8 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
            "track_ms_median": float(np.median(track_ms)),
            "particles_per_frame": n_pred / max(frames, 1)}
     for kind, truth_k in (("coalescence", coal), ("nucleation", nuc)):
-        truth_k = [e for e in truth_k if e["seq"] <= last]
-        pred_k = [e for e in pred_events if e["kind"] == kind and e["seq"] <= last]
+        truth_k = [e for e in truth_k if e["seq"] <= last[kind]]
+        pred_k = [e for e in pred_events if e["kind"] == kind and e["seq"] <= last[kind]]
         m, offsets = match_events(pred_k, truth_k)
         out[kind] = {"truth": len(truth_k), "found": len(pred_k), "matched": m,
                      "precision": m / len(pred_k) if pred_k else float("nan"),

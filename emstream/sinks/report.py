@@ -859,9 +859,14 @@ def timeseries_svg(
     ymin: float | None = None,
 ) -> str:
     """Lines (label, y, colour) against ``t``; an optional shaded ``band`` (lo, hi, colour) and
-    vertical ``events`` (t, colour) such as alerts."""
+    vertical ``events`` (t, colour) such as alerts. Points are joined in time order (frames can
+    be recorded out of acquisition order: several files, stacks, restarts)."""
     t = np.asarray(t, float)
-    ys = [np.asarray(y, float) for _, y, _ in series]
+    order = np.argsort(np.where(np.isfinite(t), t, np.inf), kind="stable")
+    t = t[order]
+    ys = [np.asarray(y, float)[order] for _, y, _ in series]
+    if band is not None:
+        band = (np.asarray(band[0], float)[order], np.asarray(band[1], float)[order], band[2])
     allv = np.concatenate(
         [y[np.isfinite(y)] for y in ys] + ([b[np.isfinite(b)] for b in band[:2]] if band else [])
     )

@@ -151,3 +151,18 @@ def test_report_screenshot_in_headless_chromium(session, artifacts_dir):
     # the page rendered: the header band is the report's accent colour, not a blank page
     b, g, r = img[30, 600]
     assert (int(b), int(g), int(r)) != (255, 255, 255) and b > r
+
+
+def test_trend_lines_are_joined_in_time_order():
+    """Frames recorded out of acquisition order (stacks, several files) must not zig-zag."""
+    from emstream.sinks.report import timeseries_svg
+
+    t = np.array([0.0, 2.0, 1.0, 3.0, np.nan])
+    y = np.array([0.0, 2.0, 1.0, 3.0, 5.0])
+    svg = timeseries_svg(t, [("y", y, "#000")], xlabel="t", ylabel="y",
+                         band=(y - 1, y + 1, "#000"))
+    pts = re.search(r'<polyline points="([^"]+)"', svg).group(1).split()
+    xs = [float(p.split(",")[0]) for p in pts]
+    assert xs == sorted(xs) and len(xs) == 4
+    upper = re.search(r'<polygon points="([^"]+)"', svg).group(1).split()[:4]
+    assert [float(p.split(",")[0]) for p in upper] == sorted(float(p.split(",")[0]) for p in upper)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,20 +28,13 @@ import numpy as np
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, REPO / "tools"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from bench import machine_info  # noqa: E402
 
 from emstream.process.track import Tracker  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Scene:
@@ -100,7 +92,7 @@ def main(argv=None) -> int:
             rss.append((k, proc.memory_info().rss / 2**20))
     warm = np.array(times[20:])
     out = {
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "machine": machine_info(),
         "particles": a.particles, "frame_px": a.size, "frames": a.frames,
         "ms_per_frame_median": round(float(np.median(warm)), 2),
         "ms_per_frame_p95": round(float(np.percentile(warm, 95)), 2),

@@ -494,11 +494,14 @@ class Ledger(Sink):
 
     def recorded_sources(self, path: str) -> dict[str, set[str | None]]:
         """Frames already recorded for a file: ``{source_id: {file_version, ...}}``."""
-        like = path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "#%"
+        # ``path`` itself, and its slices ``path#0``, ``path#1`` ... as a range ('#' < '$'), so
+        # both are index lookups on UNIQUE (source, file_version): the cost does not grow with
+        # the session (a LIKE or an OR here scanned the whole table: 110 ms a file at 864k rows)
         with self._lock:
             rows = self._con.execute(
-                "SELECT source, file_version FROM frames WHERE source=? OR source LIKE ? ESCAPE '\\'",
-                (path, like),
+                "SELECT source, file_version FROM frames WHERE source = ? "
+                "UNION ALL SELECT source, file_version FROM frames WHERE source >= ? AND source < ?",
+                (path, path + "#", path + "$"),
             ).fetchall()
         out: dict[str, set[str | None]] = {}
         for s, v in rows:

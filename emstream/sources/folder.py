@@ -114,7 +114,6 @@ class FolderSource:
         self._closed_lock = threading.Lock()
         self._observer: Any = None
         self._events: list[Event] = []
-        self._terminal = {p: set(v) for p, v in ledger.terminal_versions().items()}
         self.stats = {"files_seen": 0, "files_done": 0, "files_quarantined": 0, "frames_read": 0}
 
     # ------------------------------------------------------------------ public
@@ -231,7 +230,7 @@ class FolderSource:
             except OSError:
                 continue
             version = content_version(st)
-            if self._finished.get(path) == version or version in self._terminal.get(path, ()):
+            if self._finished.get(path) == version or self._terminal(path, version):
                 self._finished[path] = version
                 self._cands.pop(path, None)
                 continue
@@ -398,8 +397,14 @@ class FolderSource:
 
     def _finish(self, path: str, version: str) -> None:
         self._finished[path] = version
-        self._terminal.setdefault(path, set()).add(version)
         self._cands.pop(path, None)
+
+    def _terminal(self, path: str, version: str) -> bool:
+        """Did an earlier run finish this content version (done or quarantined)? One index
+        lookup, made once per file (then ``_finished`` knows): start-up does not read the
+        whole ``files`` table (1.8 s at a million files)."""
+        state = self.ledger.file_state(path, version)
+        return state is not None and state[0] in ("done", "quarantined")
 
     def _quarantine(self, path: str, version: str, reason: str) -> FrameRecord:
         log.warning("quarantined %s: %s", path, reason)

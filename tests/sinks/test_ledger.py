@@ -200,3 +200,25 @@ def test_a_ledger_from_before_the_confidence_columns_is_upgraded_on_resume(tmp_p
     rows = {r["seq"]: dict(r) for r in con.execute("SELECT * FROM frames")}
     assert rows[0]["source"] == "old.tif" and rows[0]["confidence"] is None
     assert rows[1]["confidence"] == 0.9
+
+
+def test_recorded_sources_is_an_index_lookup(tmp_path):
+    """The per-file lookup must not scan the frames table (cost would grow with the session)."""
+    led = Ledger(tmp_path)
+    con = led._con
+    plan = " ".join(str(r[-1]) for r in con.execute(
+        "EXPLAIN QUERY PLAN SELECT source, file_version FROM frames WHERE source = ? "
+        "UNION ALL SELECT source, file_version FROM frames WHERE source >= ? AND source < ?",
+        ("a", "a#", "a$")))
+    assert "SCAN frames" not in plan and "USING" in plan, plan
+    # and it finds a file and its slices, not its neighbours
+    rows = [(0, "/d/a.mrc", "v1"), (1, "/d/a.mrc#0", "v1"), (2, "/d/a.mrc#1", "v2"),
+            (3, "/d/a.mrc2", "v1"), (4, "/d/a.mrc#", None), (5, "/d/b_%.tif", "v1")]
+    con.executemany("INSERT INTO frames (seq, source, status, file_version) VALUES (?, ?, 'ok', ?)",
+                    rows)
+    got = led.recorded_sources("/d/a.mrc")
+    assert got == {"/d/a.mrc": {"v1"}, "/d/a.mrc#0": {"v1"}, "/d/a.mrc#1": {"v2"},
+                   "/d/a.mrc#": {None}}
+    assert led.recorded_sources("/d/b_%.tif") == {"/d/b_%.tif": {"v1"}}
+    assert led.recorded_sources("/d/b_x.tif") == {}
+    led.close()

@@ -21,8 +21,8 @@ back until then), so they lag live frames by that much but carry the frame they 
   ``merged into N``. It is called ``confirm_frames`` later if the merged tracks stayed gone
   (touching particles the segmenter joins for a few frames and splits again are not one), had
   lasted ``nucleation_frames`` frames and been seen in each of the ``min_frames`` frames before
-  it ended (a fragment that flickers in and out of a particle is not a particle), and the
-  product is clear of the frame edge.
+  it ended (a fragment that flickers in and out of a particle is not a particle), and they and
+  the product are clear of the frame edge (cut particles say nothing of their area).
 - ``left_field``: the track ended touching the frame edge (or within the drift of it).
 - ``dissolution``: the track ended away from the edge after shrinking (last diameter below
   ``dissolve_ratio`` of its largest).
@@ -513,7 +513,8 @@ class Tracker:
             # a fragment the segmenter cut off and joins again is no coalescence
             gone = [tr.id for tr in parts if tr.ended == "merged" and tr.split_from != into
                     and not (product is not None and product.split_from == tr.id)
-                    and tr.n >= s.nucleation_frames and tr.run >= s.min_frames]
+                    and tr.n >= s.nucleation_frames and tr.run >= s.min_frames
+                    and not tr.touch]
             if product is None or product.touch:  # cut by the edge: areas say nothing
                 gone = []
             if not gone:

@@ -69,8 +69,22 @@ def file_mtime(path: Path) -> float:
         return time.time()
 
 
+#: Largest frame accepted, in pixels (16384²: beyond any camera frame). A file declaring more is
+#: quarantined before anything is allocated: a few MB of compressed TIFF can declare 40000² px.
+MAX_FRAME_PIXELS = 1 << 28
+
+
+def check_frame_pixels(h: int, w: int, what: str = "image") -> None:
+    """Refuse a declared frame larger than :data:`MAX_FRAME_PIXELS` (before reading it)."""
+    if int(h) * int(w) > MAX_FRAME_PIXELS:
+        raise UnreadableFile(
+            f"{what} declares {int(w)}x{int(h)} px ({int(h) * int(w) / 1e6:.0f} MPx), above the "
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} MPx limit: a decompression bomb or not a camera frame")
+
+
 def check_image_shape(shape: Sequence[int], what: str = "dataset") -> None:
-    """Reject 1-D data (a spectrum or line profile stored as 1xN) and empty arrays."""
+    """Reject 1-D data (a spectrum or line profile stored as 1xN), empty arrays and frames above
+    :data:`MAX_FRAME_PIXELS`."""
     if len(shape) < 2:
         raise NotAnImage(f"{what} is 1-D (shape {tuple(shape)}): a spectrum or profile, not an image")
     h, w = int(shape[-2]), int(shape[-1])
@@ -78,6 +92,7 @@ def check_image_shape(shape: Sequence[int], what: str = "dataset") -> None:
         raise UnreadableFile(f"{what} is empty (shape {tuple(shape)})")
     if h == 1 or w == 1:
         raise NotAnImage(f"{what} has shape {h}x{w}: a spectrum or line profile, not an image")
+    check_frame_pixels(h, w, what)
 
 
 def frames_from_stack(

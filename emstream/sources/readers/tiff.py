@@ -42,7 +42,7 @@ import tifffile
 from emstream.errors import IncompleteFile, NotAnImage, UnreadableFile
 from emstream.frame import Calibration, Frame
 
-from ._common import check_image_shape, frames_from_stack, wrap_errors
+from ._common import check_frame_pixels, check_image_shape, frames_from_stack, wrap_errors
 from .calibration import calibration_from_axes
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,56 @@ def _check_header(path: Path) -> int:
     return size
 
 
+#: most IFDs (pages) a TIFF may chain; a longer chain is refused rather than walked for ever
+MAX_PAGES = 100_000
+
+
+def _walk_ifds(path: Path, size: int) -> int:
+    """Follow the IFD chain with our own bounds before tifffile does (its page iteration has no
+    cap: a next-IFD pointer back to an earlier IFD loops for ever at 100 % CPU). Returns the
+    number of IFDs; raises on a loop, a chain beyond :data:`MAX_PAGES`, or an IFD that is cut
+    off (the file is still being written) or absurd."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        cnt_t, off_t, entry = (order + "u8", order + "u8", 20) if big else (order + "u2",
+                                                                            order + "u4", 12)
+        cnt_n, off_n = (8, 8) if big else (2, 4)
+        offset = int(np.frombuffer(head[8:16] if big else head[4:8], dtype=off_t)[0])
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise UnreadableFile(f"IFD chain loops back to byte {offset} after "
+                                     f"{len(seen)} page(s)")
+            if len(seen) >= MAX_PAGES:
+                raise UnreadableFile(f"more than {MAX_PAGES} pages in the IFD chain")
+            seen.add(offset)
+            if offset + cnt_n > size:
+                raise IncompleteFile(f"IFD at byte {offset} is beyond the end of the file "
+                                     f"({size} bytes)")
+            fh.seek(offset)
+            n = int(np.frombuffer(fh.read(cnt_n), dtype=cnt_t)[0])
+            if n == 0 or n > 4096:
+                raise UnreadableFile(f"IFD at byte {offset} declares {n} tags")
+            end = offset + cnt_n + n * entry
+            if end + off_n > size:
+                raise IncompleteFile(f"IFD at byte {offset} ends at byte {end + off_n}, file has "
+                                     f"{size} bytes")
+            fh.seek(end)
+            offset = int(np.frombuffer(fh.read(off_n), dtype=off_t)[0])
+    return len(seen)
+
+
 def _check_pages(tif: tifffile.TiffFile, size: int) -> None:
     n = 0
     for page in tif.pages:
         if page is None:
             continue
         n += 1
+        # the declared size, before any pixel is decoded
+        check_frame_pixels(getattr(page, "imagelength", 0), getattr(page, "imagewidth", 0),
+                           f"page {page.index}")
         offsets = getattr(page, "dataoffsets", ()) or ()
         counts = getattr(page, "databytecounts", ()) or ()
         if offsets and counts:
@@ -101,6 +145,7 @@ def _check_pages(tif: tifffile.TiffFile, size: int) -> None:
 def check_tiff(path: Path) -> None:
     """Cheap completeness check: header, IFD chain parses, page data inside the file."""
     size = _check_header(path)
+    _walk_ifds(path, size)
     try:
         with _open_tiff(path) as tif:
             _check_pages(tif, size)
@@ -391,6 +436,7 @@ def _to_planes(arr: np.ndarray, axes: str, path: Path) -> np.ndarray:
 def read_tiff(path: Path, *, start: int = 0, t_arrival: float | None = None) -> list[Frame]:
     """Every 2-D image of the file's image series from index ``start`` on."""
     size = _check_header(path)
+    _walk_ifds(path, size)
     try:
         with _open_tiff(path) as tif:
             _check_pages(tif, size)

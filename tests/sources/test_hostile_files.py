@@ -1,0 +1,111 @@
+"""Hostile files (issue 21): every read of an untrusted file is bounded, and the watcher goes on.
+
+Each file here is made the way an adversary (or a broken writer) would: an IFD chain that loops,
+a compressed TIFF that declares 40000² pixels. The readers must refuse them quickly with a reason,
+and a watched folder holding them beside a good file must process the good one and quarantine
+the others, under an address-space limit that a decompression bomb would break.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from emstream.errors import UnreadableFile
+from emstream.sources.readers import check_complete, read_frames
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ifd(b: bytes) -> tuple[int, int]:
+    first = struct.unpack("<I", b[4:8])[0]
+    return first, struct.unpack("<H", b[first:first + 2])[0]
+
+
+def looping_tiff() -> bytes:
+    """A valid 64² TIFF whose next-IFD pointer points back at its own IFD."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((64, 64), np.uint16))
+    b = bytearray(buf.getvalue())
+    first, n = _ifd(b)
+    nxt = first + 2 + n * 12
+    b[nxt:nxt + 4] = struct.pack("<I", first)
+    return bytes(b)
+
+
+def bomb_tiff(side: int = 40000) -> bytes:
+    """A few hundred bytes of deflated TIFF that declares ``side``² 16-bit pixels."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((64, 64), np.uint16), compression="zlib")
+    b = bytearray(buf.getvalue())
+    first, n = _ifd(b)
+    for k in range(n):
+        e = first + 2 + 12 * k
+        tag, typ = struct.unpack("<HH", b[e:e + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength
+            b[e + 8:e + 12] = (struct.pack("<H", side) + b"\0\0" if typ == 3
+                               else struct.pack("<I", side))
+    return bytes(b)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("make, words", [(looping_tiff, "loops back"),
+                                         (bomb_tiff, "MPx limit")])
+def test_readers_refuse_hostile_tiffs_quickly(tmp_path, make, words):
+    p = tmp_path / "hostile.tif"
+    p.write_bytes(make())
+    t0 = time.monotonic()
+    for fn in (check_complete, read_frames):
+        with pytest.raises(UnreadableFile, match=words):
+            fn(p)
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_long_but_honest_page_chain_is_still_read(tmp_path):
+    p = tmp_path / "stack.tif"
+    tifffile.imwrite(p, np.arange(30 * 16 * 16, dtype=np.uint16).reshape(30, 16, 16))
+    assert len(read_frames(p)) == 30
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_watcher_quarantines_hostile_files_and_processes_the_good_one(tmp_path):
+    """The real CLI under a 3 GiB address-space limit: it ends by itself, nothing is lost."""
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    tifffile.imwrite(acq / "good.tif", (np.random.default_rng(0).random((128, 128)) * 1000)
+                     .astype(np.uint16), resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"unit": "nm"}, imagej=True)
+    (acq / "loop.tif").write_bytes(looping_tiff())
+    (acq / "bomb.tif").write_bytes(bomb_tiff())
+    session = tmp_path / "session"
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+        "from emstream.cli import main; sys.exit(main())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "watch", str(acq), "--session-dir", str(session),
+         "--segmenter", "classical", "--headless", "--exit-when-idle", "3", "--no-report"],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import sqlite3
+
+    con = sqlite3.connect(session / "ledger.sqlite")
+    rows = dict(con.execute("SELECT path, status || ': ' || COALESCE(reason, '') FROM files")
+                .fetchall())
+    con.close()
+    by_name = {Path(k).name: v for k, v in rows.items()}
+    assert by_name["good.tif"].startswith("done")
+    assert by_name["loop.tif"].startswith("quarantined") and "loops back" in by_name["loop.tif"]
+    assert by_name["bomb.tif"].startswith("quarantined") and "MPx" in by_name["bomb.tif"]

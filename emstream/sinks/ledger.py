@@ -61,6 +61,44 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def db_text(s: str) -> str:
+    """A str SQLite can store and a person can read. File names that are not valid UTF-8
+    (written from other systems; Python keeps their odd bytes as lone surrogates) get those
+    bytes as ``\\xNN`` escapes: ``a_caf\\xe9.tif``, the same every time, so the exactly-once
+    bookkeeping keys stay stable across restarts."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        try:
+            return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that did not come from a file name
+            return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _clean(params: Any) -> Any:
+    if isinstance(params, dict):
+        return {k: db_text(v) if isinstance(v, str) else v for k, v in params.items()}
+    return tuple(db_text(v) if isinstance(v, str) else v for v in params)
+
+
+class _TextSafeConnection:
+    """The SQLite connection, with every str parameter passed through :func:`db_text` (a file
+    name that is not UTF-8 raised ``UnicodeEncodeError`` and stopped the watcher for good)."""
+
+    def __init__(self, con: sqlite3.Connection):
+        self._con = con
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        return self._con.execute(sql, _clean(params))
+
+    def executemany(self, sql: str, seq: Any) -> sqlite3.Cursor:
+        return self._con.executemany(sql, (_clean(p) for p in seq))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
 def ledger_path(session_dir: str | Path) -> Path:
     return Path(session_dir) / LEDGER_NAME
 
@@ -93,9 +131,9 @@ class Ledger(Sink):
         self.batch = int(batch)
         self.flush_s = float(flush_s)
         self._lock = threading.RLock()
-        self._con = sqlite3.connect(
+        self._con = _TextSafeConnection(sqlite3.connect(
             str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None
-        )
+        ))
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute("PRAGMA foreign_keys=OFF")
@@ -504,8 +542,9 @@ class Ledger(Sink):
                 (path, path + "#", path + "$"),
             ).fetchall()
         out: dict[str, set[str | None]] = {}
-        for s, v in rows:
-            out.setdefault(s, set()).add(v)
+        stored = db_text(path)
+        for s, v in rows:  # keys as the caller named the file (its name may have been escaped)
+            out.setdefault(path + s[len(stored):], set()).add(v)
         return out
 
     def next_slice(self, path: str) -> int:

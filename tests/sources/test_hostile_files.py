@@ -109,3 +109,39 @@ def test_watcher_quarantines_hostile_files_and_processes_the_good_one(tmp_path):
     assert by_name["good.tif"].startswith("done")
     assert by_name["loop.tif"].startswith("quarantined") and "loops back" in by_name["loop.tif"]
     assert by_name["bomb.tif"].startswith("quarantined") and "MPx" in by_name["bomb.tif"]
+
+
+def _good_tiff_bytes(seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (np.random.default_rng(seed).random((96, 96)) * 1000).astype(np.uint16),
+                     resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "nm"}, imagej=True)
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows file names are always Unicode")
+def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_readably(tmp_path):
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    with open(os.path.join(os.fsencode(acq), b"a_caf\xe9.tif"), "wb") as fh:
+        fh.write(_good_tiff_bytes(1))
+    (acq / "b.tif").write_bytes(_good_tiff_bytes(2))
+    session = tmp_path / "session"
+    for _ in range(2):  # and again: a restart must not count it twice
+        proc = subprocess.run(
+            [sys.executable, "-m", "emstream", "watch", str(acq), "--session-dir", str(session),
+             "--segmenter", "classical", "--headless", "--exit-when-idle", "3", "--no-report"],
+            capture_output=True, text=True, timeout=240, cwd=REPO,
+            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    import sqlite3
+
+    con = sqlite3.connect(session / "ledger.sqlite")
+    frames = con.execute("SELECT source, status FROM frames ORDER BY seq").fetchall()
+    files = con.execute("SELECT path, status FROM files").fetchall()
+    con.close()
+    assert sorted(Path(s).name for s, _ in frames) == ["a_caf\\xe9.tif", "b.tif"]
+    assert {st for _, st in frames} == {"ok"}
+    assert {Path(p).name: st for p, st in files}["a_caf\\xe9.tif"] == "done"

@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -363,12 +365,16 @@ class ActionsSink(Sink):
 
     def _run(self, argv: list[str]) -> None:
         try:
+            # its own process group, so a timeout ends whatever the hook started too
+            group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+                     if sys.platform == "win32" else {"start_new_session": True})
             proc = subprocess.Popen(  # noqa: S603 - list argv, no shell, opted in by the rules file
                 argv,
                 cwd=self.session_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                **group,
             )
         except OSError as exc:
             log.error("hook %s could not start: %s", argv[0], exc)
@@ -378,7 +384,7 @@ class ActionsSink(Sink):
             out, _ = proc.communicate(timeout=self.command_timeout_s)
             rc: int | None = proc.returncode
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _kill_group(proc)
             out, _ = proc.communicate()
             rc = None
             log.error("hook %s killed after %.0f s", argv[0], self.command_timeout_s)
@@ -395,3 +401,19 @@ class ActionsSink(Sink):
         for t in threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in threads)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End a hook and every process it started (its process group / job tree)."""
+    try:
+        if sys.platform == "win32":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)],  # noqa: S603,S607
+                           capture_output=True, timeout=10, check=False)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        proc.kill()
+    except OSError:
+        pass

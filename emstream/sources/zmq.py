@@ -437,6 +437,10 @@ class StreamSource:
                             self._reconnect()
                         continue
                     parts, extra = self._recv_message()
+                except zmq.Again:
+                    # readable without a whole message (a CURVE handshake, a peer that went
+                    # away mid-message): nothing to read yet, not an error
+                    continue
                 except zmq.ZMQError as exc:
                     if not self._closed:
                         log.error("%s: socket error, stopping: %s", self.endpoint, exc)

@@ -6,6 +6,7 @@ import sys
 
 import cv2
 import numpy as np
+import pytest
 
 from emstream.process.rules import RuleEngine, RuleSet
 from emstream.results import FrameRecord
@@ -131,3 +132,36 @@ def test_render_uncalibrated_has_no_scale_bar_text_crash():
     r.frame.pixels = np.zeros((50, 80), np.uint16)
     img = render_snapshot(r, caption="c")
     assert img.dtype == np.uint8 and img.ndim == 3
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+def test_hook_timeout_ends_what_the_hook_started(tmp_path):
+    """A hook that starts a child of its own: the timeout must end both (issue 21 item 8)."""
+    import os
+    import time
+
+    from emstream.results import Alert
+
+    script = tmp_path / "hook.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "open('child.pid', 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n")
+    exe = sys.executable.replace(chr(92), "/")
+    rs = RuleSet.from_toml_text(
+        '[[rules]]\nname = "slow"\nframe.count = [0, inf]\nactions = ["command"]\n'
+        f'command = ["{exe}", "{script.as_posix()}"]\n')
+    sink = ActionsSink(tmp_path, rules=rs, command_timeout_s=1.5)
+    sink.alert(Alert("slow", "info", 1, "m", actions=["command"]))
+    assert sink.wait_commands(30)
+    pid = int((tmp_path / "child.pid").read_text())
+    for _ in range(50):  # reaped by init shortly after the kill
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the hook's child outlived the timeout")

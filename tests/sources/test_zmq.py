@@ -321,3 +321,31 @@ def test_frames_queued_before_the_sender_left_are_not_lost(ctx):
         stats = source.stats
     assert [f.metadata["seq"] for f in got] == list(range(10))
     assert stats.disconnects >= 1
+
+
+def test_a_readable_socket_without_a_message_does_not_end_the_listener(ctx, monkeypatch):
+    """``zmq.Again`` after a poll (CURVE handshakes make the socket readable) is not fatal: the
+    listener stops only when asked (issue 21 item 6)."""
+    push = ctx.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    with StreamSource(f"tcp://127.0.0.1:{port}") as source:
+        real = source._recv_message
+        calls = {"n": 0}
+
+        def flaky():
+            calls["n"] += 1
+            if calls["n"] <= 3:  # the first polls find nothing whole to read
+                raise zmq.Again()
+            return real()
+
+        monkeypatch.setattr(source, "_recv_message", flaky)
+
+        def send():
+            for i in range(5):
+                push.send_multipart(encode_v1(image(i), seq=i, series="r", t_acq=1.0 + i,
+                                              pixel_size_nm=None))
+
+        threading.Thread(target=send, daemon=True).start()
+        got = frames_only(collect(source, lambda xs: len(frames_only(xs)) == 5))
+    assert [f.metadata["seq"] for f in got] == list(range(5))
+    assert calls["n"] >= 8

@@ -452,7 +452,29 @@ class Ledger(Sink):
             ).fetchone()
         return (row[0], int(row[1])) if row else None
 
-    def file_pending(self, path: str, version: str, *, t_discovered: float | None = None) -> None:
+    def version_with_content(self, path: str, content_hash: str) -> str | None:
+        """A finished version of ``path`` whose content had this digest (``None``: none)."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT version FROM files WHERE path=? AND content_hash=? "
+                "AND status IN ('done', 'quarantined') LIMIT 1", (path, content_hash)).fetchone()
+        return row[0] if row else None
+
+    def file_unchanged(self, path: str, version: str, content_hash: str, reason: str) -> None:
+        """Record a version whose content was already processed (``touch``, a copy that kept
+        the bytes) as done without a frame."""
+        now = time.time()
+        with self._lock:
+            self._begin()
+            self._con.execute(
+                "INSERT OR IGNORE INTO files (path, version, status, reason, t_discovered, "
+                "t_terminal, content_hash) VALUES (?, ?, 'done', ?, ?, ?, ?)",
+                (path, version, reason, now, now, content_hash))
+            self._uncommitted += 1
+            self._maybe_commit()
+
+    def file_pending(self, path: str, version: str, *, t_discovered: float | None = None,
+                     content_hash: str | None = None) -> None:
         """Record a complete, not yet processed content version (idempotent).
 
         Older ``pending`` versions of the same path (a growing stack) are closed as ``done``:
@@ -466,6 +488,9 @@ class Ledger(Sink):
                 "VALUES (?, ?, 'pending', ?)",
                 (path, version, t_discovered or now),
             )
+            if content_hash is not None:
+                self._con.execute("UPDATE files SET content_hash=? WHERE path=? AND version=?",
+                                  (content_hash, path, version))
             self._con.execute(
                 "UPDATE files SET status='done', reason=?, t_terminal=? "
                 "WHERE path=? AND version<>? AND status='pending'",

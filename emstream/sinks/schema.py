@@ -28,6 +28,7 @@ ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
                ("drift_y_px", "REAL"), ("drift_x_px", "REAL"), ("drift_y_nm", "REAL"),
                ("drift_x_nm", "REAL")],
     "particles": [("track_id", "INTEGER")],
+    "files": [("content_hash", "TEXT")],
 }
 
 _SQL_TYPES = {"int32": "INTEGER", "float64": "REAL", "bool": "INTEGER"}
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS files (
   frames_done INTEGER NOT NULL DEFAULT 0,   -- slices already turned into frames (growing stacks)
   t_discovered REAL,
   t_terminal REAL,
+  content_hash TEXT,               -- size + head and tail digest: a touched file is not new
   PRIMARY KEY (path, version)
 );
 CREATE TABLE IF NOT EXISTS frames (

@@ -38,6 +38,24 @@ log = logging.getLogger(__name__)
 STACK_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec")
 
 
+def content_digest(path: str, size: int, block: int = 65536) -> str | None:
+    """Size plus a BLAKE2 digest of the first and last ``block`` bytes: cheap, and enough to see
+    that a file whose time changed (``touch``, a copy keeping the bytes) holds what it held
+    (``None`` if it cannot be read)."""
+    import hashlib
+
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            h.update(fh.read(block))
+            if size > block:
+                fh.seek(max(size - block, block))
+                h.update(fh.read(block))
+    except OSError:
+        return None
+    return f"{size}:{h.hexdigest()}"
+
+
 def content_version(st: os.stat_result) -> str:
     """A file's content version as the ledger keys it: ``"size:mtime_ns"``."""
     return f"{st.st_size}:{st.st_mtime_ns}"
@@ -345,7 +363,17 @@ class FolderSource:
             yield self._quarantine(path, version, c.incomplete_reason)
             return
         t_arrival = time.time()
-        self.ledger.file_pending(path, version)
+        digest = None
+        if not path.lower().endswith(STACK_SUFFIXES):  # stacks grow: every version is new
+            digest = content_digest(path, st.st_size)
+            same = self.ledger.version_with_content(path, digest) if digest else None
+            if same is not None and same != version:
+                reason = f"same content as version {same} (touched or copied, not rewritten)"
+                log.info("%s: %s", path, reason)
+                self.ledger.file_unchanged(path, version, digest, reason)
+                self._finish(path, version)
+                return
+        self.ledger.file_pending(path, version, content_hash=digest)
         start = self._start_index(path, c)
         if start == 0 and version in self.ledger.recorded_sources(path).get(path, ()):
             # recorded before a restart: never twice

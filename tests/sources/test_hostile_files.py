@@ -145,3 +145,40 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_readably(tmp_pat
     assert sorted(Path(s).name for s, _ in frames) == ["a_caf\\xe9.tif", "b.tif"]
     assert {st for _, st in frames} == {"ok"}
     assert {Path(p).name: st for p, st in files}["a_caf\\xe9.tif"] == "done"
+
+
+def _watch_once(acq: Path, session: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "emstream", "watch", str(acq), "--session-dir", str(session),
+         "--segmenter", "classical", "--headless", "--exit-when-idle", "3", "--no-report"],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_touched_file_is_not_counted_again_but_a_rewritten_one_is(tmp_path):
+    """``touch`` makes a new (size, mtime) version; its content decides (issue 21 item 9)."""
+    import sqlite3
+
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    (acq / "a.tif").write_bytes(_good_tiff_bytes(1))
+    (acq / "b.tif").write_bytes(_good_tiff_bytes(2))
+    session = tmp_path / "session"
+    _watch_once(acq, session)
+    later = time.time_ns() + 5_000_000_000
+    os.utime(acq / "a.tif", ns=(later, later))  # touched: same bytes
+    (acq / "b.tif").write_bytes(_good_tiff_bytes(3))  # rewritten: same size, other bytes
+    os.utime(acq / "b.tif", ns=(later, later))
+    _watch_once(acq, session)
+    con = sqlite3.connect(session / "ledger.sqlite")
+    frames = [Path(s).name for (s,) in con.execute("SELECT source FROM frames ORDER BY seq")]
+    files = con.execute("SELECT path, status, reason FROM files ORDER BY rowid").fetchall()
+    con.close()
+    assert sorted(frames) == ["a.tif", "b.tif", "b.tif"]
+    touched = [r for r in files if Path(r[0]).name == "a.tif"]
+    assert len(touched) == 2 and all(st == "done" for _, st, _ in touched)
+    assert "same content" in (touched[1][2] or "")

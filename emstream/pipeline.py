@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 
+#: frames smaller than this (px a side) are quarantined: no particle fits, and some numeric
+#: steps fail on them
+MIN_FRAME_SIDE = 8
+
 
 def make_segmenter(kind: str = "auto", backend: str = "auto", device: str = "auto", model: Any = None):
     """The one place that chooses a segmenter (see :func:`emstream.backends.make_segmenter`).
@@ -553,8 +557,21 @@ class Pipeline:
                 self._finish(self._out_of_order.pop(self._next_out))
                 self._next_out += 1
 
+    def _quarantined(self, frame: Frame, reason: str) -> FrameRecord:
+        return TrackedRecord(seq=frame.seq, source_id=frame.source_id, status="quarantined",
+                             t_arrival=frame.t_arrival, reason=reason, t_acq=frame.t_acq,
+                             calibration=frame.calibration, file_version=file_version_of(frame))
+
     def _process(self, frame: Frame, read_ms: float) -> FrameRecord:
-        """One frame through prepare, segment, measure and rules; never raises."""
+        """One frame through prepare, segment, measure and rules; never raises. A frame that
+        cannot be processed is quarantined with one line saying why (the traceback goes to the
+        debug log: an operator gets the file and the reason, not a stack)."""
+        h, w = frame.pixels.shape[:2]
+        if min(h, w) < MIN_FRAME_SIDE:
+            reason = (f"frame of {w}x{h} px is too small to hold particles (at least "
+                      f"{MIN_FRAME_SIDE} px a side)")
+            log.warning("quarantined frame %s (%s): %s", frame.seq, frame.source_id, reason)
+            return self._quarantined(frame, reason)
         try:
             result = process_frame(
                 frame, self._segmenter, polarity=self.polarity, read_ms=read_ms,
@@ -572,17 +589,10 @@ class Pipeline:
             )
             return record
         except Exception as exc:
-            log.exception("processing frame %s (%s) failed", frame.seq, frame.source_id)
-            return TrackedRecord(
-                seq=frame.seq,
-                source_id=frame.source_id,
-                status="quarantined",
-                t_arrival=frame.t_arrival,
-                reason=f"processing failed: {type(exc).__name__}: {exc}",
-                t_acq=frame.t_acq,
-                calibration=frame.calibration,
-                file_version=file_version_of(frame),
-            )
+            reason = f"processing failed: {type(exc).__name__}: {exc}"
+            log.warning("quarantined frame %s (%s): %s", frame.seq, frame.source_id, reason)
+            log.debug("processing frame %s failed", frame.seq, exc_info=True)
+            return self._quarantined(frame, reason)
 
     def _rule_engine(self) -> Any:
         r = self.rules

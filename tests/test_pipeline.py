@@ -367,3 +367,21 @@ def test_a_collapsed_low_confidence_frame_is_flagged_alerted_and_recorded(tmp_pa
     assert "low confidence 0.31" in rows[5]["seg_flag"] and "count collapsed" in rows[5]["seg_flag"]
     assert rows[4]["seg_flag"] is None and rows[4]["confidence"] == 0.95
     assert con.execute("SELECT builtin FROM alerts WHERE seq=5").fetchone()[0] == 1
+
+
+def test_tiny_and_failing_frames_are_quarantined_in_one_line(tmp_path, caplog):
+    """No traceback for bad input: the file and the reason (issue 21 items 10, 12)."""
+    import logging
+
+    now = time.time()
+    tiny = [Frame(np.ones(s, np.uint16), f"mem/tiny{s}", now, now) for s in ((1, 1), (2, 2), (3, 7))]
+    col = Collect()
+    caplog.set_level(logging.INFO)
+    p = Pipeline(ListSource([*tiny, make_frame(3)]), FailingSegmenter(), [col],
+                 session=Session(tmp_path, "", ""), tracking=False)
+    p.run()
+    recs = sorted(col.records, key=lambda r: r.seq)
+    assert [r.status for r in recs] == ["quarantined"] * 4
+    assert "too small" in recs[0].reason and "1x1" in recs[0].reason
+    assert recs[3].reason.startswith("processing failed: ")
+    assert "Traceback" not in caplog.text

@@ -64,6 +64,7 @@ from emstream.sources.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
     MAX_SIDE,
+    ProtocolError,
     RejectedMessage,
     parse_json_object,
 )
@@ -412,6 +413,18 @@ class DectrisDecoder:
 
     def decode(self, parts: Sequence[bytes | memoryview],
                t_arrival: float) -> tuple[list[Frame], list[Event]]:
+        """Frames and events of one message; anything malformed raises :class:`RejectedMessage`
+        (never another exception: a message is untrusted input)."""
+        try:
+            return self._decode(parts, t_arrival)
+        except ProtocolError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
+                struct.error) as exc:
+            raise RejectedMessage("malformed", f"{type(exc).__name__}: {exc}") from exc
+
+    def _decode(self, parts: Sequence[bytes | memoryview],
+                t_arrival: float) -> tuple[list[Frame], list[Event]]:
         if not parts:
             raise RejectedMessage("parts", "empty message")
         first = memoryview(parts[0]).cast("B")

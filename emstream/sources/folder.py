@@ -132,6 +132,8 @@ class FolderSource:
         self._closed_lock = threading.Lock()
         self._observer: Any = None
         self._events: list[Event] = []
+        self._odd: deque[FrameRecord] = deque()  # skipped records of names that are not files
+        self._odd_seen: set[str] = set()
         self.stats = {"files_seen": 0, "files_done": 0, "files_quarantined": 0, "frames_read": 0}
 
     # ------------------------------------------------------------------ public
@@ -166,6 +168,8 @@ class FolderSource:
                 if not self._ready or now - last_scan >= self.poll_s:
                     self._scan()
                     last_scan = time.monotonic()
+                while self._odd:
+                    yield self._odd.popleft()
                 if self._ready:
                     path = self._ready.popleft()
                     yield from self._read_file(path)
@@ -219,11 +223,20 @@ class FolderSource:
                         if ignored_name(e.name):
                             continue
                         try:
+                            if e.is_symlink():
+                                self._not_a_file(e.path, "symlink", "a symbolic link: "
+                                                 "links are not followed")
+                                continue
                             if e.is_dir(follow_symlinks=False):
                                 if self.recursive:
                                     stack.append(e.path)
+                                else:
+                                    self._not_a_file(e.path, "folder", "a folder, not a file "
+                                                     "(--recursive reads inside folders)")
                                 continue
                             if not e.is_file(follow_symlinks=False):
+                                self._not_a_file(e.path, "special", "not a regular file "
+                                                 "(a FIFO, socket or device)")
                                 continue
                         except OSError:
                             continue
@@ -433,6 +446,18 @@ class FolderSource:
         whole ``files`` table (1.8 s at a million files)."""
         state = self.ledger.file_state(path, version)
         return state is not None and state[0] in ("done", "quarantined")
+
+    def _not_a_file(self, path: str, kind: str, what: str) -> None:
+        """A name with an image suffix that is not a regular file: recorded once as a skipped
+        frame with the reason (never followed, never read), so it does not vanish unseen."""
+        if not readers.is_supported(path) or path in self._odd_seen:
+            return
+        self._odd_seen.add(path)
+        if self.ledger.recorded_sources(path).get(path):
+            return  # recorded by an earlier run
+        log.warning("skipped %s: %s", path, what)
+        self._odd.append(TrackedRecord(seq=-1, source_id=path, status="skipped",
+                                       t_arrival=time.time(), reason=what, file_version=kind))
 
     def _quarantine(self, path: str, version: str, reason: str) -> FrameRecord:
         log.warning("quarantined %s: %s", path, reason)

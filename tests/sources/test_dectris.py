@@ -399,3 +399,15 @@ def test_cbor_reader_limits():
     assert _plain(cbor_loads(b"\x5f\x42ab\x41c\xff")) == b"abc"
     assert cbor_loads(b"\x9f\x01\x02\xff") == [1, 2]
     assert cbor_loads(b"\xbf\x61a\x01\xff") == {"a": 1}
+
+
+def test_malformed_cbor_is_rejected_not_raised():
+    """An indefinite byte string made of text chunks raised TypeError (issue 21 item 10)."""
+    from emstream.sources.dectris import DectrisDecoder
+    from emstream.sources.protocol import RejectedMessage
+
+    d = DectrisDecoder()
+    for msg in (bytes([0xD9, 0xD9, 0xF7, 0x5F, 0x61, 0x61, 0xFF]), bytes([0x5F, 0x61, 0x61, 0xFF])):
+        with pytest.raises(RejectedMessage) as err:
+            d.decode([msg], 0.0)
+        assert err.value.reason == "malformed" and "TypeError" in err.value.detail

@@ -182,3 +182,30 @@ def test_a_touched_file_is_not_counted_again_but_a_rewritten_one_is(tmp_path):
     touched = [r for r in files if Path(r[0]).name == "a.tif"]
     assert len(touched) == 2 and all(st == "done" for _, st, _ in touched)
     assert "same content" in (touched[1][2] or "")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks and FIFOs")
+def test_links_folders_and_fifos_named_like_images_are_recorded_as_skipped(tmp_path):
+    import sqlite3
+
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    (acq / "good.tif").write_bytes(_good_tiff_bytes(4))
+    (acq / "link.tif").symlink_to(acq / "good.tif")
+    (acq / "folder.tif").mkdir()
+    os.mkfifo(acq / "pipe.tif")  # reading it would block for ever
+    session = tmp_path / "session"
+    _watch_once(acq, session)
+    _watch_once(acq, session)  # a restart records nothing twice
+    con = sqlite3.connect(session / "ledger.sqlite")
+    rows = {Path(s).name: (st, r) for s, st, r in
+            con.execute("SELECT source, status, reason FROM frames")}
+    n = con.execute("SELECT COUNT(*) FROM frames").fetchone()[0]
+    con.close()
+    assert n == 4
+    assert rows["good.tif"][0] == "ok"
+    assert rows["link.tif"] == ("skipped", "a symbolic link: links are not followed")
+    assert rows["folder.tif"][0] == "skipped" and "folder" in rows["folder.tif"][1]
+    assert rows["pipe.tif"][0] == "skipped" and "FIFO" in rows["pipe.tif"][1]

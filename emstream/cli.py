@@ -105,9 +105,16 @@ ExitIdleOpt = Annotated[
     typer.Option("--exit-when-idle", metavar="SECONDS", min=0.0,
                  help="Stop once no new frame has come for this long and every frame is terminal."),
 ]
+def _positive_pixel_size(value: float | None) -> float | None:
+    if value is not None and not (0.0 < value < float("inf")):
+        raise typer.BadParameter(f"the pixel size must be a positive number of nm, got {value:g}")
+    return value
+
+
 PixelSizeOpt = Annotated[
     float | None,
-    typer.Option("--pixel-size", metavar="NM", min=0.0, help="Override the pixel size (nm/px)."),
+    typer.Option("--pixel-size", metavar="NM", callback=_positive_pixel_size,
+                 help="Override the pixel size (nm/px, > 0)."),
 ]
 SegmenterOpt = Annotated[SegmenterKind, typer.Option("--segmenter", help="Segmenter to use.")]
 BackendOpt = Annotated[Backend, typer.Option("--backend", help="Inference backend (learned segmenter).")]
@@ -688,7 +695,7 @@ def analyze(
 ) -> None:
     """Segment and measure files once and write the particle table as JSON."""
     from emstream.frame import Calibration
-    from emstream.pipeline import make_segmenter, process_frame
+    from emstream.pipeline import frame_problem, make_segmenter, process_frame
     from emstream.process.confidence import confidence_flag
     from emstream.sources.readers import read_frames
 
@@ -715,11 +722,16 @@ def analyze(
             if override is not None:
                 frame.calibration = override
             fkey = key if len(frames) == 1 else f"{key}#{k}"
-            try:
-                res = process_frame(frame, seg, keep_labels=False)
-            except Exception as exc:  # noqa: BLE001
+            problem = frame_problem(frame)
+            if problem is None:
+                try:
+                    res = process_frame(frame, seg, keep_labels=False)
+                except Exception as exc:  # noqa: BLE001 - named below, never a traceback
+                    problem = f"processing failed: {type(exc).__name__}: {exc}"
+            if problem is not None:
                 failures += 1
-                result[fkey] = {"error": f"processing failed: {exc!r}"}
+                result[fkey] = {"error": problem}
+                err.print(f"[yellow]{fkey}:[/] {problem}")
                 continue
             res.seg_flag = confidence_flag(res.confidence)
             if res.seg_flag:

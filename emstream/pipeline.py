@@ -64,6 +64,15 @@ def make_segmenter(kind: str = "auto", backend: str = "auto", device: str = "aut
     return ClassicalSegmenter()
 
 
+def frame_problem(frame: Frame) -> str | None:
+    """Why a frame cannot be processed at all (``None``: it can)."""
+    h, w = frame.pixels.shape[:2]
+    if min(h, w) < MIN_FRAME_SIDE:
+        return (f"frame of {w}x{h} px is too small to hold particles (at least {MIN_FRAME_SIDE} "
+                "px a side)")
+    return None
+
+
 def process_frame(
     frame: Frame,
     segmenter: Any,
@@ -566,10 +575,8 @@ class Pipeline:
         """One frame through prepare, segment, measure and rules; never raises. A frame that
         cannot be processed is quarantined with one line saying why (the traceback goes to the
         debug log: an operator gets the file and the reason, not a stack)."""
-        h, w = frame.pixels.shape[:2]
-        if min(h, w) < MIN_FRAME_SIDE:
-            reason = (f"frame of {w}x{h} px is too small to hold particles (at least "
-                      f"{MIN_FRAME_SIDE} px a side)")
+        reason = frame_problem(frame)
+        if reason:
             log.warning("quarantined frame %s (%s): %s", frame.seq, frame.source_id, reason)
             return self._quarantined(frame, reason)
         try:

@@ -177,3 +177,24 @@ def test_demo_ledger_matches_simulator(tmp_path, needs_processing):
     con = sqlite3.connect(ses / "ledger.sqlite")
     counts = dict(con.execute("SELECT status, COUNT(*) FROM frames GROUP BY status").fetchall())
     assert counts == {"ok": 12, "quarantined": bad}
+
+
+def test_bad_input_is_named_in_one_line_never_a_traceback(tmp_path):
+    """Issue 21 item 12: a zero pixel size, a 3x3 frame and a broken file each get one line."""
+    good = tmp_path / "good.tif"
+    write_calibrated_tif(good, disks(1, 96)[0], 0.5)
+    tiny = tmp_path / "tiny.tif"
+    tifffile.imwrite(tiny, np.ones((3, 3), np.uint16))
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    p = run_cli("analyze", str(good), "--pixel-size", "0", "--json", str(tmp_path / "o.json"))
+    flat = " ".join(p.stderr.replace("│", " ").split())  # rich wraps the message in a box
+    assert p.returncode == 2 and "positive number of nm" in flat
+    assert "Traceback" not in p.stderr
+    p = run_cli("analyze", str(good), str(tiny), str(bad), "--segmenter", "classical",
+                "--json", str(tmp_path / "o.json"))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "tiny.tif: frame of 3x3 px is too small" in p.stderr
+    assert "bad.tif" in p.stderr and "2 failed" in p.stderr
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert set(out) == {"good.tif", "tiny.tif", "bad.tif"} and "particles" in out["good.tif"]

@@ -757,7 +757,8 @@ class Pipeline:
             return []
 
     def _send_alert(self, alert: Alert) -> None:
-        log.warning("ALERT [%s] %s: %s", alert.severity, alert.rule, alert.message)
+        # the actions sink writes the operator's alert line (and alerts.log); once is enough
+        log.debug("alert [%s] %s", alert.severity, alert.message)
         for r in self._runners:
             r.put("alert", alert)
 

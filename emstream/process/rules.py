@@ -757,7 +757,8 @@ class RuleEngine:
                     ok = len(hits) >= rule.min_count
                     ids = [int(s.track_id) for s in hits]
                     what = f"{len(hits)} track{'s' if len(hits) != 1 else ''} with " + ", ".join(
-                        f"{f} {r}" for f, r in rule.tracks.items()) + f" ({result.unit})"
+                        f"{human(f)} {r}" for f, r in rule.tracks.items()) + (
+                        f" ({result.unit})" if rule.uses_lengths else "")
             if self._step(rule, ok, t):
                 shown = ", ".join(f"#{i}" for i in ids[:12]) + (" …" if len(ids) > 12 else "")
                 alerts.append(Alert(
@@ -793,8 +794,9 @@ class RuleEngine:
         unit = result.unit
         bits: list[str] = []
         if rule.particles:
-            conds = ", ".join(f"{c} {r}" for c, r in rule.particles.items())
-            bits.append(f"{m.count} particle{'s' if m.count != 1 else ''} with {conds} ({unit})")
+            conds = ", ".join(f"{human(c)} {r}" for c, r in rule.particles.items())
+            in_unit = f" ({unit})" if any(_is_length_column(c) for c in rule.particles) else ""
+            bits.append(f"{m.count} particle{'s' if m.count != 1 else ''} with {conds}{in_unit}")
         for f in rule.frame:
             v = values[f]
             bits.append(f"{f} = {v:.3g}" if math.isfinite(v) else f"{f} = n/a")
@@ -831,6 +833,17 @@ def snapshot_name(seq: int | None, rule: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", rule).strip("_")[:60] or "rule"
     s = f"{seq:06d}" if seq is not None else "none"
     return f"snapshots/alert_{s}_{slug}.png"
+
+
+def human(name: str) -> str:
+    """A column or field name in words for operator-facing text: ``equivalent_diameter_nm`` ->
+    ``equivalent diameter``, ``growth_rate_nm_per_s`` -> ``growth rate`` (the unit is said
+    once, after the conditions)."""
+    for suffix in ("_nm_per_s", "_nm2", "_nm", "_deg", "_s"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("_", " ")
 
 
 def _track_value(summary: Any, field_name: str) -> float:

@@ -493,8 +493,9 @@ class StreamSource:
                     f"message above the {self.max_frame_bytes}-byte frame cap)",
                     data={"endpoint": self.endpoint},
                 ))
-            log.warning("%s: sender connection dropped (stopped, or a message above the cap)",
-                        self.endpoint)
+            # a sender that finishes disconnects too: an event and an info line, not a warning
+            log.info("%s: sender disconnected (it stopped, or sent a message above the cap)",
+                     self.endpoint)
             if not self.bind:
                 self._reconnect_pending = True
 

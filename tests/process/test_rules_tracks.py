@@ -103,3 +103,21 @@ def test_describe_says_what_a_track_rule_checks():
                                 'events.count = [2, inf]\nevents.window_s = 30\n')
     assert rs.rules[0].describe() == "coalescence events ≥ 2 in 30 s"
     assert math.isinf(rs.rules[0].event_count.hi)
+
+
+def test_alert_text_is_in_words_with_the_unit_only_for_lengths():
+    """Issue 21 item 16: no internal field names, no "(nm)" after a unitless roundness."""
+    from emstream.results import PARTICLE_COLUMNS
+
+    res = result(0, 0.0)
+    n = 3
+    res.particles = {c: np.zeros(n, dtype=dt) for c, (dt, _) in PARTICLE_COLUMNS.items()}
+    res.particles["equivalent_diameter_nm"][:] = [20.0, 25.0, 3.0]
+    res.particles["roundness"][:] = [0.9, 0.9, 0.9]
+    eng = engine('[[rules]]\nname = "big"\nparticles.equivalent_diameter_nm = [15, 40]\n'
+                 'particles.roundness = {min = 0.6}\n\n'
+                 '[[rules]]\nname = "round"\nparticles.roundness = {min = 0.6}\n')
+    big, rnd = eng.evaluate(res)
+    assert big.message == ("big: 2 particles with equivalent diameter 15–40, roundness ≥ 0.6 (nm) "
+                           "(frame 0)")
+    assert rnd.message == "round: 3 particles with roundness ≥ 0.6 (frame 0)"

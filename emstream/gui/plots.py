@@ -209,6 +209,8 @@ class SizeDistributionPanel(QtWidgets.QWidget):
             f"<span style='color:{theme.HIST_SESSION}'>■</span> Session: "
             f"<b>{counts['particles']:,}</b> particles in <b>{counts['frames_ok']:,}</b> frames · "
             f"D10 / D50 / D90 = <b>{qs}</b> {u}"
+            f"<span style='color:{theme.TEXT_DIM}'> · {counts.get('edge_cut', 0):,} cut by the "
+            "image edge not sized</span>"
         )
         if self.result is not None:
             fq = quantiles_from_counts(frame, q.edges)

@@ -98,7 +98,9 @@ def load_session(session_dir: str | Path, *, recent_frames: int = 50) -> Session
         ]
         units = {r[6] for r in rows if r[6]}
         cols = [c for c in QUANTITIES]
-        data = con.execute(f"SELECT seq, {', '.join(cols)} FROM particles ORDER BY seq").fetchall()
+        # sizes of particles not cut by the image edge, as everywhere else
+        data = con.execute(f"SELECT seq, {', '.join(cols)} FROM particles "
+                           "WHERE touches_border = 0 ORDER BY seq").fetchall()
         arr = np.array(data, dtype=np.float64).reshape(-1, len(cols) + 1)
         values = {c: arr[:, i + 1] for i, c in enumerate(cols)}
         alerts = [

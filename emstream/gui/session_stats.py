@@ -141,7 +141,8 @@ class SessionStatistics:
         self.trends = TrendSeries(trend_capacity)
         self.frames_ok = 0
         self.frames_other = 0
-        self.particles = 0
+        self.particles = 0  # sized particles (not cut by the image edge)
+        self.edge_cut = 0  # particles cut by the edge: counted, not sized
         self.unit = ""  # length unit of the first ok frame ("nm" or "px")
         self.mixed_units = False
         self.first_seq: int | None = None
@@ -171,7 +172,11 @@ class SessionStatistics:
         p = result.particles
         s = result.summary
         d = np.asarray(p.get("equivalent_diameter_nm", np.zeros(0)), np.float64)
-        d = d[np.isfinite(d)]
+        # particles cut by the image edge have no known size: left out of every size figure,
+        # as in the frame summary, the report and the rules
+        cut = np.asarray(p.get("touches_border", np.zeros(d.size, bool)), bool)
+        keep = ~cut if cut.shape == d.shape else np.ones(d.size, bool)
+        d = d[keep & np.isfinite(d)]
         median = float(np.median(d)) if len(d) else math.nan
         mean = float(np.mean(d)) if len(d) else math.nan
         with self._lock:
@@ -180,9 +185,10 @@ class SessionStatistics:
             elif self.unit != result.unit:
                 self.mixed_units = True
             for c, h in self.hist.items():
-                h.add(p[c] if c in p else ())
+                h.add(np.asarray(p[c])[keep] if c in p else ())
             self.frames_ok += 1
-            self.particles += int(len(p.get("label", ())))
+            self.particles += int(keep.sum())
+            self.edge_cut += int((~keep).sum())
             if self.first_seq is None:
                 self.first_seq = result.seq
                 self.t0 = result.frame.t_acq
@@ -273,13 +279,17 @@ class SessionStatistics:
                 "frames_ok": self.frames_ok,
                 "frames_other": self.frames_other,
                 "particles": self.particles,
+                "edge_cut": self.edge_cut,
             }
 
 
 def frame_counts(particles: ParticleTable, column: str) -> np.ndarray:
-    """Fine-bin counts of one frame's particles for ``column`` (same bins as the session)."""
+    """Fine-bin counts of one frame's particles for ``column`` (same bins as the session),
+    particles cut by the image edge left out as in the session figures."""
     q = QUANTITIES[column]
-    return q.counts(particles.get(column, np.zeros(0)))
+    v = np.asarray(particles.get(column, np.zeros(0)))
+    cut = np.asarray(particles.get("touches_border", np.zeros(len(v), bool)), bool)
+    return q.counts(v[~cut] if cut.shape == v.shape else v)
 
 
 def display_bins(

@@ -46,6 +46,8 @@ The rules file
 Semantics
 ---------
 * A particle matches a rule when it satisfies **every** ``particles.*`` range (bounds inclusive).
+  Particles cut by the image edge or a masked banner (``touches_border``) never match unless the
+  rule names ``particles.touches_border`` itself: their measured size is not their size.
   A frame matches when every ``frame.*`` range holds and, if the rule has particle conditions (or
   sets ``min_count``), at least ``min_count`` particles match. A NaN value never matches.
 * ``frame.<field>`` fields: ``count``, ``coverage`` and the diameter statistics of
@@ -633,6 +635,10 @@ class RuleEngine:
         ):
             return np.zeros(n, dtype=bool)
         mask = np.ones(n, dtype=bool)
+        if "touches_border" not in rule.particles:  # cut by the edge: size unknown, not a target
+            cut = particles.get("touches_border")
+            if cut is not None and len(cut) == n:
+                mask &= ~np.asarray(cut, bool)
         for col, rng in rule.particles.items():
             values = particles.get(col)
             if values is None:

@@ -45,12 +45,17 @@ def summarize(particles: ParticleTable, *, valid_area_px: float, unit: str) -> F
     Returns
     -------
     FrameSummary
-        count; coverage = particle area / valid area (0..1); mean, std (ddof 0), D10/D50/D90,
-        min and max of the equivalent diameter — NaN when there are no particles.
+        count (every particle); coverage = particle area / valid area (0..1); mean, std
+        (ddof 0), D10/D50/D90, min and max of the equivalent diameter of the particles **not cut
+        by the image edge** (``touches_border``: their size is not known) — NaN when there are
+        none. The window, the report and the rules use the same rule.
     """
     d = np.asarray(particles.get("equivalent_diameter_nm", np.zeros(0)), dtype=np.float64)
+    cut = np.asarray(particles.get("touches_border", np.zeros(d.size, bool)), dtype=bool)
     area = np.asarray(particles.get("area_px", np.zeros(0)), dtype=np.float64)
     count = int(d.size)
+    if cut.shape == d.shape:
+        d = d[~cut]
     coverage = float(area.sum() / valid_area_px) if valid_area_px > 0 else float("nan")
     if valid_area_px > 0:
         coverage = min(max(coverage, 0.0), 1.0)

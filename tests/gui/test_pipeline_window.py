@@ -123,16 +123,20 @@ def test_histogram_counts_equal_ledger(finished_session):
     con = sqlite3.connect(f"file:{session_dir / 'ledger.sqlite'}?mode=ro", uri=True)
     n_frames = con.execute("SELECT COUNT(*) FROM frames WHERE status='ok'").fetchone()[0]
     n_particles = con.execute("SELECT COUNT(*) FROM particles").fetchone()[0]
+    n_cut = con.execute("SELECT COUNT(*) FROM particles WHERE touches_border = 1").fetchone()[0]
     per_frame = con.execute("SELECT count FROM frames WHERE status='ok' ORDER BY seq").fetchall()
     n_alerts = con.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
     con.close()
     assert n_frames == len(sims) == 30
     st = win.statistics
     assert st.counts()["frames_ok"] == n_frames
-    assert st.counts()["particles"] == n_particles == sum(len(s.particles) for s in sims)
+    assert n_particles == sum(len(s.particles) for s in sims)
+    # counted all, sized those not cut by the image edge (as the report and the rules)
+    assert st.counts()["particles"] + st.counts()["edge_cut"] == n_particles
+    assert st.counts()["edge_cut"] == n_cut > 0
     for col in QUANTITIES:
         session, _ = st.histogram_snapshot(col)
-        assert session.sum() + st.out_of_range(col) == n_particles, col
+        assert session.sum() + st.out_of_range(col) == n_particles - n_cut, col
     trend = st.trend_snapshot()
     assert list(trend["count"].astype(int)) == [c for (c,) in per_frame]
     # overlays drawn on the last displayed frame == particles measured on it
@@ -272,3 +276,36 @@ def test_tracks_drawn_and_a_clicked_particle_shows_its_size_over_time(finished_s
     con.close()
     assert n_tracks >= len(sims[0].particles)
     win.grab().save(str(artifacts_dir / "gui_track_clicked.png"))
+
+
+def test_window_and_report_agree_on_the_size_distribution(finished_session):
+    """One rule for edge-cut particles everywhere (issue 21 item 14): same D10/D50/D90."""
+    from emstream.gui.session_stats import QUANTITIES, quantiles_from_counts
+    from emstream.sinks.report import collect
+
+    session_dir, win, sims, _ = finished_session
+    counts, _ = win.statistics.histogram_snapshot("equivalent_diameter_nm")
+    q = QUANTITIES["equivalent_diameter_nm"]
+    window = quantiles_from_counts(counts, q.edges)
+    report = [float(r["value"]) for r in collect(session_dir)["size"]["rows"]]
+    assert np.allclose(window, report, atol=2 * q.width), (window, report)
+
+
+def test_rules_ignore_particles_cut_by_the_edge_unless_asked():
+    from emstream.frame import Calibration, Frame
+    from emstream.process.rules import RuleEngine, RuleSet
+    from emstream.results import PARTICLE_COLUMNS, FrameResult, FrameSummary
+
+    p = {c: np.zeros(2, dtype=dt) for c, (dt, _) in PARTICLE_COLUMNS.items()}
+    p["equivalent_diameter_nm"][:] = [20.0, 20.0]
+    p["touches_border"][:] = [True, False]
+    p["label"][:] = [1, 2]
+    frame = Frame(np.zeros((8, 8), np.uint16), "f", 0.0, 0.0, Calibration((1.0, 1.0), "file"))
+    res = FrameResult(frame, p, FrameSummary(2, 0.1, "nm"), "t")
+    eng = RuleEngine(RuleSet.from_toml_text(
+        '[[rules]]\nname = "big"\nparticles.equivalent_diameter_nm = [15, 40]\n\n'
+        '[[rules]]\nname = "cut too"\nparticles.equivalent_diameter_nm = [15, 40]\n'
+        "particles.touches_border = true\n"))
+    big, cut = eng.evaluate(res)
+    assert big.particle_labels == [2] and "1 particle with" in big.message
+    assert "1 particle with" in cut.message

@@ -100,16 +100,21 @@ def test_sink_feeds_window_and_session_histogram(qtbot, window_factory, rng):
     t = feed(sink, results)
     t.join(30)
     qtbot.waitUntil(lambda: win.frame_view.result is results[-1], timeout=10_000)
-    total = sum(len(r.particles["label"]) for r in results)
+    # sized = not cut by the image edge (counted, never sized: the report and rules agree)
+    inside = [~r.particles["touches_border"].astype(bool) for r in results]
+    total = int(sum(k.sum() for k in inside))
+    cut = sum(len(r.particles["label"]) for r in results) - total
     st = sink.statistics
-    assert st.counts() == {"frames_ok": 25, "frames_other": 0, "particles": total}
+    assert st.counts() == {"frames_ok": 25, "frames_other": 0, "particles": total,
+                           "edge_cut": cut}
     session, recent = st.histogram_snapshot("equivalent_diameter_nm")
     assert session.sum() + st.out_of_range("equivalent_diameter_nm") == total
     win.size_panel.refresh()
     assert win.size_panel.shown["session"].sum() == session.sum()
-    assert win.size_panel.shown["frame"].sum() == len(results[-1].particles["label"])
+    assert win.size_panel.shown["frame"].sum() == int(inside[-1].sum())
     # quantile markers sit where the exact session quantiles are (within one fine bin)
-    d = np.concatenate([r.particles["equivalent_diameter_nm"] for r in results])
+    d = np.concatenate([r.particles["equivalent_diameter_nm"][k] for r, k in
+                        zip(results, inside, strict=True)])
     exact = np.percentile(d, [10, 50, 90])
     w = QUANTITIES["equivalent_diameter_nm"].width
     assert np.allclose(win.size_panel.quantiles, exact, atol=2 * w)

@@ -112,11 +112,11 @@ def _disk_frame(
                 occupied[grown] = True
                 return
 
-    for _ in range(int(rng.integers(3, 8))):
-        place(rng.uniform(2.0, 5.0))  # radius px -> 2–5 nm diameter at 0.5 nm/px
-    if target:
+    if target:  # first, so there is always room for them
         for _ in range(int(rng.integers(1, 3))):
             place(rng.uniform(20.0, 30.0))  # 20–30 nm diameter
+    for _ in range(int(rng.integers(3, 8))):
+        place(rng.uniform(2.0, 5.0))  # radius px -> 2–5 nm diameter at 0.5 nm/px
     raw = np.where(labels > 0, 200, 1000).astype(np.uint16)
     return labels, raw
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -206,14 +207,23 @@ def _extra_sinks(opts: RunOptions, session_dir: Path, rules: Any) -> list[Any]:
 
 def _want_gui(opts: RunOptions) -> bool:
     if opts.gui is False:
+        if opts.screenshot is not None:
+            raise _fail("--screenshot saves the window, and --headless shows the terminal view "
+                        "instead: drop --headless (without a display the window is drawn "
+                        "offscreen)", 2)
         return False
     try:
         from emstream.gui import display_available
     except ImportError as exc:
-        if opts.gui:
-            raise _missing("the live window (--gui)", exc) from exc
+        if opts.gui or opts.screenshot is not None:
+            raise _missing("the live window (--gui, --screenshot)", exc) from exc
         return False
     if opts.gui:
+        return True
+    if not display_available() and opts.screenshot is not None:
+        # asked for a screenshot: draw the window without a screen rather than ignore it
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        err.print("no display: the window is drawn offscreen for --screenshot")
         return True
     return bool(display_available())
 
@@ -276,31 +286,38 @@ def run_session(
     from emstream.sinks.base import Session
     from emstream.sinks.ledger import Ledger
 
+    # everything that can refuse the command is checked before a session folder exists, or the
+    # folder is removed again: a refused command leaves nothing behind
+    rules = _build_rules(opts)
+    gui = _want_gui(opts)
+    fresh = opts.session_dir is None or not Path(opts.session_dir).exists()
     session_dir = new_session_dir(opts.session_dir)
     opts.session_dir = session_dir
-    rules = _build_rules(opts)
     ledger = Ledger(session_dir)
+
+    def refuse(exc: typer.Exit) -> typer.Exit:
+        ledger.close()
+        if fresh:
+            shutil.rmtree(session_dir, ignore_errors=True)
+        return exc
+
     try:
         source = make_source(ledger)
     except ConfigError as exc:
-        ledger.close()
-        raise _fail(str(exc), 2) from exc
+        raise refuse(_fail(str(exc), 2)) from exc
     except EmstreamError as exc:
-        ledger.close()
-        raise _fail(str(exc)) from exc
+        raise refuse(_fail(str(exc))) from exc
     except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        ledger.close()
-        raise _fail(str(exc), 2) from exc
+        raise refuse(_fail(str(exc), 2)) from exc
     except Exception as exc:  # e.g. the port is taken: a runtime failure, said plainly
-        ledger.close()
-        raise _fail(f"cannot open the source: {exc}") from exc
+        raise refuse(_fail(f"cannot open the source: {exc}")) from exc
     try:
         segmenter = _build_segmenter(opts)
     except BaseException:
-        ledger.close()
         close = getattr(source, "close", None)
         if callable(close):
             close()
+        refuse(typer.Exit(1))
         raise
     sinks = [ledger, *_extra_sinks(opts, session_dir, rules)]
     desc = source.describe() if hasattr(source, "describe") else str(source)
@@ -321,7 +338,6 @@ def run_session(
     write_config(session_dir, config)
     session = Session(session_dir=session_dir, source=desc, backend=backend, config=config,
                       versions=vers, t_start=time.time())
-    gui = _want_gui(opts)
     err.print(f"session: {session_dir}   source: {desc}   segmenter: {backend}")
 
     def build(extra: list[Any]) -> Any:

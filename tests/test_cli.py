@@ -198,3 +198,19 @@ def test_bad_input_is_named_in_one_line_never_a_traceback(tmp_path):
     assert "bad.tif" in p.stderr and "2 failed" in p.stderr
     out = json.loads((tmp_path / "o.json").read_text())
     assert set(out) == {"good.tif", "tiny.tif", "bad.tif"} and "particles" in out["good.tif"]
+
+
+def test_a_refused_command_leaves_no_session_folder(tmp_path):
+    """Issue 21 item 18: a refused endpoint, or --screenshot with --headless, creates nothing."""
+    s1 = tmp_path / "s1"
+    assert main(["listen", "tcp://10.1.2.3:5555", "--session-dir", str(s1)]) == 2
+    assert not s1.exists()
+    s2 = tmp_path / "s2"
+    assert main(["watch", str(tmp_path), "--headless", "--screenshot", str(tmp_path / "x.png"),
+                 "--session-dir", str(s2)]) == 2
+    assert not s2.exists()
+    existing = tmp_path / "old"  # a session being resumed is never removed
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    assert main(["listen", "tcp://10.1.2.3:5555", "--session-dir", str(existing)]) == 2
+    assert (existing / "keep.txt").is_file()

@@ -38,7 +38,7 @@ import numpy as np
 
 from emstream.process.rules import snapshot_name
 from emstream.results import Alert, FrameRecord, FrameResult
-from emstream.sinks.base import Session, Sink
+from emstream.sinks.base import Session, Sink, replace_atomically
 
 __all__ = ["ActionsSink", "render_snapshot", "write_png_atomic"]
 
@@ -192,7 +192,7 @@ def write_png_atomic(path: Path, img: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.tobytes())
-        os.replace(tmp, path)
+        replace_atomically(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -6,6 +6,7 @@ or failing sink is logged and can never stop acquisition (bluesky's ``make_callb
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,21 @@ class Sink:
 
     def close(self) -> None:  # noqa: B027
         pass
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: the process's umask when emstream started (``os.umask`` can only be read by setting it)
+_UMASK = _current_umask()
+
+
+def replace_atomically(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """``os.replace(tmp, path)`` after giving ``tmp`` the permissions a file written the usual
+    way gets (``tempfile.mkstemp`` makes it 0600: others on the acquisition PC could not open
+    the report or the exports while the ledger beside them is readable)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emstream.results import IMAGEJ_HEADERS, PARTICLE_COLUMNS
+from emstream.sinks.base import replace_atomically
 
 __all__ = ["EXPORT_DIR", "connect_ledger_readonly", "export_session"]
 
@@ -79,7 +80,7 @@ class _AtomicFile:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            os.replace(self.tmp, self.path)
+            replace_atomically(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
 

@@ -40,6 +40,7 @@ import numpy as np
 
 import emstream
 from emstream.process.rules import snapshot_name
+from emstream.sinks.base import replace_atomically
 from emstream.sinks.export import connect_ledger_readonly
 
 __all__ = ["REPORT_NAME", "collect", "write_report"]
@@ -684,7 +685,7 @@ def write_report(session_dir: str | os.PathLike[str]) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(html)
-        os.replace(tmp, out)
+        replace_atomically(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -106,3 +106,16 @@ def test_failed_export_keeps_the_previous_file(session, monkeypatch):
 def test_missing_ledger(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ledger"):
         export_session(tmp_path)
+
+
+def test_report_and_exports_are_readable_like_the_ledger(session):
+    """mkstemp makes 0600 files: others on the PC could not open them (issue 21 item 18)."""
+    import os
+    import stat
+
+    from emstream.sinks.report import write_report
+
+    files = [*export_session(session), write_report(session)]
+    ledger_mode = stat.S_IMODE(os.stat(session / "ledger.sqlite").st_mode)
+    for f in files:
+        assert stat.S_IMODE(os.stat(f).st_mode) == ledger_mode, f

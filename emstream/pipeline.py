@@ -351,6 +351,7 @@ class Pipeline:
         self._listeners: list[Callable[[FrameRecord], None]] = []
         self.error: BaseException | None = None
         self._tracking = tracking
+        self._sink_trouble: set[str] = set()
         self._tracker: Any = None
         self._track_shape: tuple[int, ...] | None = None
 
@@ -771,6 +772,7 @@ class Pipeline:
         disk: dict[str, int] = {}
         last_disk = 0.0
         while not self._finished.wait(1.0):
+            self._check_sink_trouble()
             if self.watchdog is not None:
                 if time.monotonic() - last_disk > 10.0:
                     last_disk = time.monotonic()
@@ -789,7 +791,25 @@ class Pipeline:
             for ev in drain_events(self.source):
                 self._send_event(ev)
 
+    def _check_sink_trouble(self) -> None:
+        """A sink that cannot do its job (the ledger locked or on a full disk: ``trouble``)
+        raises a built-in critical alert once, and an event when it recovers."""
+        for sink in self.sinks:
+            trouble = getattr(sink, "trouble", None)
+            name = getattr(sink, "name", type(sink).__name__)
+            if trouble and name not in self._sink_trouble:
+                self._sink_trouble.add(name)
+                with self._lock:
+                    self._stats.alerts += 1
+                self._send_alert(Alert(f"{name} unavailable", "critical", None, str(trouble),
+                                       builtin=True,
+                                       actions=["banner", "sound", "log", "publish"]))
+            elif not trouble and name in self._sink_trouble:
+                self._sink_trouble.discard(name)
+                self._send_event(Event(f"{name}_available", f"the {name} can be written again"))
+
     def _close_sinks(self) -> None:
+        self._check_sink_trouble()  # a recovery seen only now is still said
         for ev in drain_events(self.source):
             self._send_event(ev)
         src_stats = getattr(self.source, "stats", None)

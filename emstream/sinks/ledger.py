@@ -61,6 +61,14 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+#: SQLite errors that pass (a lock another process holds, a full disk, an I/O hiccup): retried
+_TRANSIENT = ("locked", "busy", "full", "disk i/o", "unable to open", "readonly")
+
+
+def _transient(exc: sqlite3.OperationalError) -> bool:
+    return any(w in str(exc).lower() for w in _TRANSIENT)
+
+
 def db_text(s: str) -> str:
     """A str SQLite can store and a person can read. File names that are not valid UTF-8
     (written from other systems; Python keeps their odd bytes as lone surrogates) get those
@@ -124,7 +132,8 @@ class Ledger(Sink):
     name = "ledger"
     latest_only = False
 
-    def __init__(self, session_dir: str | Path, *, batch: int = 32, flush_s: float = 0.5):
+    def __init__(self, session_dir: str | Path, *, batch: int = 32, flush_s: float = 0.5,
+                 busy_timeout_s: float = 30.0):
         self.session_dir = Path(session_dir)
         self.session_dir.mkdir(parents=True, exist_ok=True)
         self.path = ledger_path(self.session_dir)
@@ -132,7 +141,7 @@ class Ledger(Sink):
         self.flush_s = float(flush_s)
         self._lock = threading.RLock()
         self._con = _TextSafeConnection(sqlite3.connect(
-            str(self.path), timeout=30.0, check_same_thread=False, isolation_level=None
+            str(self.path), timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
         ))
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
@@ -140,6 +149,14 @@ class Ledger(Sink):
         self._con.executescript(SCHEMA)
         self._add_missing_columns()
         self._in_tx = False
+        self._tx_log: list[tuple[str, Any, bool]] = []
+        self._force_commit = False
+        #: why the ledger cannot be written now (locked, disk full), ``None`` when it can
+        self.trouble: str | None = None
+        self._trouble_since: float | None = None
+        self._give_up_at: float | None = None  # set by close(): retry for a while, then stop
+        self.max_retry_delay_s = 5.0
+        self.close_retry_s = 60.0
         self._uncommitted = 0
         self._last_commit = time.monotonic()
         # (path, version) -> total frames expected from that content version
@@ -157,29 +174,108 @@ class Ledger(Sink):
                     self._con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
     # ---------------------------------------------------------------- transactions
+    # Writes are batched into one transaction. Every write statement of the open transaction is
+    # kept (``_tx_log``) so that, when SQLite rolls the transaction back by itself (disk full, an
+    # I/O error), the records in it are written again instead of lost; every public write runs
+    # inside a savepoint, so a write that fails half-way is undone and retried whole. A database
+    # that stays locked or full is retried with back-off (``trouble`` says why) while the
+    # pipeline waits: frames stay in the watched folder or the stream's buffers until it clears.
     def _begin(self) -> None:
         if not self._in_tx:
             self._con.execute("BEGIN")
             self._in_tx = True
+            for sql, params, many in self._tx_log:  # replay what a rollback took away
+                (self._con.executemany if many else self._con.execute)(sql, params)
+
+    def _w(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """One write statement inside the transaction, remembered for replay."""
+        cur = self._con.execute(sql, params)
+        self._tx_log.append((sql, params, False))
+        return cur
+
+    def _wm(self, sql: str, rows: list[Any]) -> sqlite3.Cursor:
+        cur = self._con.executemany(sql, rows)
+        self._tx_log.append((sql, rows, True))
+        return cur
 
     def _maybe_commit(self, force: bool = False) -> None:
-        if not self._in_tx:
+        if force:
+            self._force_commit = True
+
+    def _commit_due(self) -> None:
+        self._retry(self._commit_now)
+
+    def _commit_now(self) -> None:
+        if not self._tx_log and not self._in_tx:
             return
-        if (
-            force
-            or self._uncommitted >= self.batch
-            or time.monotonic() - self._last_commit >= self.flush_s
-        ):
-            self._con.execute("COMMIT")
-            self._in_tx = False
-            self._uncommitted = 0
-            self._last_commit = time.monotonic()
+        if not (self._force_commit or self._uncommitted >= self.batch
+                or time.monotonic() - self._last_commit >= self.flush_s):
+            return
+        self._begin()  # replays the batch if a failure rolled it back
+        self._con.execute("COMMIT")
+        self._in_tx = False
+        self._tx_log.clear()
+        self._uncommitted = 0
+        self._force_commit = False
+        self._last_commit = time.monotonic()
+
+    def _retry(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` until SQLite lets it through (locked, full, I/O trouble), with back-off."""
+        delay = 0.25
+        while True:
+            with self._lock:  # held per attempt, not while waiting: readers go on meanwhile
+                try:
+                    out = fn(*args, **kwargs)
+                    failed = None
+                except sqlite3.OperationalError as exc:
+                    if not _transient(exc) or self._closed or (
+                            self._give_up_at is not None and time.monotonic() > self._give_up_at):
+                        raise
+                    self._in_tx = bool(self._con.in_transaction)
+                    failed = exc
+            if failed is not None:
+                if self.trouble is None:
+                    self.trouble = f"ledger unavailable: {failed} (retrying; frames wait)"
+                    self._trouble_since = time.time()
+                    log.error("%s: %s", self.path, self.trouble)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay_s)
+                continue
+            if self.trouble is not None:
+                log.warning("%s: ledger available again after %.0f s", self.path,
+                            time.time() - (self._trouble_since or time.time()))
+                self.trouble = None
+            return out
+
+    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A public write: ``fn`` (statements via :meth:`_w`) in a savepoint, retried whole."""
+
+        def attempt() -> Any:
+            self._begin()
+            mark = len(self._tx_log)
+            self._con.execute("SAVEPOINT emstream_write")
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException:
+                del self._tx_log[mark:]
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK TO emstream_write")
+                    self._con.execute("RELEASE emstream_write")
+                else:
+                    self._in_tx = False
+                raise
+            self._con.execute("RELEASE emstream_write")
+            return out
+
+        out = self._retry(attempt)
+        self._commit_due()
+        return out
 
     def flush(self) -> None:
         """Commit whatever is pending (the pipeline calls this when the sink is idle)."""
-        with self._lock:
-            if not self._closed:
-                self._maybe_commit(force=True)
+        if not self._closed and (self._in_tx or self._tx_log):
+            self._force_commit = True
+            self._commit_due()
 
     @property
     def journal_mode(self) -> str:
@@ -189,14 +285,13 @@ class Ledger(Sink):
     # ---------------------------------------------------------------- session facts
     def set_fact(self, key: str, value: Any, *, commit: bool = False) -> None:
         """Store one JSON-able session fact (``session`` table)."""
-        with self._lock:
-            self._begin()
-            self._con.execute(
-                "INSERT OR REPLACE INTO session (key, value) VALUES (?, ?)",
-                (key, json.dumps(value, default=str)),
-            )
+        def op() -> None:
+            self._w("INSERT OR REPLACE INTO session (key, value) VALUES (?, ?)",
+                    (key, json.dumps(value, default=str)))
             self._uncommitted += 1
             self._maybe_commit(force=commit)
+
+        self._write(op)
 
     def facts(self) -> dict[str, Any]:
         with self._lock:
@@ -276,26 +371,23 @@ class Ledger(Sink):
             _num(drift[0] * nm[0]) if drift and nm else None,
             _num(drift[1] * nm[1]) if drift and nm else None,
         )
-        with self._lock:
-            if self._closed:
-                log.warning("ledger closed; frame %s not recorded", record.seq)
-                return
-            self._begin()
-            try:
-                self._con.execute(
-                    f"INSERT INTO frames ({_FRAME_COLS}) VALUES ({', '.join('?' * len(row))})", row
-                )
-            except sqlite3.IntegrityError as exc:
-                # Same (source, file_version) already recorded: a duplicate must never appear.
-                log.error("frame %s (%s) not recorded twice: %s", record.seq, record.source_id, exc)
-                self._maybe_commit()
-                return
+        def op() -> None:
+            self._w(f"INSERT INTO frames ({_FRAME_COLS}) VALUES ({', '.join('?' * len(row))})",
+                    row)
             if res is not None and record.status == "ok":
                 self._insert_particles(record.seq, res.particles, res.track_ids)
             if file_version is not None:
                 self._file_progress(record, file_version)
             self._uncommitted += 1
-            self._maybe_commit()
+
+        if self._closed:
+            log.warning("ledger closed; frame %s not recorded", record.seq)
+            return
+        try:
+            self._write(op)
+        except sqlite3.IntegrityError as exc:
+            # Same (source, file_version) already recorded: a duplicate must never appear.
+            log.error("frame %s (%s) not recorded twice: %s", record.seq, record.source_id, exc)
 
     def _insert_particles(self, seq: int, particles: dict[str, np.ndarray],
                           track_ids: np.ndarray | None = None) -> None:
@@ -320,19 +412,19 @@ class Ledger(Sink):
                   else [int(t) if t >= 0 else None for t in np.asarray(track_ids).tolist()])
         cols.append(tracks)
         rows = [(seq, *vals) for vals in zip(*cols, strict=True)]
-        self._con.executemany(_PARTICLE_INSERT, rows)
+        self._wm(_PARTICLE_INSERT, rows)
 
     def _file_progress(self, record: FrameRecord, version: str) -> None:
         path, _, idx = record.source_id.partition("#")
         if record.status == "quarantined" and not idx:
-            self._con.execute(
+            self._w(
                 "UPDATE files SET status='quarantined', reason=?, t_terminal=? "
                 "WHERE path=? AND version=?",
                 (record.reason, time.time(), path, version),
             )
             return
         k = int(idx) + 1 if idx.isdigit() else 1
-        self._con.execute(
+        self._w(
             "UPDATE files SET frames_done = MAX(frames_done, ?) WHERE path=? AND version=?",
             (k, path, version),
         )
@@ -344,7 +436,7 @@ class Ledger(Sink):
         for pv in waiting:
             expected = self._expected.get(pv)
             if expected is not None and k >= expected:
-                self._con.execute(
+                self._w(
                     "UPDATE files SET status='done', t_terminal=? "
                     "WHERE path=? AND version=? AND status='pending'",
                     (time.time(), *pv),
@@ -352,11 +444,11 @@ class Ledger(Sink):
                 self._expected.pop(pv, None)
 
     def alert(self, alert: Alert) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._begin()
-            self._con.execute(
+        if self._closed:
+            return
+
+        def op() -> None:
+            self._w(
                 "INSERT INTO alerts (seq, name, severity, t, message, particles_json, builtin, "
                 "snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -373,32 +465,38 @@ class Ledger(Sink):
             self._uncommitted += 1
             self._maybe_commit(force=True)
 
+        self._write(op)
+
     def event(self, event: Event) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._begin()
-            self._con.execute(
+        if self._closed:
+            return
+
+        def op() -> None:
+            self._w(
                 "INSERT INTO events (t, kind, message, data_json) VALUES (?, ?, ?, ?)",
                 (event.t, event.kind, event.message, json.dumps(event.data, default=str)),
             )
             self._uncommitted += 1
             self._maybe_commit()
 
+        self._write(op)
+
     def tracks(self, rows: list[Any]) -> None:
         """Record track summaries (``process.track.TrackSummary``); a later row of the same
         track replaces the earlier one."""
         if not rows:
             return
-        with self._lock:
-            if self._closed:
-                return
-            self._begin()
-            self._con.executemany(_TRACK_UPSERT, [
+        if self._closed:
+            return
+
+        def op() -> None:
+            self._wm(_TRACK_UPSERT, [
                 tuple(_num(v) if isinstance(v, float) else v for v in
                       (getattr(r, c) for c in TRACK_COLUMNS)) for r in rows])
             self._uncommitted += 1
             self._maybe_commit()
+
+        self._write(op)
 
     def tracking_state(self) -> Any:
         """Where tracking stood (``process.track.TrackState``) so a restarted monitor goes on
@@ -434,8 +532,12 @@ class Ledger(Sink):
         with self._lock:
             if self._closed:
                 return
-            self.set_fact("t_stop", time.time())
-            self._maybe_commit(force=True)
+            # a database still locked or full: keep trying for a while, then give up (logged)
+            self._give_up_at = time.monotonic() + self.close_retry_s
+            try:
+                self.set_fact("t_stop", time.time(), commit=True)
+            except sqlite3.Error as exc:
+                log.error("%s: the last records could not be written: %s", self.path, exc)
             try:
                 self._con.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:  # pragma: no cover - a reader holding the WAL is fine
@@ -464,14 +566,15 @@ class Ledger(Sink):
         """Record a version whose content was already processed (``touch``, a copy that kept
         the bytes) as done without a frame."""
         now = time.time()
-        with self._lock:
-            self._begin()
-            self._con.execute(
+        def op() -> None:
+            self._w(
                 "INSERT OR IGNORE INTO files (path, version, status, reason, t_discovered, "
                 "t_terminal, content_hash) VALUES (?, ?, 'done', ?, ?, ?, ?)",
                 (path, version, reason, now, now, content_hash))
             self._uncommitted += 1
             self._maybe_commit()
+
+        self._write(op)
 
     def file_pending(self, path: str, version: str, *, t_discovered: float | None = None,
                      content_hash: str | None = None) -> None:
@@ -481,23 +584,24 @@ class Ledger(Sink):
         the slices they held are either recorded or will be read from the new version.
         """
         now = time.time()
-        with self._lock:
-            self._begin()
-            self._con.execute(
+        def op() -> None:
+            self._w(
                 "INSERT OR IGNORE INTO files (path, version, status, t_discovered) "
                 "VALUES (?, ?, 'pending', ?)",
                 (path, version, t_discovered or now),
             )
             if content_hash is not None:
-                self._con.execute("UPDATE files SET content_hash=? WHERE path=? AND version=?",
+                self._w("UPDATE files SET content_hash=? WHERE path=? AND version=?",
                                   (content_hash, path, version))
-            self._con.execute(
+            self._w(
                 "UPDATE files SET status='done', reason=?, t_terminal=? "
                 "WHERE path=? AND version<>? AND status='pending'",
                 (f"superseded by {version}", now, path, version),
             )
             self._uncommitted += 1
             self._maybe_commit()
+
+        self._write(op)
 
     def file_expect(self, path: str, version: str, total_frames: int, *, stack: bool = False) -> None:
         """The version holds ``total_frames`` frames; it becomes ``done`` once all are recorded.
@@ -515,34 +619,35 @@ class Ledger(Sink):
                 if path not in self._slices_recorded:  # one query per stack, then kept up to date
                     self._slices_recorded[path] = self.next_slice(path)
                 done = max(done, self._slices_recorded[path])
-            if done >= total_frames:
-                self._begin()
-                self._con.execute(
-                    "UPDATE files SET status='done', frames_done=MAX(frames_done, ?), "
-                    "t_terminal=? WHERE path=? AND version=? AND status='pending'",
-                    (total_frames, time.time(), path, version),
-                )
-                self._uncommitted += 1
-                self._maybe_commit()
-            else:
+            if done < total_frames:
                 self._expected[(path, version)] = total_frames
+                return
+
+        def op() -> None:
+            self._w("UPDATE files SET status='done', frames_done=MAX(frames_done, ?), "
+                    "t_terminal=? WHERE path=? AND version=? AND status='pending'",
+                    (total_frames, time.time(), path, version))
+            self._uncommitted += 1
+
+        self._write(op)
 
     def file_quarantined_version(self, path: str, version: str, reason: str) -> None:
         """Mark a version quarantined directly (used when no frame row is written for it)."""
-        with self._lock:
-            self._begin()
-            self._con.execute(
+        def op() -> None:
+            self._w(
                 "INSERT OR IGNORE INTO files (path, version, status, t_discovered) "
                 "VALUES (?, ?, 'pending', ?)",
                 (path, version, time.time()),
             )
-            self._con.execute(
+            self._w(
                 "UPDATE files SET status='quarantined', reason=?, t_terminal=? "
                 "WHERE path=? AND version=?",
                 (reason, time.time(), path, version),
             )
             self._uncommitted += 1
             self._maybe_commit()
+
+        self._write(op)
 
     def terminal_versions(self) -> dict[str, set[str]]:
         """Every path's content versions that are finished (``done`` or ``quarantined``)."""

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Suffixes of formats that can grow in place one slice at a time.
 STACK_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".rec")
+#: slices of a stack read at a time (a 4k x 4k float32 slice is 64 MB)
+STACK_PART = 4
 
 
 def content_digest(path: str, size: int, block: int = 65536) -> str | None:
@@ -393,41 +395,52 @@ class FolderSource:
             self.ledger.file_expect(path, version, 1)
             self._finish(path, version)
             return
-        t_read = time.perf_counter()
-        try:
-            frames = readers.read_frames(path, start=start, t_arrival=t_arrival)
-        except IncompleteFile as exc:
-            now = time.monotonic()
-            if c.incomplete_since is None:
-                c.incomplete_since = now
-            if now - c.incomplete_since >= self.quarantine_after_s:
-                yield self._quarantine(path, version, f"incomplete for {self.quarantine_after_s:g} s: {exc.reason}")
-            else:
-                c.queued = False  # try again on a later scan
-            return
-        except UnreadableFile as exc:
-            yield self._quarantine(path, version, exc.reason)
-            return
-        except Exception as exc:  # noqa: BLE001
-            yield self._quarantine(path, version, f"reader failed: {exc!r}")
-            return
-        is_stack = path.lower().endswith(STACK_SUFFIXES) or any("#" in f.source_id for f in frames)
-        total = start + len(frames) if is_stack else len(frames)
-        self.ledger.file_expect(path, version, total if is_stack else max(total, 1), stack=is_stack)
-        if c.incomplete_since is not None and not frames:
-            # a growing stack with no new complete slice yet: look again later
-            c.queued = False
-            return
-        read_ms = (time.perf_counter() - t_read) * 1e3 / max(1, len(frames))
-        for f in frames:
-            f.metadata[FILE_VERSION_KEY] = version
-            f.metadata[READ_MS_KEY] = read_ms
-            self.stats["frames_read"] += 1
-            yield f
-            if is_stack:
-                _, _, idx = f.source_id.partition("#")
-                if idx.isdigit():
-                    self._next_slice[path] = max(self._next_slice.get(path, 0), int(idx) + 1)
+        # a stack is read STACK_PART slices at a time: memory stays flat whatever its size
+        part = STACK_PART if path.lower().endswith(STACK_SUFFIXES) else None
+        while True:
+            t_read = time.perf_counter()
+            try:
+                frames = readers.read_frames(path, start=start, t_arrival=t_arrival, limit=part)
+            except IncompleteFile as exc:
+                now = time.monotonic()
+                if c.incomplete_since is None:
+                    c.incomplete_since = now
+                if now - c.incomplete_since >= self.quarantine_after_s:
+                    yield self._quarantine(path, version, f"incomplete for {self.quarantine_after_s:g} s: {exc.reason}")
+                else:
+                    c.queued = False  # try again on a later scan
+                return
+            except UnreadableFile as exc:
+                yield self._quarantine(path, version, exc.reason)
+                return
+            except Exception as exc:  # noqa: BLE001
+                yield self._quarantine(path, version, f"reader failed: {exc!r}")
+                return
+            more = part is not None and len(frames) == part
+            is_stack = (path.lower().endswith(STACK_SUFFIXES)
+                        or any("#" in f.source_id for f in frames))
+            total = start + len(frames) if is_stack else len(frames)
+            if not more:  # the file's last part: done once every slice is recorded
+                self.ledger.file_expect(path, version, total if is_stack else max(total, 1),
+                                        stack=is_stack)
+            if c.incomplete_since is not None and not frames:
+                # a growing stack with no new complete slice yet: look again later
+                c.queued = False
+                return
+            read_ms = (time.perf_counter() - t_read) * 1e3 / max(1, len(frames))
+            for f in frames:
+                f.metadata[FILE_VERSION_KEY] = version
+                f.metadata[READ_MS_KEY] = read_ms
+                self.stats["frames_read"] += 1
+                yield f
+                if is_stack:
+                    _, _, idx = f.source_id.partition("#")
+                    if idx.isdigit():
+                        self._next_slice[path] = max(self._next_slice.get(path, 0), int(idx) + 1)
+            if not more:
+                break
+            start = total
+            frames = []  # let the part just yielded go
         if c.incomplete_since is not None:
             # stack still declares more than it holds: keep watching this version
             c.queued = False

@@ -209,3 +209,45 @@ def test_links_folders_and_fifos_named_like_images_are_recorded_as_skipped(tmp_p
     assert rows["link.tif"] == ("skipped", "a symbolic link: links are not followed")
     assert rows["folder.tif"][0] == "skipped" and "folder" in rows["folder.tif"][1]
     assert rows["pipe.tif"][0] == "skipped" and "FIFO" in rows["pipe.tif"][1]
+
+
+def test_a_long_stack_is_read_a_few_slices_at_a_time(tmp_path, monkeypatch):
+    """Memory per file, not per frame (issue 21 item 4): the folder source never holds more than
+    STACK_PART slices of a stack, and still records every slice once."""
+    import mrcfile
+
+    from emstream.sinks.ledger import Ledger
+    from emstream.sources import folder as folder_mod
+    from emstream.sources import readers
+
+    acq = tmp_path / "acq"
+    acq.mkdir()
+    data = (np.random.default_rng(0).random((22, 64, 64)) * 1000).astype(np.float32)
+    with mrcfile.new(acq / "stack.mrc") as m:
+        m.set_data(data)
+        m.set_image_stack()
+        m.voxel_size = 5.0
+    sizes = []
+    real = readers.read_frames
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        sizes.append(len(out))
+        return out
+
+    monkeypatch.setattr(readers, "read_frames", spy)
+    led = Ledger(tmp_path / "s")
+    src = folder_mod.FolderSource(acq, led, poll_s=0.05, min_age_s=0.0, use_watchdog=False)
+    import threading
+
+    stop = threading.Event()
+    got = []
+    t0 = time.monotonic()
+    for f in src.frames(stop):
+        got.append(f)
+        np.testing.assert_array_equal(f.pixels, data[len(got) - 1])
+        if len(got) == 22 or time.monotonic() - t0 > 30:
+            stop.set()
+    led.close()
+    assert [f.source_id.rsplit("#", 1)[1] for f in got] == [str(k) for k in range(22)]
+    assert max(sizes) <= folder_mod.STACK_PART and len(sizes) >= 22 // folder_mod.STACK_PART

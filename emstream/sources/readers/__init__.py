@@ -229,13 +229,15 @@ def check_complete(path: str | os.PathLike[str]) -> None:
 
 
 def read_frames(path: str | os.PathLike[str], *, start: int = 0,
-                t_arrival: float | None = None) -> list[Frame]:
+                t_arrival: float | None = None, limit: int | None = None) -> list[Frame]:
     """Every complete 2-D image in ``path`` from index ``start`` on.
 
     Parameters
     ----------
     path : the file (opened read-only, never modified).
     start : index of the first slice wanted (stacks: slices before it were already processed).
+    limit : at most this many frames (MRC stacks: the rest is read by a later call from
+        ``start + limit``; other formats return everything).
     t_arrival : when the file was picked up (POSIX seconds); now when omitted.
 
     Returns
@@ -259,6 +261,8 @@ def read_frames(path: str | os.PathLike[str], *, start: int = 0,
     if fmt is None:
         raise UnreadableFile(f"unsupported file type {p.suffix!r}", str(p))
     try:
+        if limit is not None and fmt == "mrc":
+            return _reader(fmt)(p, start=max(0, int(start)), t_arrival=t_arrival, limit=limit)
         return _reader(fmt)(p, start=max(0, int(start)), t_arrival=t_arrival)
     except UnreadableFile as exc:
         raise _with_path(exc, p) from exc

@@ -194,8 +194,10 @@ def _ext_metadata(ext, md: dict[str, Any], n: int) -> list[float | None] | None:
     return times
 
 
-def read_mrc(path: Path, *, start: int = 0, t_arrival: float | None = None) -> list[Frame]:
-    """Every complete slice from ``start`` on (see module docstring for the rules)."""
+def read_mrc(path: Path, *, start: int = 0, t_arrival: float | None = None,
+             limit: int | None = None) -> list[Frame]:
+    """Every complete slice from ``start`` on (see module docstring for the rules), at most
+    ``limit`` of them (a long stack is read in parts, so memory does not grow with the file)."""
     lay, ext = _layout(path)
     _reject_volume(lay, path)
     if lay.nz == 0:
@@ -218,7 +220,8 @@ def read_mrc(path: Path, *, start: int = 0, t_arrival: float | None = None) -> l
     native = lay.dtype.newbyteorder("=")
     try:
         with open(path, "rb") as fh:
-            for k in range(first, n):
+            stop = n if limit is None else min(n, first + max(1, int(limit)))
+            for k in range(first, stop):
                 fh.seek(lay.offset + k * lay.slice_bytes)
                 buf = fh.read(lay.slice_bytes)
                 if len(buf) < lay.slice_bytes:

@@ -143,7 +143,8 @@ class SizeDistributionPanel(QtWidgets.QWidget):
             if self.result is not None
             else np.zeros(q.nbins, np.int64)
         )
-        edges, (m_session, m_recent, m_frame) = display_bins([session, recent, frame], q, 32)
+        edges, (m_session, m_recent, m_frame) = display_bins(
+            [session, recent, frame], q, 32, min_width=self.stats.min_bin_width(self.column))
         self.shown = {"edges": edges, "session": m_session, "recent": m_recent, "frame": m_frame}
         norm = self.cb_norm.isChecked()
         log = self.cb_log.isChecked()
@@ -187,20 +188,27 @@ class SizeDistributionPanel(QtWidgets.QWidget):
             self._labels = labels
             self.plot.setLabel("left", ylabel, **_label_style())
             self.plot.setLabel("bottom", labels[1], **_label_style())
-        self.plot.setYRange(floor, floor + span * 1.25, padding=0)
-
         self.quantiles = quantiles_from_counts(session, q.edges)
-        for line, label, v, name in zip(
-            self.qlines, self.qlabels, self.quantiles, ("D10", "D50", "D90"), strict=True
+        # labels closer than a tenth of the axis would print over each other: step them up
+        near = 0.1 * float(edges[-1] - edges[0])
+        rows, last_x = [], None
+        for v in self.quantiles:
+            bump = last_x is not None and math.isfinite(v) and abs(v - last_x) < near
+            rows.append((rows[-1] + 1) if bump and rows else 0)
+            last_x = v if math.isfinite(v) else last_x
+        self.plot.setYRange(floor, floor + span * (1.25 + 0.12 * max(rows)), padding=0)
+        self.label_rows = rows
+        for line, label, v, name, row in zip(
+            self.qlines, self.qlabels, self.quantiles, ("D10", "D50", "D90"), rows, strict=True
         ):
             ok = math.isfinite(v) and self.cb_session.isChecked()
             line.setVisible(ok)
             label.setVisible(ok)
             if ok:
-                line.setData([v, v], [floor, floor + span * 1.12])
+                line.setData([v, v], [floor, floor + span * (1.12 + 0.12 * row)])
                 label.setText(f"{name} {v:.3g}")
                 label.setAnchor((0.5, 0.0))
-                label.setPos(v, floor + span * 1.24)
+                label.setPos(v, floor + span * (1.24 + 0.12 * row))
 
         counts = self.stats.counts()
         u = q.unit(unit)

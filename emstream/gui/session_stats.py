@@ -143,6 +143,7 @@ class SessionStatistics:
         self.frames_other = 0
         self.particles = 0  # sized particles (not cut by the image edge)
         self.edge_cut = 0  # particles cut by the edge: counted, not sized
+        self.unit_per_px = 1.0  # the last frame's pixel size in its length unit
         self.unit = ""  # length unit of the first ok frame ("nm" or "px")
         self.mixed_units = False
         self.first_seq: int | None = None
@@ -193,15 +194,29 @@ class SessionStatistics:
                 self.first_seq = result.seq
                 self.t0 = result.frame.t_acq
             self.last_seq = max(result.seq, self.last_seq if self.last_seq is not None else -1)
+            cal = result.frame.calibration
+            self.unit_per_px = float(np.mean(cal.nm_per_px)) if cal.nm_per_px else 1.0
             drift = (math.nan, math.nan)
             if result.drift_px is not None:
-                cal = result.frame.calibration
                 sy, sx = cal.nm_per_px if cal.nm_per_px else (1.0, 1.0)
                 drift = (result.drift_px[0] * sy, result.drift_px[1] * sx)
             self.trends.add(
                 result.frame.t_acq, result.seq, s.count, mean, median, float(s.coverage), *drift
             )
         self.tracks.add(result)
+
+    def min_bin_width(self, column: str) -> float:
+        """The narrowest histogram bin worth drawing for ``column``: the step one pixel of area
+        makes in the equivalent diameter of the smaller particles (``2·s²/(π·D10)`` for a pixel
+        size ``s``); 0 for quantities that are not lengths."""
+        q = QUANTITIES[column]
+        if q.kind != "length":
+            return 0.0
+        with self._lock:
+            counts = self.hist[column].counts.copy()
+            s = self.unit_per_px
+        d10 = quantiles_from_counts(counts, q.edges, (0.1,))[0]
+        return 2.0 * s * s / (math.pi * d10) if math.isfinite(d10) and d10 > 0 else 0.0
 
     def add_event(self, t_acq: float, kind: str) -> None:
         """Remember a tracking event for the trends (coalescence, nucleation ...)."""
@@ -293,26 +308,37 @@ def frame_counts(particles: ParticleTable, column: str) -> np.ndarray:
 
 
 def display_bins(
-    counts_list: list[np.ndarray], q: Quantity, max_bins: int = 60
+    counts_list: list[np.ndarray], q: Quantity, max_bins: int = 60, *,
+    min_width: float = 0.0, trim: float = 0.005,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Merge fine bins into at most ``max_bins`` display bins spanning the occupied range.
+    """Merge fine bins into at most ``max_bins`` display bins spanning where the data are.
 
-    The merge factor is a "nice" multiple of the fine width (1, 2, 5 × 10^k), so bin edges are
-    round numbers an operator can read. Returns (edges, merged counts for each input).
+    The range runs from the ``trim`` to the ``1 - trim`` quantile of all the counts together (a
+    few outliers must not squeeze every particle into three bars; what falls outside is left
+    out of the display, not of the statistics), and no bin is narrower than ``min_width`` (the
+    diameter step one pixel makes, so coarse pixels do not draw a comb). The merge factor is a
+    "nice" multiple of the fine width (1, 2, 5 × 10^k), so bin edges are round numbers an
+    operator can read. Returns (edges, merged counts for each input).
     """
-    occupied = np.zeros(q.nbins, bool)
+    total = np.zeros(q.nbins, np.float64)
     for c in counts_list:
-        occupied |= c > 0
-    nz = np.flatnonzero(occupied)
+        total += c
+    nz = np.flatnonzero(total > 0)
     if len(nz) == 0:
         lo_i, hi_i = 0, min(q.nbins, max_bins)
     else:
-        lo_i, hi_i = int(nz[0]), int(nz[-1]) + 1
+        cum = np.cumsum(total) / total.sum()
+        lo_i = int(np.searchsorted(cum, trim, side="right")) if trim > 0 else int(nz[0])
+        hi_i = int(np.searchsorted(cum, 1.0 - trim, side="left")) + 1 if trim > 0 else \
+            int(nz[-1]) + 1
+        lo_i, hi_i = max(lo_i, int(nz[0])), min(max(hi_i, lo_i + 1), int(nz[-1]) + 1)
     # the smallest nice factor whose bins, aligned to multiples of it, are at most max_bins
     # (aligning can add one bin: 31 for a span of exactly 30 that straddles a boundary)
     first, last = lo_i, hi_i
     factor = 1
     for factor in (m * mag for mag in (1, 10, 100, 1000, 10_000) for m in (1, 2, 5)):
+        if factor * q.width < min_width:
+            continue
         lo_i = (first // factor) * factor
         hi_i = min(q.nbins, -(-last // factor) * factor)
         if -(-(hi_i - lo_i) // factor) <= max_bins:

@@ -115,7 +115,7 @@ def test_outline_mosaic_equals_crop_loop_on_fragmented_touching_labels(seed, dty
 def test_display_bins_keep_every_count(values):
     q = QUANTITIES["equivalent_diameter_nm"]
     c = q.counts(np.array(values))
-    edges, (m,) = display_bins([c], q, 30)
+    edges, (m,) = display_bins([c], q, 30, trim=0.0)
     assert m.sum() == c.sum() == len(values)
     assert len(m) <= 30 and len(edges) == len(m) + 1 and (np.diff(edges) > 0).all()
 
@@ -161,3 +161,40 @@ def test_statistics_count_each_frame_once():
     session, recent = s.histogram_snapshot("equivalent_diameter_nm")
     assert session.sum() == total
     assert recent.sum() == sum(sized(r) for r in results[-3:])
+
+
+def test_small_particles_get_readable_bins_despite_outliers():
+    """Issue 21 item 19: in-situ Au, D50 3.5 nm, plus a few 40 nm blobs: the bulk must spread
+    over many bars, not three; coarse pixels never draw bins finer than a pixel's step."""
+    rng = np.random.default_rng(2)
+    q = QUANTITIES["equivalent_diameter_nm"]
+    d = np.concatenate([rng.lognormal(np.log(3.5), 0.25, 800), [38.0, 41.0, 45.0]])
+    edges, (m,) = display_bins([q.counts(d)], q, 32)
+    bulk = (edges[:-1] >= np.quantile(d, 0.05)) & (edges[1:] <= np.quantile(d, 0.95))
+    assert bulk.sum() >= 10
+    assert m.sum() >= len(d) - 6  # only the extreme outliers are left out of the drawing
+    _, (coarse,) = display_bins([q.counts(d)], q, 32, min_width=1.0)
+    edges_c, _ = display_bins([q.counts(d)], q, 32, min_width=1.0)
+    assert np.diff(edges_c).min() >= 1.0 - 1e-9
+
+
+def test_quantile_labels_do_not_print_over_each_other(qtbot):
+    from emstream.gui.plots import SizeDistributionPanel
+
+    s = SessionStatistics()
+    rng = np.random.default_rng(3)
+    d = np.concatenate([rng.normal(3.5, 0.1, 500), rng.uniform(1, 10, 40)])
+    r = make_result(rng, 0, shape=(64, 64), n=5)
+    r.particles = {**r.particles}
+    s.add_result(r)
+    with s._lock:
+        s.hist["equivalent_diameter_nm"].add(d)
+    panel = SizeDistributionPanel(s)
+    qtbot.addWidget(panel)
+    panel.refresh()
+    xs = panel.quantiles
+    rows = panel.label_rows
+    assert max(rows) >= 1  # D10, D50 and D90 lie close together here
+    for i in range(1, 3):
+        if abs(xs[i] - xs[i - 1]) < 0.1 * float(panel.shown["edges"][-1] - panel.shown["edges"][0]):
+            assert rows[i] != rows[i - 1]

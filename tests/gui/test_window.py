@@ -110,8 +110,11 @@ def test_sink_feeds_window_and_session_histogram(qtbot, window_factory, rng):
     session, recent = st.histogram_snapshot("equivalent_diameter_nm")
     assert session.sum() + st.out_of_range("equivalent_diameter_nm") == total
     win.size_panel.refresh()
-    assert win.size_panel.shown["session"].sum() == session.sum()
-    assert win.size_panel.shown["frame"].sum() == int(inside[-1].sum())
+    # the drawing leaves out the extreme 0.5 % at each end (outliers must not squeeze the bulk)
+    shown = win.size_panel.shown["session"].sum()
+    assert session.sum() * 0.985 <= shown <= session.sum()
+    assert int(inside[-1].sum()) * 0.9 <= win.size_panel.shown["frame"].sum() <= int(
+        inside[-1].sum())
     # quantile markers sit where the exact session quantiles are (within one fine bin)
     d = np.concatenate([r.particles["equivalent_diameter_nm"][k] for r, k in
                         zip(results, inside, strict=True)])

@@ -725,7 +725,15 @@ def analyze(
     result: dict[str, Any] = {}
     failures = 0
     names = [f.name for f in files]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True,
+                        disable=len(files) < 2)
+    progress.start()
+    task = progress.add_task("analyze", total=len(files))
     for path in files:
+        progress.update(task, advance=1, description=path.name[:40])
         key = path.name if names.count(path.name) == 1 else str(path)
         try:
             frames = read_frames(path, t_arrival=time.time())
@@ -753,6 +761,7 @@ def analyze(
             if res.seg_flag:
                 err.print(f"[yellow]{fkey}:[/] {res.seg_flag}: check its particles")
             result[fkey] = frame_json(res)
+    progress.stop()
     text = json.dumps(result, indent=1, allow_nan=False)
     if json_out is None or str(json_out) == "-":
         sys.stdout.write(text + "\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +59,17 @@ def stats_table(stats: Any, *, title: str = "emstream") -> Table:
     return t
 
 
+def progress_line(stats: Any) -> str:
+    """One plain line of the live figures (for logs and scripts without a terminal)."""
+    line = (f"emstream: {stats.processed} processed, {stats.quarantined} quarantined, "
+            f"{stats.skipped} skipped; {_fmt(stats.fps, '.2f')} frames/s; lag "
+            f"{_fmt(stats.lag_s, '.1f', ' s')}; last frame {stats.particles} particles, D50 "
+            f"{_fmt(stats.d50, '.1f', ' ' + stats.unit)}")
+    if getattr(stats, "alerts", 0):
+        line += f"; {stats.alerts} alerts"
+    return line
+
+
 class LiveView:
     """Refreshes :func:`stats_table` a few times a second while a session runs.
 
@@ -72,6 +85,7 @@ class LiveView:
         refresh_per_second: float = 4.0,
         force: bool = False,
         title: str = "emstream",
+        line_every_s: float = 10.0,
     ):
         self.stats = stats
         self.console = console or Console(stderr=True)
@@ -79,6 +93,9 @@ class LiveView:
         self.title = title
         self._live: Live | None = None
         self._rps = refresh_per_second
+        #: without a terminal, a plain progress line this often (0: none)
+        self.line_every_s = line_every_s
+        self._thread: threading.Thread | None = None
 
     def _render(self) -> Table:
         return stats_table(self.stats(), title=self.title)
@@ -92,12 +109,30 @@ class LiveView:
                 transient=True,
             )
             self._live.__enter__()
+        elif self.line_every_s:
+            # not a terminal (a script, a service log): one plain line now and then instead
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._lines, name="emstream-progress",
+                                            daemon=True)
+            self._thread.start()
         return self
+
+    def _lines(self) -> None:
+        last = None
+        while not self._stop.wait(self.line_every_s):
+            line = progress_line(self.stats())
+            if line != last:
+                print(line, file=sys.stderr, flush=True)
+                last = line
 
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
             self._live = None
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(2)
+            self._thread = None
 
 
 def summary_table(stats: Any, *, session_dir: Any = None, elapsed_s: float | None = None,

@@ -214,3 +214,18 @@ def test_a_refused_command_leaves_no_session_folder(tmp_path):
     (existing / "keep.txt").write_text("x")
     assert main(["listen", "tcp://10.1.2.3:5555", "--session-dir", str(existing)]) == 2
     assert (existing / "keep.txt").is_file()
+
+
+def test_without_a_terminal_progress_comes_as_plain_lines(capsys):
+    """Issue 21 item 15: `watch` from a script says what it is doing."""
+    import time as _time
+
+    from emstream.console import LiveView
+    from emstream.pipeline import PipelineStats
+
+    st = PipelineStats(processed=7, fps=2.5, lag_s=0.4, particles=33, d50=4.1, unit="nm")
+    with LiveView(lambda: st, line_every_s=0.1):
+        _time.sleep(0.35)
+    err = capsys.readouterr().err
+    assert "emstream: 7 processed" in err and "2.50 frames/s" in err and "D50 4.1 nm" in err
+    assert err.count("\n") == 1  # the same figures are not repeated

@@ -218,6 +218,15 @@ def _want_gui(opts: RunOptions) -> bool:
         if opts.gui or opts.screenshot is not None:
             raise _missing("the live window (--gui, --screenshot)", exc) from exc
         return False
+    if display_available() and os.environ.get("QT_QPA_PLATFORM") != "offscreen":
+        from emstream.gui import window_problem
+
+        why = window_problem()  # a Qt plugin that cannot load would abort this process
+        if why is not None:
+            if opts.gui:
+                raise _fail(f"--gui: {why}")
+            err.print(f"[yellow]{why}[/]: showing the terminal view instead")
+            return False
     if opts.gui:
         return True
     if not display_available() and opts.screenshot is not None:
@@ -835,9 +844,16 @@ def view(
 ) -> None:
     """Re-open a finished session in the window for review."""
     try:
+        from emstream.gui import display_available, window_problem
         from emstream.gui.app import view_session
     except ImportError as exc:
         raise _missing("the window (install emstream[gui])", exc) from exc
+    if screenshot is not None and not display_available():
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    why = window_problem() if display_available() else "no display to open the window on"
+    if why is not None:
+        raise _fail(f"{why}; the session's report is {session / 'report.html'} "
+                    f"(emstream report {session} writes it)")
     raise typer.Exit(int(view_session(session, screenshot=screenshot) or 0))
 
 
@@ -909,10 +925,15 @@ def doctor() -> None:
     except Exception as exc:  # noqa: BLE001
         row("backends", False, f"backend report failed: {exc!r}")
     try:
-        from emstream.gui import display_available
+        from emstream.gui import display_available, window_problem
 
-        row("display", bool(display_available()), "window available" if display_available()
-            else "no display: the terminal view is used (--gui with QT_QPA_PLATFORM=offscreen renders anyway)")
+        if display_available():
+            why = window_problem()  # actually start Qt (in a child process)
+            row("display", why is None, "window available" if why is None
+                else f"{why}; demo and watch fall back to the terminal view")
+        else:
+            row("display", False, "no display: the terminal view is used (--gui with "
+                "QT_QPA_PLATFORM=offscreen renders anyway)")
     except ImportError as exc:
         row("display", False, f"GUI not installed: {exc}")
     try:

@@ -198,3 +198,45 @@ def test_quantile_labels_do_not_print_over_each_other(qtbot):
     for i in range(1, 3):
         if abs(xs[i] - xs[i - 1]) < 0.1 * float(panel.shown["edges"][-1] - panel.shown["edges"][0]):
             assert rows[i] != rows[i - 1]
+
+
+def test_missing_qt_system_libraries_are_named_with_their_packages():
+    """Issue 21 item 11: the window's missing system libraries, found by ldd, named as the
+    packages to install."""
+    from emstream.gui import debian_package, missing_libraries
+
+    ldd = ("\tlinux-vdso.so.1 (0x00007ffd)\n"
+           "\tlibxcb-icccm.so.4 => not found\n"
+           "\tlibxcb-keysyms.so.1 => not found\n"
+           "\tlibxcb.so.1 => /lib/x86_64-linux-gnu/libxcb.so.1 (0x00007f)\n"
+           "\tlibxcb-icccm.so.4 => not found\n")
+    assert missing_libraries(ldd) == ["libxcb-icccm.so.4", "libxcb-keysyms.so.1"]
+    assert [debian_package(x) for x in ("libxcb-icccm.so.4", "libxcb-keysyms.so.1",
+                                        "libxkbcommon-x11.so.0", "libEGL.so.1",
+                                        "libxcb-cursor.so.0")] == [
+        "libxcb-icccm4", "libxcb-keysyms1", "libxkbcommon-x11-0", "libegl1", "libxcb-cursor0"]
+
+
+def test_window_problem_tries_qt_for_real(monkeypatch):
+    from emstream.gui import window_problem
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert window_problem() is None
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.setenv("DISPLAY", ":97")  # no X server there: Qt cannot start
+    why = window_problem()
+    assert why is not None and why.startswith("the Qt window cannot start here")
+
+
+def test_demo_falls_back_to_the_terminal_view_when_the_window_cannot_start(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+    env["DISPLAY"] = ":97"  # a display is claimed, but Qt cannot open it
+    p = subprocess.run([sys.executable, "-m", "emstream", "demo", "--frames", "6", "--fps", "20",
+                        "--segmenter", "classical", "--session-dir", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "showing the terminal view instead" in " ".join(p.stderr.split())

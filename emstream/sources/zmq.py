@@ -75,6 +75,9 @@ MAX_PARTS = 16
 #: Most events kept between two :meth:`StreamSource.drain_events` calls.
 MAX_EVENTS = 1000
 #: Most series tracked for gap counting at once (oldest forgotten first).
+#: quarantined records written for one gap in a series (the rest are counted in the last one)
+MAX_GAP_RECORDS = 100
+
 MAX_SERIES = 256
 #: Seconds between two log lines / events for the same reject reason.
 REJECT_REPORT_INTERVAL_S = 5.0
@@ -568,7 +571,7 @@ class StreamSource:
         with self._lock:
             self._events.extend(events)
         for frame in frames:
-            self._track_sequence(frame)
+            yield from self._track_sequence(frame, t_arrival)
             with self._lock:
                 self._stats.accepted += 1
             yield frame
@@ -600,14 +603,17 @@ class StreamSource:
             reason=f"protocol: {detail}"[:500],
         )
 
-    def _track_sequence(self, frame: Frame) -> None:
-        """Count gaps per series from the sender's sequence numbers."""
+    def _track_sequence(self, frame: Frame, t_arrival: float) -> list[FrameRecord]:
+        """Count gaps per series from the sender's sequence numbers; each missing frame gets a
+        quarantined record (at most ``MAX_GAP_RECORDS`` a gap, the rest counted in the last):
+        a message above ``--max-frame-mb`` is refused by ZeroMQ itself and never arrives, so
+        this is the only trace the ledger can hold of it."""
         series = str(frame.metadata.get("series", ""))
         if "channel" in frame.metadata:  # DECTRIS v2: each channel of an image is its own frame
             series = f"{series}/{frame.metadata['channel']}"
         seq = frame.metadata.get("seq")
         if not isinstance(seq, int):
-            return
+            return []
         with self._lock:
             last = self._last_seq.get(series)
             self._last_seq[series] = seq
@@ -620,9 +626,9 @@ class StreamSource:
                         "series-start", f"{self.endpoint}: series {series!r} starts at {seq}",
                         data={"series": series, "seq": seq},
                     ))
-                return
+                return []
             if seq == last + 1:
-                return
+                return []
             if seq > last + 1:
                 n = seq - last - 1
                 self._stats.gaps += 1
@@ -635,6 +641,15 @@ class StreamSource:
                 ))
                 log.warning("%s: series %r: %d frame(s) missing (seq %d..%d)",
                             self.endpoint, series, n, last + 1, seq - 1)
+                why = (f"not received: the sender's frame {{k}} of series {series!r} never "
+                       f"arrived (above --max-frame-mb, or lost in transport)")
+                shown = range(last + 1, min(seq, last + 1 + MAX_GAP_RECORDS))
+                recs = [FrameRecord(seq=-1, source_id=f"{self.endpoint}/{series}/{k}",
+                                    status="quarantined", t_arrival=t_arrival,
+                                    reason=why.format(k=k)) for k in shown]
+                if n > len(recs):
+                    recs[-1].reason += f"; {n - len(recs)} more missing after it"
+                return recs
             else:
                 self._stats.restarts += 1
                 self._events.append(Event(
@@ -642,3 +657,4 @@ class StreamSource:
                     f"{self.endpoint}: series {series!r}: seq went back from {last} to {seq}",
                     data={"series": series, "seq": seq, "previous": last},
                 ))
+        return []

@@ -349,3 +349,24 @@ def test_a_readable_socket_without_a_message_does_not_end_the_listener(ctx, monk
         got = frames_only(collect(source, lambda xs: len(frames_only(xs)) == 5))
     assert [f.metadata["seq"] for f in got] == list(range(5))
     assert calls["n"] >= 8
+
+
+def test_frames_that_never_arrive_get_quarantined_rows(ctx):
+    """Issue 21 item 18: a frame ZeroMQ refused (above --max-frame-mb) or lost leaves a
+    quarantined record per missing sequence number, not only a gap event."""
+    push = ctx.socket(zmq.PUSH)
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    with StreamSource(f"tcp://127.0.0.1:{port}") as source:
+        def send():
+            for i in (0, 1, 4, 5):  # 2 and 3 never sent
+                push.send_multipart(encode_v1(image(i), seq=i, series="r", t_acq=1.0 + i))
+
+        threading.Thread(target=send, daemon=True).start()
+        items = collect(source, lambda xs: len(frames_only(xs)) == 4)
+    recs = [x for x in items if isinstance(x, FrameRecord)]
+    assert [r.source_id.rsplit("/", 1)[1] for r in recs] == ["2", "3"]
+    assert all(r.status == "quarantined" and "never arrived" in r.reason
+               and "--max-frame-mb" in r.reason for r in recs)
+    # in stream order: the missing ones come just before the frame that revealed the gap
+    kinds = ["f" if isinstance(x, Frame) else "q" for x in items]
+    assert kinds == ["f", "f", "q", "q", "f", "f"]

@@ -506,11 +506,14 @@ def listen(
                       extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind})
     opts.workers = workers
 
-    def make(ledger: Any) -> Any:  # noqa: ARG001
-        return StreamSource(endpoint, protocol=protocol.value, pattern="sub" if sub else "pull",
-                            bind=bind, allow_remote=allow_remote,
-                            max_frame_bytes=int(max_frame_mb * 2**20),
-                            curve_keys=curve_keys, curve_allow=curve_allow)
+    def make(ledger: Any) -> Any:
+        source = StreamSource(endpoint, protocol=protocol.value,
+                              pattern="sub" if sub else "pull", bind=bind,
+                              allow_remote=allow_remote, max_frame_bytes=int(max_frame_mb * 2**20),
+                              curve_keys=curve_keys, curve_allow=curve_allow)
+        # a restarted listener knows where each series stood: frames lost meanwhile are gaps
+        source.resume_sequences(ledger.stream_positions(source.endpoint))
+        return source
 
     raise typer.Exit(run_session(make, opts, command="listen", title=f"emstream listen {endpoint}"))
 

@@ -686,6 +686,21 @@ class Ledger(Sink):
                 best = max(best, int(idx))
         return best + 1
 
+    def stream_positions(self, endpoint: str) -> dict[str, int]:
+        """The last sequence number recorded for each series received on ``endpoint`` (frame
+        sources are ``endpoint/series/seq``): a restarted listener goes on from there."""
+        prefix = db_text(endpoint) + "/"
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT source FROM frames WHERE source >= ? AND source < ?",
+                (prefix, prefix[:-1] + "0")).fetchall()  # '0' follows '/'
+        out: dict[str, int] = {}
+        for (src,) in rows:
+            series, _, k = src[len(prefix):].rpartition("/")
+            if series and k.isdigit() and "rejected" != series:
+                out[series] = max(out.get(series, -1), int(k))
+        return out
+
     def next_seq(self) -> int:
         """The seq the next frame gets: one past the largest recorded (restart resumes)."""
         with self._lock:

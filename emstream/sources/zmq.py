@@ -603,6 +603,13 @@ class StreamSource:
             reason=f"protocol: {detail}"[:500],
         )
 
+    def resume_sequences(self, last: dict[str, int]) -> None:
+        """The last sequence number recorded per series (from the ledger of a session being
+        resumed), so frames lost while the listener was down are found as a gap."""
+        with self._lock:
+            for series, seq in last.items():
+                self._last_seq[series] = int(seq)
+
     def _track_sequence(self, frame: Frame, t_arrival: float) -> list[FrameRecord]:
         """Count gaps per series from the sender's sequence numbers; each missing frame gets a
         quarantined record (at most ``MAX_GAP_RECORDS`` a gap, the rest counted in the last):

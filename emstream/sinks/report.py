@@ -185,10 +185,12 @@ def _nice_step(raw: float) -> float:
     return 10 * e
 
 
-def _hist_edges(d: np.ndarray) -> np.ndarray:
+def _hist_edges(d: np.ndarray, min_width: float = 0.0) -> np.ndarray:
+    """Bins from 0 to past the 99.5 % quantile, about 40 of them, none finer than
+    ``min_width`` (the diameter step one pixel makes, as in the window)."""
     hi = float(np.quantile(d, 0.995)) if d.size else 1.0
     hi = max(hi * 1.08, float(np.max(d)) if d.size < 200 else hi * 1.08, 1e-6)
-    step = _nice_step(hi / 40)
+    step = _nice_step(max(hi / 40, min_width))
     return np.arange(0, hi + step, step)
 
 
@@ -296,7 +298,9 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         size["min"], size["max"] = _num(d.min()), _num(d.max())
         size["span"] = _num(((qv[2] - qv[0]) / qv[1]) if qv[1] > 0 else math.nan)
         size["n_frames"] = int(np.unique(dseq).size)
-        edges = _hist_edges(d)
+        px = [float(f.get("nm_per_px_y") or 0) for f in ok_frames if f.get("unit") == unit]
+        s_px = float(np.median(px)) if unit == "nm" and px and min(px) > 0 else 1.0
+        edges = _hist_edges(d, 2.0 * s_px * s_px / (math.pi * max(float(qv[0]), 1e-9)))
         counts, _ = np.histogram(d, edges)
         overlays = []
         seqs = np.array(sorted({f["seq"] for f in ok_frames}))

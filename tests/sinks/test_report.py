@@ -166,3 +166,15 @@ def test_trend_lines_are_joined_in_time_order():
     assert xs == sorted(xs) and len(xs) == 4
     upper = re.search(r'<polygon points="([^"]+)"', svg).group(1).split()[:4]
     assert [float(p.split(",")[0]) for p in upper] == sorted(float(p.split(",")[0]) for p in upper)
+
+
+def test_report_bins_follow_the_data_and_the_pixel():
+    """Issue 21 item 19 in the report: small particles get many bins; a coarse pixel none finer
+    than the diameter step it makes."""
+    from emstream.sinks.report import _hist_edges
+
+    d = np.random.default_rng(1).lognormal(np.log(3.5), 0.25, 800)
+    e = _hist_edges(d)
+    assert ((e[:-1] >= np.quantile(d, 0.05)) & (e[1:] <= np.quantile(d, 0.95))).sum() >= 10
+    coarse = _hist_edges(d, min_width=0.9)
+    assert np.diff(coarse).min() >= 0.9 - 1e-9

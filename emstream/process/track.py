@@ -365,8 +365,7 @@ class Tracker:
                 self._tracks[tid].add(seq, t, y[i], x[i], d_px[i] * unit_per_px, bool(touch[i]),
                                       unit_per_px)
                 ids[i] = tid
-        if n:
-            self._seed = None
+            self._seed = None  # the linker holds the restart's last frame now
         if born and prev is not None and len(prev.ids):
             self._births(born, prev, ids, y, x, area, d_px)
         seen = _Seen(seq, t, ids, y, x, area, d_px, touch, tuple(shape), drift.total)

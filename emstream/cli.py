@@ -561,6 +561,9 @@ def simulate(
     modes: Annotated[str | None, typer.Option(help="Comma-separated write modes (whole,chunked,temp_rename,mrc_stack).")] = None,
     size: Annotated[int, typer.Option(min=64, max=8192, help="Frame size (px, square).")] = 1024,
     imaging: Annotated[str, typer.Option(help="bf (bright-field TEM) or haadf (STEM).")] = "bf",
+    script: Annotated[str | None, typer.Option(
+        help="Scripted trouble, e.g. defocus:40-59,blank:80-84,jump:100 (effects: defocus, "
+             "smear, blank, dim, saturate, empty, jump).")] = None,
 ) -> None:
     """Run the synthetic E-TEM microscope (writes files with a manifest, or sends frames)."""
     if (out_dir is None) == (zmq is None):
@@ -580,7 +583,8 @@ def simulate(
             err.print(f"simulated {done[0]} …")
 
     kwargs: dict[str, Any] = {"out": out_dir, "zmq": zmq, "frames": frames, "fps": fps, "seed": seed,
-                              "inject_bad": inject_bad, "config": config, "on_frame": progress}
+                              "inject_bad": inject_bad, "config": config, "on_frame": progress,
+                              "script": script}
     if modes:
         kwargs["modes"] = tuple(m.strip() for m in modes.split(",") if m.strip())
     try:
@@ -744,6 +748,9 @@ def analyze(
                         disable=len(files) < 2)
     progress.start()
     task = progress.add_task("analyze", total=len(files))
+    from emstream.process.quality import QualityMonitor
+
+    quality = QualityMonitor()  # the files in the order given, judged as one session
     for path in files:
         progress.update(task, advance=1, description=path.name[:40])
         key = path.name if names.count(path.name) == 1 else str(path)
@@ -769,6 +776,10 @@ def analyze(
                 result[fkey] = {"error": problem}
                 err.print(f"[yellow]{fkey}:[/] {problem}")
                 continue
+            judged = quality.judge(frame.pixels, res.valid, particles=res.summary.count)
+            res.state, res.quality = judged.state, judged.quality
+            if res.state != "ok":
+                err.print(f"[yellow]{fkey}:[/] frame state {res.state}")
             res.seg_flag = confidence_flag(res.confidence)
             if res.seg_flag:
                 err.print(f"[yellow]{fkey}:[/] {res.seg_flag}: check its particles")
@@ -815,6 +826,8 @@ def frame_json(res: Any) -> dict[str, Any]:
         "confidence": _clean(res.confidence),
         "segmentation_scale": _clean(res.seg_scale),
         "flag": res.seg_flag,
+        "state": res.state,
+        "quality": {k: _clean(v) for k, v in (res.quality or {}).items()},
         "summary": {k: _clean(v) for k, v in s.as_dict().items()},
         "particles": particles,
     }

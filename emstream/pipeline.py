@@ -352,6 +352,9 @@ class Pipeline:
         self.error: BaseException | None = None
         self._tracking = tracking
         self._sink_trouble: set[str] = set()
+        self._quality: Any = None
+        self._state_alerts: Any = None
+        self._last_drift: tuple[float, float] | None = None
         self._tracker: Any = None
         self._track_shape: tuple[int, ...] | None = None
 
@@ -628,10 +631,17 @@ class Pipeline:
         """Rules (in seq order), count, notify, and hand the record and its alerts to every sink."""
         alerts: list[Alert] = []
         res = record.result
+        track_events, summaries = [], []
         if res is not None and record.status == "ok":
+            # tracking (drift) and the frame's state first: rules look at both
+            if self._tracking is not False:
+                track_events, summaries = self._track(res)
+            alerts += self._judge_frame(res)
             t3 = time.perf_counter()
-            alerts = list(self._seg_check.check(res, time.time()))
+            alerts += list(self._seg_check.check(res, time.time()))
             alerts += self._evaluate_rules(res)
+            if self._tracking is not False:
+                alerts += self._evaluate_track_rules(res, track_events, summaries)
             res.timings_ms["rules"] = (time.perf_counter() - t3) * 1e3
             res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["rules"]
             res.t_done = time.time()
@@ -640,10 +650,6 @@ class Pipeline:
                 alerts += list(self.watchdog.on_frame(record, time.time()))
             except Exception:
                 log.exception("watchdog failed")
-        track_events, summaries = [], []
-        if res is not None and record.status == "ok" and self._tracking is not False:
-            track_events, summaries = self._track(res)
-            alerts += self._evaluate_track_rules(res, track_events, summaries)
         with self._lock:
             st = self._stats
             if record.status == "ok":
@@ -691,6 +697,29 @@ class Pipeline:
                 fn(record)
             except Exception:  # noqa: BLE001
                 log.exception("listener failed")
+
+    # ------------------------------------------------------------------ frame state
+    def _judge_frame(self, res: FrameResult) -> list[Alert]:
+        """The frame's state (``process.quality``), in seq order, and the built-in alerts."""
+        from emstream.process.quality import QualityMonitor, StateAlerts
+
+        try:
+            t0 = time.perf_counter()
+            if self._quality is None:
+                self._quality, self._state_alerts = QualityMonitor(), StateAlerts()
+            step = None
+            if res.drift_px is not None and self._last_drift is not None:
+                step = (res.drift_px[0] - self._last_drift[0], res.drift_px[1] - self._last_drift[1])
+            self._last_drift = res.drift_px
+            fq = self._quality.judge(res.frame.pixels, res.valid, particles=res.summary.count,
+                                     drift_step_px=step)
+            res.state, res.quality = fq.state, fq.quality
+            res.timings_ms["quality"] = (time.perf_counter() - t0) * 1e3
+            res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["quality"]
+            return self._state_alerts.check(res.seq, res.state, res.quality, res.frame.t_acq)
+        except Exception:
+            log.exception("frame state failed on frame %s", res.seq)
+            return []
 
     # ------------------------------------------------------------------ tracking
     def _new_tracker(self, resume: bool) -> Any:

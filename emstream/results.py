@@ -112,6 +112,9 @@ class FrameResult:
     track_ids: np.ndarray | None = None
     #: cumulative stage drift since the session's first frame, px (y, x); ``None``: not tracked
     drift_px: tuple[float, float] | None = None
+    #: can the frame be trusted (``process.quality.STATES``), and the figures behind it
+    state: str = "ok"
+    quality: dict[str, Any] | None = None
 
     @property
     def seq(self) -> int:

@@ -234,7 +234,9 @@ def test_rules_and_watchdog_alerts_reach_ledger(tmp_path):
     assert dog.frames == 2
     assert [a.seq for a in col.alerts if a.rule == "has particles"] == [0, 1]
     con = connect_readonly(tmp_path)
-    names = [r[0] for r in con.execute("SELECT name FROM alerts WHERE seq IS NOT NULL ORDER BY seq")]
+    # (unrelated test images are each a "moved" field: that built-in alert is not the subject)
+    names = [r[0] for r in con.execute("SELECT name FROM alerts WHERE seq IS NOT NULL AND "
+                                       "name != 'field moved' ORDER BY seq")]
     assert names == ["has particles", "has particles"]
     assert con.execute("SELECT COUNT(*) FROM alerts WHERE name='tick'").fetchone()[0] >= 1
 
@@ -288,7 +290,7 @@ def test_parallel_workers_deliver_in_seq_order(tmp_path):
     p.run()
     assert [r.seq for r in col.records] == list(range(13))
     assert rule.seen == [s for s in range(13) if s != 5]
-    assert [a.seq for a in col.alerts] == rule.seen
+    assert [a.seq for a in col.alerts if a.rule != "field moved"] == rule.seen
     assert p.stats.processed == 12 and p.stats.quarantined == 1
 
 
@@ -359,7 +361,8 @@ def test_a_collapsed_low_confidence_frame_is_flagged_alerted_and_recorded(tmp_pa
     p.run()
     flagged = [r.seq for r in col.records if r.result.seg_flag]
     assert flagged == [5]
-    assert [(a.rule, a.seq) for a in col.alerts] == [("segmentation doubtful", 5)]
+    assert [(a.rule, a.seq) for a in col.alerts if a.rule != "field moved"] == [
+        ("segmentation doubtful", 5)]
     assert p.stats.flagged == 1 and "frame 5" in p.stats.last_flag
     con = connect_readonly(tmp_path)
     rows = {r["seq"]: dict(r) for r in con.execute("SELECT * FROM frames")}

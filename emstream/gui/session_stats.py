@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emstream.gui.trails import TrackHistory
+from emstream.process.quality import TRUSTED_STATES
 from emstream.process.stats import SizeHistogram
 from emstream.results import FrameRecord, FrameResult, ParticleTable
 
@@ -177,6 +178,8 @@ class SessionStatistics:
         # as in the frame summary, the report and the rules
         cut = np.asarray(p.get("touches_border", np.zeros(d.size, bool)), bool)
         keep = ~cut if cut.shape == d.shape else np.ones(d.size, bool)
+        if (getattr(result, "state", "ok") or "ok") not in TRUSTED_STATES:
+            keep[:] = False  # a defocused / dark / saturated frame: no sizes from it
         d = d[keep & np.isfinite(d)]
         median = float(np.median(d)) if len(d) else math.nan
         mean = float(np.mean(d)) if len(d) else math.nan

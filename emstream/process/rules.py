@@ -68,6 +68,12 @@ Semantics
 * ``events.kind`` with ``events.count`` (default ``[1, inf]``) and ``events.window_s`` (default
   0: the events the frame brought): the frame matches when the number of tracking events of that
   kind dated within the window before the frame is in the range.
+* Frames that cannot be trusted (``process.quality``: out of focus, beam off, saturated ...;
+  every state but ``ok`` and ``moved``) are left out: a rule neither fires nor clears on them,
+  and they do not enter the baseline — unless the rule names ``frame.state = [...]``, which then
+  fires on frames in those states only. The quality figures are ``frame.<name>`` ranges too
+  (``focus_ratio``, ``dose``, ``dose_ratio``, ``saturated_share``, ``anisotropy``,
+  ``drift_step_px`` ...).
 * A rule has conditions of one family: particles/frame, tracks, or events. All rules share the
   ``for_frames`` / ``clear_frames`` / ``cooldown_s`` state machine.
 * Units: columns ending in ``_nm`` / ``_nm2`` and frame diameter statistics are in nm only on
@@ -90,6 +96,7 @@ from typing import Any
 import numpy as np
 
 from emstream.errors import ConfigError
+from emstream.process.quality import QUALITY_FIELDS, STATES, TRUSTED_STATES
 from emstream.results import PARTICLE_COLUMNS, Alert, FrameResult, ParticleTable
 
 if sys.version_info >= (3, 11):
@@ -136,6 +143,7 @@ FRAME_FIELDS: tuple[str, ...] = (
     *_SUMMARY_FIELDS,
     "lag_s",
     *(f"{f}{_CHANGE_SUFFIX}" for f in _SUMMARY_FIELDS),
+    *QUALITY_FIELDS,
 )
 
 #: Every ``tracks.<field>`` a rule may use -> the ``TrackSummary`` attribute it reads
@@ -213,6 +221,7 @@ class Rule:
     enabled: bool = True
     line: int = 0  # line of the rule's [[rules]] header in its file
     tracks: Mapping[str, Range] = field(default_factory=dict)
+    states: tuple[str, ...] = ()  # frame.state: fires on frames in these states only
     event_kind: str | None = None
     event_count: Range = Range(1.0, math.inf)
     event_window_s: float = 0.0
@@ -232,6 +241,8 @@ class Rule:
     def describe(self) -> str:
         parts = [f"{c} {r}" for c, r in self.particles.items()]
         parts += [f"frame.{f} {r}" for f, r in self.frame.items()]
+        if self.states:
+            parts.append(f"frame state {' or '.join(self.states)}")
         parts += [f"tracks.{f} {r}" for f, r in self.tracks.items()]
         if self.event_kind:
             window = f" in {self.event_window_s:g} s" if self.event_window_s else ""
@@ -409,8 +420,17 @@ class _Validator:
         raw_f = raw.get("frame", {})
         if not isinstance(raw_f, dict):
             raise self.error(i, ("frame",), "must be a table of field = [lo, hi]")
+        states: tuple[str, ...] = ()
         for fname, spec in raw_f.items():
             key = fname.lower()
+            if key == "state":
+                spec = [spec] if isinstance(spec, str) else spec
+                if not isinstance(spec, list) or not spec or not all(
+                        isinstance(x, str) and x in STATES for x in spec):
+                    raise self.error(i, ("frame", fname),
+                                     f"must be a state or a list of them ({', '.join(STATES)})")
+                states = tuple(spec)
+                continue
             if key not in FRAME_FIELDS:
                 raise self.error(
                     i, ("frame", fname), f"unknown frame field{_suggest(key, FRAME_FIELDS)}"
@@ -443,7 +463,8 @@ class _Validator:
         if not _is_number(window) or not 0 <= window < math.inf:
             raise self.error(i, ("events", "window_s"),
                              f"must be a number of seconds ≥ 0, got {window!r}")
-        families = [n for n, v in (("particles/frame", particles or frame), ("tracks", tracks),
+        families = [n for n, v in (("particles/frame", particles or frame or states),
+                                   ("tracks", tracks),
                                    ("events", raw_e)) if v]
         if not families:
             raise self.error(i, (), "a rule needs at least one particles.*, frame.*, tracks.* "
@@ -515,6 +536,7 @@ class _Validator:
             enabled=enabled,
             line=self.line_of(i),
             tracks=tracks,
+            states=states,
             event_kind=event_kind,
             event_count=event_count,
             event_window_s=float(window),
@@ -663,6 +685,9 @@ class RuleEngine:
         s = result.summary
         values = {f: _as_float(getattr(s, f, math.nan)) for f in _SUMMARY_FIELDS}
         values["lag_s"] = _as_float(result.lag_s)
+        quality = getattr(result, "quality", None) or {}
+        for f in QUALITY_FIELDS:
+            values[f] = _as_float(quality.get(f, math.nan))
         unit = result.unit
         base_ready = (
             self._baseline_n >= self.ruleset.baseline_frames and self._baseline_unit == unit
@@ -717,14 +742,20 @@ class RuleEngine:
         t = _as_float(result.frame.t_acq)
         alerts: list[Alert] = []
         self.last = {}
+        state = getattr(result, "state", "ok") or "ok"
         for rule in self.rules:
             if not rule.enabled or rule.on_tracks:
                 continue
+            if not rule.states and state not in TRUSTED_STATES:
+                continue  # an untrusted frame (defocused, beam off ...) neither fires nor clears
             m = self.match(rule, result, values)
+            if rule.states and state not in rule.states:
+                m = RuleMatch(False, m.particle_mask, m.count)
             self.last[rule.name] = m
             if self._step(rule, m.matched, t):
                 alerts.append(self._alert(rule, result, m, values, t))
-        self._update_baseline(result, values)
+        if state in TRUSTED_STATES:
+            self._update_baseline(result, values)
         return alerts
 
     # -- tracks and events ---------------------------------------------------------------------

@@ -19,7 +19,9 @@ Every message is two frames, ``[topic, json]``, both UTF-8. Subscribe to ``b"fra
      "summary": {"count": 42, "coverage": 0.13, "mean_diameter": 8.1, "std_diameter": 2.0,
                  "d10": 5.9, "d50": 7.8, "d90": 10.9, "min_diameter": 3.1, "max_diameter": 14.2},
      "matching": 2,                      # particles that match any particle rule (if rules given)
-     "timings_ms": {"prepare": 3.1, "segment": 40.2, "measure": 6.5}}
+     "timings_ms": {"prepare": 3.1, "segment": 40.2, "measure": 6.5},
+     "state": "ok",                      # process.quality: ok | out_of_focus | beam_off | ...
+     "quality": {"dose": 412.0, "focus_ratio": 0.98, ...}}   # the figures behind the state
 
 (``summary`` is ``null`` for quarantined / skipped frames.)
 
@@ -113,6 +115,8 @@ def frame_message(record: FrameRecord, matching: int | None = None) -> dict[str,
         "backend": res.backend if res is not None else None,
         "summary": res.summary.as_dict() if res is not None else None,
         "timings_ms": dict(res.timings_ms) if res is not None else {},
+        "state": res.state if res is not None else None,
+        "quality": dict(res.quality) if res is not None and res.quality else None,
     }
     if body["summary"] is not None:
         body["summary"].pop("unit", None)

@@ -39,6 +39,7 @@ import jinja2
 import numpy as np
 
 import emstream
+from emstream.process.quality import TRUSTED_STATES
 from emstream.process.rules import snapshot_name
 from emstream.sinks.base import replace_atomically
 from emstream.sinks.export import connect_ledger_readonly
@@ -75,6 +76,7 @@ def _load(session_dir: Path) -> dict[str, Any]:
         parts = con.execute(
             "SELECT p.seq, p.equivalent_diameter_nm, p.touches_border, f.unit, f.t_acq "
             "FROM particles p JOIN frames f ON f.seq = p.seq WHERE f.status = 'ok' "
+            f"AND (f.state IS NULL OR f.state IN ({', '.join(repr(s) for s in TRUSTED_STATES)})) "
             "ORDER BY p.seq"
         ).fetchall()
         per_frame = _rows(
@@ -435,6 +437,15 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         for f in frames
         if f["status"] == "quarantined"
     ]
+    by_state: dict[str, list[int]] = {}
+    for f in ok_frames:
+        by_state.setdefault(f.get("state") or "not judged", []).append(f["seq"])
+    frame_states = [
+        {"state": st, "n": len(seqs), "first": ", ".join(map(str, seqs[:8])) + (
+            " …" if len(seqs) > 8 else ""),
+         "used": "yes" if st in TRUSTED_STATES or st == "not judged" else "no"}
+        for st, seqs in sorted(by_state.items(), key=lambda kv: (kv[0] != "ok", -len(kv[1])))
+    ] if any(f.get("state") for f in ok_frames) else []
     flagged = [
         {"seq": f["seq"], "source": f["source"], "reason": f["seg_flag"],
          "count": f.get("count"), "confidence": _num(f.get("confidence"))}
@@ -545,6 +556,7 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "timeline_svg": timeline,
         "quarantined": quarantined,
         "flagged": flagged,
+        "frame_states": frame_states,
         "skipped": sorted(skipped.items(), key=lambda kv: -kv[1]),
         "calibration": calibration,
         "perf": perf,

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from emstream.results import PARTICLE_COLUMNS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Columns added since version 1 (``ALTER TABLE`` on a ledger from an older emstream, so a
 #: session recorded before them can be resumed): table -> [(column, type)].
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "frames": [("confidence", "REAL"), ("seg_scale", "REAL"), ("seg_flag", "TEXT"),
                ("drift_y_px", "REAL"), ("drift_x_px", "REAL"), ("drift_y_nm", "REAL"),
-               ("drift_x_nm", "REAL")],
+               ("drift_x_nm", "REAL"), ("state", "TEXT"), ("quality_json", "TEXT")],
     "particles": [("track_id", "INTEGER")],
     "files": [("content_hash", "TEXT")],
 }
@@ -94,6 +94,10 @@ CREATE TABLE IF NOT EXISTS frames (
   drift_x_px REAL,
   drift_y_nm REAL,                 -- the same in nm (NULL when uncalibrated)
   drift_x_nm REAL,
+  state TEXT,                      -- ok | out_of_focus | motion_blur | beam_off | underexposed |
+                                   -- saturated | empty | moved (process.quality); NULL: the
+                                   -- frame was not processed (quarantined, skipped)
+  quality_json TEXT,               -- the figures behind the state (focus, dose, saturation ...)
   UNIQUE (source, file_version)
 );
 CREATE TABLE IF NOT EXISTS particles (

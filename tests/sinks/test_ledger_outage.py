@@ -4,7 +4,6 @@ longer than the busy timeout, and a full disk. The monitor waits, says why, and 
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 
 import numpy as np

@@ -40,6 +40,7 @@ def run_simulate(
     mode: str = "bf",
     shape: tuple[int, int] = (1024, 1024),
     nm_per_px: float = 0.25,
+    script: str | None = None,
 ) -> Path | dict[str, Any]:
     """Run the simulated microscope into a folder (``out``) or a ZeroMQ endpoint (``zmq``).
 
@@ -58,6 +59,7 @@ def run_simulate(
     on_frame : progress callback with each manifest record.
     mode, shape, nm_per_px : imaging mode (``"bf"`` / ``"haadf"``), frame size and calibration
         of the default microscope (ignored when ``config`` is given).
+    script : scripted trouble, e.g. ``"defocus:40-59,blank:80-84,jump:100"`` (:mod:`.script`).
 
     Returns
     -------
@@ -76,7 +78,10 @@ def run_simulate(
         from .writers import write_session
 
         return write_session(out, frames=frames, fps=fps, seed=seed, modes=tuple(modes),
-                             inject_bad=inject_bad, stop=stop, config=config, on_frame=on_frame)
+                             inject_bad=inject_bad, stop=stop, config=config, on_frame=on_frame,
+                             script=script)
+    if script:
+        raise ValueError("--script is written into folders only (not sent over ZeroMQ yet)")
     from .stream import send_stream
 
     return send_stream(zmq, frames=frames, fps=fps, seed=seed, malformed=inject_bad, stop=stop,

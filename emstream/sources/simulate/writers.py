@@ -40,8 +40,9 @@ numbers its files after the first one's):
   ``write_mode``, ``nm_per_px``, ``imaging`` (``bf``/``haadf``), ``shape`` [h, w],
   ``status`` (``"ok"`` or ``"quarantined"``), ``defect`` (``null`` or the injected kind),
   ``particles`` (truth list, see :class:`.scene.SimFrame`), ``stage_offset_px`` [y, x] (the
-  accumulated stage drift) and ``events`` (coalescence / nucleation / dissolution with the
-  particle ids involved; :class:`.scene.SimFrame`). Particle ``id`` s persist across frames.
+  accumulated stage drift), ``events`` (coalescence / nucleation / dissolution with the
+  particle ids involved; :class:`.scene.SimFrame`) and ``state`` (the frame state a scripted
+  event should produce, ``ok`` otherwise: :mod:`.script`). Particle ``id`` s persist.
 - last line: ``{"kind": "end", "event": "end", "frames": good frames written, "bad_files": n,
   "stopped": bool, "t_end": ..., "seed": ..., "modes": [...]}``.
 """
@@ -62,6 +63,7 @@ import mrcfile
 import numpy as np
 import tifffile
 
+from . import script as script_mod
 from .scene import Microscope, SceneConfig, SimFrame
 
 __all__ = ["WRITE_MODES", "MANIFEST_NAME", "write_session", "tiff_bytes", "MrcStackWriter"]
@@ -207,6 +209,7 @@ def write_session(
     stack_size: int = 10,
     chunks: int = 4,
     on_frame: Callable[[dict[str, Any]], None] | None = None,
+    script: str | None = None,
 ) -> Path:
     """Simulate ``frames`` frames and write them into ``out_dir`` as acquisition software does.
 
@@ -239,6 +242,7 @@ def write_session(
         config = SceneConfig(fps=fps if fps > 0 else 2.0, ramp_frames=max(frames, 1))
     scope = Microscope(config, seed=seed)
     rng = np.random.default_rng([seed, 0xBAD])
+    events = script_mod.parse_script(script)  # scripted trouble (focus, beam, stage...)
     bad_at = _bad_schedule(frames, rng) if inject_bad else {}
     period = 1.0 / fps if fps > 0 else 0.0
     pause = min(0.5 * period, 1.0) / max(chunks, 1) if period else 0.0
@@ -265,7 +269,9 @@ def write_session(
                     break
             if stop.is_set():
                 break
+            script_mod.before_frame(events, scope, i)
             frame = scope.next_frame(t_acq=time.time())
+            expected_state = script_mod.apply(events, scope, frame, i)
             frame.seq += first
             mode = modes[i % len(modes)]
             rec: dict[str, Any] = {
@@ -275,6 +281,7 @@ def write_session(
                 "shape": list(frame.image.shape), "status": "ok", "defect": None,
                 "particles": frame.particles,
                 "stage_offset_px": list(frame.stage_offset_px), "events": frame.events,
+                "state": expected_state,
             }
             if mode == "mrc_stack":
                 if stack is None or stack.nz >= stack_size:

@@ -29,7 +29,8 @@ The figures (``quality`` dict):
 Thresholds are relative to the session: the reference is the median of the last ``window``
 frames that were ``ok`` (the first ``warmup`` frames only build it, and are judged on the absolute
 figures: saturation, structure). A session that starts defocused therefore takes its defocus as
-the reference — the state says "changed", which is what the operator needs to know.
+the reference — the state says "changed", which is what the operator needs to know. A ``moved``
+frame starts the reference again (a new field has its own detail and density).
 """
 
 from __future__ import annotations
@@ -211,7 +212,10 @@ class QualityMonitor:
             state = "motion_blur"  # detail lost along one direction, kept across it
         elif ready and q["focus_ratio"] < s.focus_ratio:
             state = "out_of_focus"  # detail lost all round
-        if state == "ok":
+        if state == "moved":  # a new field: its own reference, built again from here
+            for d in (self._dose, self._focus, self._aniso, self._structure, self._sharpest):
+                d.clear()
+        if state in ("ok", "moved"):
             self._dose.append(q["dose"])
             self._focus.append(q["focus"])
             self._aniso.append(q["anisotropy"])

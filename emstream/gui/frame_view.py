@@ -532,6 +532,11 @@ class FrameView(QtWidgets.QWidget):
             conf = f" · confidence {r.confidence:.2f}"
         if getattr(r, "seg_flag", None):
             conf += f" · <span style='color:{theme.WARN}'>⚠ doubtful segmentation</span>"
+        state = getattr(r, "state", "ok") or "ok"
+        if state != "ok":  # the frame's state (process.quality): left out of the statistics
+            left_out = "" if state == "moved" else ", not in the statistics"
+            conf += (f" · <span style='color:{theme.WARN}'>⚠ {state.replace('_', ' ')}"
+                     f"{left_out}</span>")
         self.caption.setText(
             f"<b>Frame #{r.seq}</b> · acquired {ts} · {w}×{h} px · {calib} · "
             f"<b>{n}</b> particles{tgt} · {r.backend}{conf}"

@@ -750,7 +750,6 @@ def analyze(
     task = progress.add_task("analyze", total=len(files))
     from emstream.process.quality import QualityMonitor
 
-    quality = QualityMonitor()  # the files in the order given, judged as one session
     for path in files:
         progress.update(task, advance=1, description=path.name[:40])
         key = path.name if names.count(path.name) == 1 else str(path)
@@ -776,7 +775,9 @@ def analyze(
                 result[fkey] = {"error": problem}
                 err.print(f"[yellow]{fkey}:[/] {problem}")
                 continue
-            judged = quality.judge(frame.pixels, res.valid, particles=res.summary.count)
+            # files are not a session: each is judged on its own (saturation, an empty field);
+            # focus and dose are judged against a session, in watch / listen
+            judged = QualityMonitor().judge(frame.pixels, res.valid, particles=res.summary.count)
             res.state, res.quality = judged.state, judged.quality
             if res.state != "ok":
                 err.print(f"[yellow]{fkey}:[/] frame state {res.state}")

@@ -16,7 +16,8 @@ The figures (``quality`` dict):
 
 - ``dose``: mean counts per pixel over the valid area; ``dose_ratio`` to the session's;
 - ``saturated_share``: valid pixels at the ceiling (the dtype's maximum for integer frames, or
-  the frame's maximum when more than 1 % of the pixels share it);
+  the frame's maximum when more than 1 % of the pixels share it; 0 for 8-bit files, which are
+  exports whose white is a contrast stretch);
 - ``focus``: noise-corrected power spectrum of the binned frame: power in the fine band (0.12–0.3
   cycles/px) over power in the coarse band (0.02–0.08), each minus the white shot-noise floor
   measured at the highest frequencies — so the figure follows the detail the specimen shows, not
@@ -159,7 +160,11 @@ def measure_quality(image: np.ndarray, valid: np.ndarray | None = None) -> dict[
     img = np.asarray(image)
     n_valid = int(valid.sum()) if valid is not None and valid.shape == img.shape else img.size
     # (burned-in bars are never at the detector's ceiling: the whole frame is counted, no copy)
-    if np.issubdtype(img.dtype, np.integer):
+    if img.dtype == np.uint8:
+        # an 8-bit file is an export (PNG, JPEG, a figure): its white is the contrast stretch,
+        # not the detector's ceiling
+        share = 0.0
+    elif np.issubdtype(img.dtype, np.integer):
         share = float(np.count_nonzero(img >= np.iinfo(img.dtype).max)) / max(n_valid, 1)
     else:
         top = float(img.max()) if img.size else 0.0

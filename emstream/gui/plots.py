@@ -325,6 +325,11 @@ class TrendsPanel(QtWidgets.QWidget):
         for item in self.event_marks.values():
             self.plots[0].addItem(item)
         self.n_events = 0
+        # frames left out of the statistics (out of focus, beam off ...): marks on the D50 plot
+        self.state_marks = pg.ScatterPlotItem(symbol="x", size=8, pen=pg.mkPen(theme.WARN),
+                                              brush=theme.WARN, name="frame not ok")
+        self.plots[1].addItem(self.state_marks)
+        self.n_untrusted = 0
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addWidget(self.glw)
@@ -345,6 +350,15 @@ class TrendsPanel(QtWidgets.QWidget):
         if unit != getattr(self, "_drift_unit", None):
             self._drift_unit = unit
             self.plots[3].setLabel("left", f"drift {unit}", **_label_style())
+        bad = self.stats.untrusted_snapshot()
+        self.n_untrusted = len(bad)
+        med = t["median_diameter"][order]
+        if bad and x.size and np.isfinite(med).any():
+            tb = np.array([b[0] for b in bad], float)
+            floor = float(np.nanmin(med))
+            self.state_marks.setData(tb, np.full(tb.size, floor))
+        else:
+            self.state_marks.setData([], [])
         events = self.stats.event_snapshot()
         self.n_events = len(events)
         counts = t["count"][order]

@@ -154,6 +154,8 @@ class SessionStatistics:
         self.tracks = TrackHistory()
         #: tracking events as (t_acq, kind), the most recent ones
         self.events: deque[tuple[float, str]] = deque(maxlen=2000)
+        #: frames left out of the statistics as (t_acq, state), the most recent ones
+        self.untrusted: deque[tuple[float, str]] = deque(maxlen=2000)
 
     # -- writers (pipeline threads) ----------------------------------------------------------
     def account(self, record: FrameRecord) -> bool:
@@ -178,8 +180,11 @@ class SessionStatistics:
         # as in the frame summary, the report and the rules
         cut = np.asarray(p.get("touches_border", np.zeros(d.size, bool)), bool)
         keep = ~cut if cut.shape == d.shape else np.ones(d.size, bool)
-        if (getattr(result, "state", "ok") or "ok") not in TRUSTED_STATES:
+        state = getattr(result, "state", "ok") or "ok"
+        if state not in TRUSTED_STATES:
             keep[:] = False  # a defocused / dark / saturated frame: no sizes from it
+            with self._lock:
+                self.untrusted.append((float(result.frame.t_acq), state))
         d = d[keep & np.isfinite(d)]
         median = float(np.median(d)) if len(d) else math.nan
         mean = float(np.mean(d)) if len(d) else math.nan
@@ -229,6 +234,10 @@ class SessionStatistics:
     def event_snapshot(self) -> list[tuple[float, str]]:
         with self._lock:
             return list(self.events)
+
+    def untrusted_snapshot(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.untrusted)
 
     def add_history(
         self,

@@ -240,3 +240,22 @@ def test_demo_falls_back_to_the_terminal_view_when_the_window_cannot_start(tmp_p
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "showing the terminal view instead" in " ".join(p.stderr.split())
+
+
+def test_untrusted_frames_are_marked_on_the_trends_not_sized(qtbot):
+    """Issue 22: a defocused frame is counted, marked on the trends, and left out of sizes."""
+    from emstream.gui.plots import TrendsPanel
+
+    rng = np.random.default_rng(4)
+    s = SessionStatistics()
+    good, bad = make_result(rng, 0, shape=(64, 64), n=5), make_result(rng, 1, shape=(64, 64), n=5)
+    bad.state = "out_of_focus"
+    s.add_result(good)
+    before = s.histogram_snapshot("equivalent_diameter_nm")[0].sum()
+    s.add_result(bad)
+    assert s.histogram_snapshot("equivalent_diameter_nm")[0].sum() == before
+    assert s.counts()["frames_ok"] == 2
+    panel = TrendsPanel(s)
+    qtbot.addWidget(panel)
+    panel.refresh()
+    assert panel.n_untrusted == 1 and s.untrusted_snapshot()[0][1] == "out_of_focus"

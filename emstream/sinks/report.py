@@ -358,16 +358,20 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
         )
         same_unit = np.array([f.get("unit") == unit for f in ok_frames])
         d10, d50, d90 = (np.where(same_unit, col(c), np.nan) for c in ("d10", "d50", "d90"))
+        # frames left out of the statistics (out of focus, beam off ...): orange lines
+        state_marks = [((f["t_acq"] - t0) / tscale, "#e07b00") for f in ok_frames
+                       if f.get("state") and f["state"] not in TRUSTED_STATES
+                       and f.get("t_acq") is not None]
         trend_svgs.append(
             (
-                f"Size over time (D50, D10–D90 band, {unit})",
+                f"Size over time (D50, D10–D90 band, {unit}); orange: frames not in the statistics",
                 timeseries_svg(
                     ft,
                     [("D50", d50, "#0b6e4f")],
                     xlabel=xl,
                     ylabel=f"diameter ({unit})",
                     band=(d10, d90, "#0b6e4f"),
-                    events=alert_marks,
+                    events=[*alert_marks, *state_marks[:500]],
                 ),
             )
         )

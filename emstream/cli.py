@@ -838,8 +838,18 @@ def frame_json(res: Any) -> dict[str, Any]:
 def report(
     session: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Session folder.")],
     imagej: Annotated[bool, typer.Option("--imagej", help="CSV with ImageJ column headers.")] = False,
+    include_states: Annotated[str, typer.Option(
+        "--include-states", help="Frame states whose particles the size statistics use "
+        "(comma-separated; default ok,moved).")] = "ok,moved",
 ) -> None:
     """Write the HTML report and the CSV/Parquet exports of a session."""
+    from emstream.process.quality import STATES
+
+    wanted = tuple(x.strip() for x in include_states.split(",") if x.strip())
+    bad = [x for x in wanted if x not in STATES]
+    if bad or not wanted:
+        raise _fail(f"--include-states: unknown state(s) {', '.join(bad) or '(none given)'}; "
+                    f"states are {', '.join(STATES)}", 2)
     from emstream.sinks.export import export_session
     from emstream.sinks.ledger import ledger_path
     from emstream.sinks.report import write_report
@@ -847,7 +857,7 @@ def report(
     if not ledger_path(session).exists():
         raise _fail(f"{session} is not a session folder (no ledger.sqlite)", 2)
     try:
-        out.print(f"report: {write_report(session)}")
+        out.print(f"report: {write_report(session, wanted)}")
         for p in export_session(session, imagej=imagej):
             out.print(f"export: {p}")
     except EmstreamError as exc:

@@ -102,3 +102,15 @@ def test_scripted_states_reach_the_ledger_and_gate_the_statistics(scripted, tmp_
                     for k in trusted)
     assert rep["size"]["n"] <= n_trusted
     assert {r["state"] for r in rep["frame_states"]} == set(want)
+
+
+def test_report_can_include_other_states(scripted, tmp_path):
+    from emstream.cli import main
+
+    Pipeline(Source(scripted), Truth(scripted), [Ledger(tmp_path)],
+             session=Session(tmp_path, "sim", "truth")).run()
+    default = collect(tmp_path)["size"]["n"]
+    wider = collect(tmp_path, ("ok", "moved", "out_of_focus"))["size"]["n"]
+    assert wider > default
+    assert main(["report", str(tmp_path), "--include-states", "ok,defocused"]) == 2
+    assert main(["report", str(tmp_path), "--include-states", "ok,moved,out_of_focus"]) == 0

@@ -64,7 +64,7 @@ def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
         return []
 
 
-def _load(session_dir: Path) -> dict[str, Any]:
+def _load(session_dir: Path, include_states: tuple[str, ...] = TRUSTED_STATES) -> dict[str, Any]:
     with closing(connect_ledger_readonly(session_dir)) as con:
         facts = {}
         for r in _rows(con, "SELECT key, value FROM session"):
@@ -76,7 +76,7 @@ def _load(session_dir: Path) -> dict[str, Any]:
         parts = con.execute(
             "SELECT p.seq, p.equivalent_diameter_nm, p.touches_border, f.unit, f.t_acq "
             "FROM particles p JOIN frames f ON f.seq = p.seq WHERE f.status = 'ok' "
-            f"AND (f.state IS NULL OR f.state IN ({', '.join(repr(s) for s in TRUSTED_STATES)})) "
+            f"AND (f.state IS NULL OR f.state IN ({', '.join(repr(s) for s in include_states)})) "
             "ORDER BY p.seq"
         ).fetchall()
         per_frame = _rows(
@@ -255,10 +255,11 @@ def _snapshot_file(session_dir: Path, alert: dict[str, Any]) -> Path | None:
     return None
 
 
-def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def collect(session_dir: str | os.PathLike[str],
+            include_states: tuple[str, ...] = TRUSTED_STATES) -> dict[str, Any]:
     """Everything the report shows, as plain values (also handy for tests and other formats)."""
     session_dir = Path(session_dir)
-    data = _load(session_dir)
+    data = _load(session_dir, tuple(include_states))
     facts, config, frames = data["facts"], data["config"], data["frames"]
     P = data["particles"]
 
@@ -447,7 +448,7 @@ def collect(session_dir: str | os.PathLike[str]) -> dict[str, Any]:
     frame_states = [
         {"state": st, "n": len(seqs), "first": ", ".join(map(str, seqs[:8])) + (
             " …" if len(seqs) > 8 else ""),
-         "used": "yes" if st in TRUSTED_STATES or st == "not judged" else "no"}
+         "used": "yes" if st in include_states or st == "not judged" else "no"}
         for st, seqs in sorted(by_state.items(), key=lambda kv: (kv[0] != "ok", -len(kv[1])))
     ] if any(f.get("state") for f in ok_frames) else []
     flagged = [
@@ -685,7 +686,8 @@ def _kinetics_section(data: dict[str, Any], ok_frames: list[dict[str, Any]], uni
     return {"svgs": svgs, "rows": rows, "events": recent, "n_events": len(ev_data)}
 
 
-def render_report(session_dir: str | os.PathLike[str]) -> str:
+def render_report(session_dir: str | os.PathLike[str],
+                  include_states: tuple[str, ...] = TRUSTED_STATES) -> str:
     """The report's HTML text."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
@@ -693,13 +695,14 @@ def render_report(session_dir: str | os.PathLike[str]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return env.get_template("report.html.j2").render(**collect(session_dir))
+    return env.get_template("report.html.j2").render(**collect(session_dir, include_states))
 
 
-def write_report(session_dir: str | os.PathLike[str]) -> Path:
+def write_report(session_dir: str | os.PathLike[str],
+                 include_states: tuple[str, ...] = TRUSTED_STATES) -> Path:
     """Write ``SESSION/report.html`` atomically and return its path."""
     session_dir = Path(session_dir)
-    html = render_report(session_dir)
+    html = render_report(session_dir, include_states)
     out = session_dir / REPORT_NAME
     fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_NAME}.", suffix=".tmp", dir=session_dir)
     try:

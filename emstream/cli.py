@@ -748,7 +748,7 @@ def analyze(
                         disable=len(files) < 2)
     progress.start()
     task = progress.add_task("analyze", total=len(files))
-    from emstream.process.quality import QualityMonitor
+    from emstream.process.quality import QualityMonitor, scene_of
 
     for path in files:
         progress.update(task, advance=1, description=path.name[:40])
@@ -779,6 +779,10 @@ def analyze(
             # focus and dose are judged against a session, in watch / listen
             judged = QualityMonitor().judge(frame.pixels, res.valid, particles=res.summary.count)
             res.state, res.quality = judged.state, judged.quality
+            res.quality["scene"] = scene_of(res.particles, res.summary.coverage)
+            if res.quality["scene"] != "particles":
+                err.print(f"[yellow]{fkey}:[/] shows {res.quality['scene']}, not separable "
+                          "particles: its sizes are not particle sizes")
             if res.state != "ok":
                 err.print(f"[yellow]{fkey}:[/] frame state {res.state}")
             res.seg_flag = confidence_flag(res.confidence)

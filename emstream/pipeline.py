@@ -714,6 +714,9 @@ class Pipeline:
             fq = self._quality.judge(res.frame.pixels, res.valid, particles=res.summary.count,
                                      drift_step_px=step)
             res.state, res.quality = fq.state, fq.quality
+            from emstream.process.quality import scene_of
+
+            res.quality["scene"] = scene_of(res.particles, res.summary.coverage)
             res.timings_ms["quality"] = (time.perf_counter() - t0) * 1e3
             res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["quality"]
             return self._state_alerts.check(res.seq, res.state, res.quality, res.frame.t_acq)

@@ -280,3 +280,31 @@ class StateAlerts:
                                  "leave such frames out", t=t, builtin=True,
                                  actions=["banner", "log", "publish"]))
         return out
+
+
+#: what a frame shows, from the measured morphology of what was segmented
+SCENES = ("particles", "rods", "film", "aggregates", "none")
+
+
+def scene_of(particles: dict[str, np.ndarray], coverage: float) -> str:
+    """``particles`` (separable particles: sizes mean something), ``rods`` (most of the area in
+    objects longer than 3x their width: wires, rods — their "diameter" is not a size),
+    ``film`` (one connected object covers most of the field: a continuous film or support),
+    ``aggregates`` (most of the area in large, ragged objects, solidity < 0.7: clusters that do
+    not split into particles) or ``none`` (nothing segmented). From the particle table of the
+    frame and its coverage (0..1)."""
+    area = np.asarray(particles.get("area_px", np.zeros(0)), float)
+    if area.size == 0 or area.sum() <= 0:
+        return "none"
+    total = float(area.sum())
+    if coverage > 0.5 and float(area.max()) > 0.6 * total:
+        return "film"
+    ar = np.asarray(particles.get("aspect_ratio", np.ones(area.size)), float)
+    if float(area[np.nan_to_num(ar, nan=1.0) > 3.0].sum()) > 0.5 * total:
+        return "rods"
+    sol = np.asarray(particles.get("solidity", np.ones(area.size)), float)
+    big = area > 10 * float(np.median(area))
+    if area.size >= 2 and float(area[big & (np.nan_to_num(sol, nan=1.0) < 0.7)].sum()) > \
+            0.5 * total:
+        return "aggregates"
+    return "particles"

@@ -67,3 +67,22 @@ def test_script_is_validated():
     with pytest.raises(ValueError, match="N <= M"):
         script.parse_script("defocus:9-3")
     assert script.state_at(script.parse_script("blank:2-3"), 3) == "beam_off"
+
+
+def _table(areas, aspect=None, solidity=None):
+    n = len(areas)
+    return {"area_px": np.asarray(areas, float),
+            "aspect_ratio": np.asarray(aspect if aspect is not None else [1.2] * n, float),
+            "solidity": np.asarray(solidity if solidity is not None else [0.95] * n, float)}
+
+
+def test_scene_says_what_the_frame_shows():
+    """Issue 22 item 5: rods, a film, aggregates or nothing are named, not counted as particles."""
+    from emstream.process.quality import scene_of
+
+    assert scene_of(_table([]), 0.0) == "none"
+    assert scene_of(_table([50, 60, 70, 55]), 0.1) == "particles"
+    assert scene_of(_table([400, 380, 30], aspect=[6, 5, 1.1]), 0.1) == "rods"
+    assert scene_of(_table([90000, 40, 30]), 0.8) == "film"
+    assert scene_of(_table([5000, 4000, 50, 60, 40], solidity=[0.4, 0.5, 0.9, 0.9, 0.9]),
+                    0.3) == "aggregates"

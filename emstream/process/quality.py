@@ -10,7 +10,7 @@ session's: raw counts include the detector offset),
 almost no structure above the noise: vacuum, a hole), ``out_of_focus`` (the share of signal power
 at fine detail fell below 55 % of the session's in-focus frames), ``motion_blur`` (fine detail
 lost along one direction only), ``moved`` (the field jumped: a drift step over a fifth of the
-frame, or one the frame-to-frame registration could not find).
+frame).
 
 The figures (``quality`` dict):
 
@@ -187,14 +187,13 @@ class QualityMonitor:
         self._aniso: deque[float] = deque(maxlen=s.window)
         self._structure: deque[float] = deque(maxlen=s.window)
         self._sharpest: deque[float] = deque(maxlen=s.window)
-        self._seen = 0
 
     def judge(self, image: np.ndarray, valid: np.ndarray | None = None, *, particles: int = -1,
-              drift_step_px: tuple[float, float] | None = None,
-              drift_method: str | None = None) -> FrameQuality:
+              drift_step_px: tuple[float, float] | None = None) -> FrameQuality:
+        """The frame's state and figures; ``particles``: how many were segmented (-1: not
+        known), ``drift_step_px``: the stage drift since the frame before (tracker)."""
         s = self.settings
         q = measure_quality(image, valid)
-        self._seen += 1
         ready = len(self._dose) >= s.warmup
         ref = {k: float(np.median(d)) for k, d in (("dose", self._dose), ("focus", self._focus),
                                                     ("anisotropy", self._aniso),

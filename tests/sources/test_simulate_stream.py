@@ -128,10 +128,14 @@ def test_non_loopback_is_refused_by_default():
 
 def test_run_simulate_over_zmq():
     """``emstream simulate --zmq`` path: the simulator binds, a listener connects."""
+    import socket
+
     ctx = zmq.Context.instance()
-    probe = ctx.socket(zmq.PULL)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)
+    # a free port from the OS (a plain socket closes at once; a ZeroMQ one closes in its I/O
+    # thread, and the simulator's bind could find the port still taken)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     box: dict = {}
     th = threading.Thread(target=lambda: box.setdefault("r", run_simulate(
         zmq=f"tcp://127.0.0.1:{port}", frames=3, fps=50, seed=2, config=_config())),

@@ -614,8 +614,17 @@ def demo(
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
     workers: WorkersOpt = None,
+    script: Annotated[str | None, typer.Option(
+        help="Scripted trouble for the simulated microscope, e.g. defocus:40-59,blank:80-84 "
+             "(see simulate --script).")] = None,
 ) -> None:
     """Simulated microscope + folder monitor in one process, with a live view."""
+    from emstream.sources.simulate.script import parse_script
+
+    try:
+        parse_script(script)
+    except ValueError as exc:
+        raise _fail(f"--script: {exc}", 2) from exc
     from emstream.sources.folder import FolderSource
     from emstream.sources.simulate.scene import SceneConfig
     from emstream.sources.simulate.writers import write_session
@@ -633,7 +642,8 @@ def demo(
     def simulate_thread() -> None:
         try:
             write_session(acq, frames=frames, fps=fps, seed=seed, stop=stop, inject_bad=inject_bad,
-                          config=SceneConfig(shape=(size, size), fps=fps, ramp_frames=frames))
+                          config=SceneConfig(shape=(size, size), fps=fps, ramp_frames=frames),
+                          script=script)
         except BaseException as exc:  # noqa: BLE001
             sim_error.append(exc)
 

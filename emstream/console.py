@@ -44,6 +44,9 @@ def stats_table(stats: Any, *, title: str = "emstream") -> Table:
     if getattr(stats, "flagged", 0):
         seg += f"   [yellow]{stats.flagged} flagged[/] ({stats.last_flag})"
     t.add_row("segmentation", seg)
+    if getattr(stats, "not_ok", 0):
+        t.add_row("frame state", f"[yellow]{stats.not_ok} not ok[/], left out of the statistics "
+                  f"({stats.last_state})")
     drift = getattr(stats, "drift", None)
     if drift is not None:
         ev = getattr(stats, "track_events", {}) or {}

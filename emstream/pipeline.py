@@ -32,6 +32,7 @@ import numpy as np
 
 from emstream.frame import Calibration, Frame
 from emstream.process.confidence import SegmentationCheck
+from emstream.process.quality import TRUSTED_STATES
 from emstream.results import Alert, Event, FrameRecord, FrameResult
 from emstream.sinks.base import Session, Sink
 from emstream.sources.base import READ_MS_KEY, TrackedRecord, drain_events, file_version_of
@@ -180,6 +181,10 @@ class PipelineStats:
     drift: tuple[float, float] | None = None
     #: tracking events so far, by kind
     track_events: dict[str, int] = field(default_factory=dict)
+    #: frames left out of the statistics (``process.quality``: out of focus, beam off ...)
+    not_ok: int = 0
+    #: the last such frame and its state
+    last_state: str = ""
 
     @property
     def terminal(self) -> int:
@@ -638,7 +643,8 @@ class Pipeline:
                 track_events, summaries = self._track(res)
             alerts += self._judge_frame(res)
             t3 = time.perf_counter()
-            alerts += list(self._seg_check.check(res, time.time()))
+            if res.state in TRUSTED_STATES:  # a dark or defocused frame is said once, by its state
+                alerts += list(self._seg_check.check(res, time.time()))
             alerts += self._evaluate_rules(res)
             if self._tracking is not False:
                 alerts += self._evaluate_track_rules(res, track_events, summaries)
@@ -670,6 +676,9 @@ class Pipeline:
                         st.drift = (res.drift_px[0] * sy, res.drift_px[1] * sx)
                     for ev in track_events:
                         st.track_events[ev.kind] = st.track_events.get(ev.kind, 0) + 1
+                    if res.state not in TRUSTED_STATES:
+                        st.not_ok += 1
+                        st.last_state = f"frame {res.seq}: {res.state.replace('_', ' ')}"
                     if res.seg_flag:
                         st.flagged += 1
                         st.last_flag = f"frame {res.seq}: {res.seg_flag}"

@@ -89,6 +89,7 @@ def test_scripted_states_reach_the_ledger_and_gate_the_statistics(scripted, tmp_
     con.close()
     want = [s for _, s in scripted]
     assert states == want
+    assert p.stats.not_ok == sum(s not in ("ok", "moved") for s in want)  # status bar, terminal
     names = [a[0] for a in alerts]
     for built_in in ("focus lost", "beam off", "field moved", "empty field"):
         assert built_in in names, names
@@ -114,3 +115,31 @@ def test_report_can_include_other_states(scripted, tmp_path):
     assert wider > default
     assert main(["report", str(tmp_path), "--include-states", "ok,defocused"]) == 2
     assert main(["report", str(tmp_path), "--include-states", "ok,moved,out_of_focus"]) == 0
+
+
+def test_demo_and_the_stream_take_a_script(tmp_path):
+    """Issue 22 item 6: scripted trouble in `emstream demo` and over ZeroMQ, in the manifest."""
+    import json
+    import threading
+
+    import zmq
+
+    from emstream.cli import main
+
+    assert main(["demo", "--script", "melt:3", "--headless"]) == 2
+    ctx = zmq.Context.instance()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    manifest = tmp_path / "m.jsonl"
+    from emstream.sources.simulate.stream import send_stream
+
+    t = threading.Thread(target=send_stream, args=(f"tcp://127.0.0.1:{port}",), kwargs=dict(
+        frames=6, fps=0, seed=1, bind=False, config=SceneConfig(shape=(128, 128)),
+        manifest=manifest, script="blank:2-3"), daemon=True)
+    t.start()
+    got = [pull.recv_multipart() for _ in range(6)]
+    t.join(20)
+    pull.close(linger=0)
+    states = [json.loads(x)["state"] for x in manifest.read_text().splitlines()
+              if json.loads(x).get("kind") == "frame"]
+    assert len(got) == 6 and states == ["ok", "ok", "beam_off", "beam_off", "ok", "ok"]

@@ -27,6 +27,8 @@ _FIELDS = (
     "confidence",
     "flagged",
     "last_flag",
+    "not_ok",
+    "last_state",
 )
 
 
@@ -59,6 +61,10 @@ def segmentation_text(d: Mapping[str, Any]) -> str:
     flagged = d.get("flagged") or 0
     if flagged:
         text += f" · <span style='color:{theme.WARN}'>{flagged:,} flagged</span>"
+    not_ok = d.get("not_ok") or 0
+    if not_ok:  # frames left out of the statistics by their state (process.quality)
+        text += (f" · <span style='color:{theme.WARN}'>{not_ok:,} not ok "
+                 f"({d.get('last_state') or ''})</span>")
     return text
 
 

@@ -259,3 +259,11 @@ def test_untrusted_frames_are_marked_on_the_trends_not_sized(qtbot):
     qtbot.addWidget(panel)
     panel.refresh()
     assert panel.n_untrusted == 1 and s.untrusted_snapshot()[0][1] == "out_of_focus"
+
+
+def test_status_bar_says_how_many_frames_were_not_ok():
+    from emstream.gui.status import segmentation_text
+
+    text = segmentation_text({"confidence": 0.9, "flagged": 0, "not_ok": 3,
+                              "last_state": "frame 12: out of focus"})
+    assert "3 not ok" in text and "frame 12: out of focus" in text

@@ -80,9 +80,7 @@ def run_simulate(
         return write_session(out, frames=frames, fps=fps, seed=seed, modes=tuple(modes),
                              inject_bad=inject_bad, stop=stop, config=config, on_frame=on_frame,
                              script=script)
-    if script:
-        raise ValueError("--script is written into folders only (not sent over ZeroMQ yet)")
     from .stream import send_stream
 
     return send_stream(zmq, frames=frames, fps=fps, seed=seed, malformed=inject_bad, stop=stop,
-                       config=config, on_frame=on_frame)
+                       config=config, on_frame=on_frame, script=script)

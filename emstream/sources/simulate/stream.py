@@ -43,6 +43,7 @@ import zmq
 from emstream.sources.protocol import encode_v1
 from emstream.sources.zmq import check_endpoint
 
+from . import script as script_mod
 from .scene import Microscope, SceneConfig
 
 __all__ = ["BAD_MESSAGES", "send_stream"]
@@ -113,6 +114,7 @@ def send_stream(
     on_frame: Callable[[dict[str, Any]], None] | None = None,
     linger_ms: int = 5000,
     context: zmq.Context | None = None,
+    script: str | None = None,
 ) -> dict[str, Any]:
     """Simulate ``frames`` frames and send them as emstream v1 messages.
 
@@ -182,6 +184,7 @@ def send_stream(
                 on_frame(rec)
 
         period = 1.0 / fps if fps > 0 else 0.0
+        events = script_mod.parse_script(script)  # scripted trouble (process.quality)
         t_start = time.monotonic()
         for i in range(frames):
             if period:
@@ -190,7 +193,9 @@ def send_stream(
                     break
             if stop.is_set():
                 break
+            script_mod.before_frame(events, scope, i)
             frame = scope.next_frame(t_acq=time.time())
+            expected_state = script_mod.apply(events, scope, frame, i)
             nm = frame.nm_per_px
             parts = encode_v1(frame.image, seq=frame.seq, series=series, t_acq=frame.t_acq,
                               pixel_size_nm=(nm, nm),
@@ -201,7 +206,8 @@ def send_stream(
             record({"kind": "frame", "series": series, "seq": frame.seq, "t_acq": frame.t_acq,
                     "nm_per_px": nm, "imaging": frame.mode, "shape": list(frame.image.shape),
                     "status": "ok", "defect": None, "particles": frame.particles,
-                    "stage_offset_px": list(frame.stage_offset_px), "events": frame.events})
+                    "stage_offset_px": list(frame.stage_offset_px), "events": frame.events,
+                    "state": expected_state})
             for kind in bad_at.get(i, []):
                 msg = _bad_message(kind, parts, frame.image, frame.seq, series, frame.t_acq, nm)
                 if not send(msg):

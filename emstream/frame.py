@@ -45,6 +45,11 @@ class Calibration:
         return "nm" if self.calibrated else "px"
 
     @property
+    def unit_per_px(self) -> tuple[float, float]:
+        """Size of a pixel (y, x) in :attr:`unit`: the pixel size in nm, or 1 uncalibrated."""
+        return self.nm_per_px if self.nm_per_px is not None else (1.0, 1.0)
+
+    @property
     def square(self) -> bool:
         if self.nm_per_px is None:
             return True

@@ -32,7 +32,7 @@ import numpy as np
 
 from emstream.frame import Calibration, Frame
 from emstream.process.confidence import SegmentationCheck
-from emstream.process.quality import TRUSTED_STATES
+from emstream.process.quality import TRUSTED_STATES, QualityMonitor, StateAlerts, scene_of
 from emstream.results import Alert, Event, FrameRecord, FrameResult
 from emstream.sinks.base import Session, Sink
 from emstream.sources.base import READ_MS_KEY, TrackedRecord, drain_events, file_version_of
@@ -670,10 +670,8 @@ class Pipeline:
                     st.backend = res.backend
                     st.confidence = (float("nan") if res.confidence is None
                                      else float(res.confidence))
-                    if res.drift_px is not None:
-                        cal = res.frame.calibration
-                        sy, sx = cal.nm_per_px if cal.nm_per_px else (1.0, 1.0)
-                        st.drift = (res.drift_px[0] * sy, res.drift_px[1] * sx)
+                    if res.drift is not None:
+                        st.drift = res.drift
                     for ev in track_events:
                         st.track_events[ev.kind] = st.track_events.get(ev.kind, 0) + 1
                     if res.state not in TRUSTED_STATES:
@@ -710,8 +708,6 @@ class Pipeline:
     # ------------------------------------------------------------------ frame state
     def _judge_frame(self, res: FrameResult) -> list[Alert]:
         """The frame's state (``process.quality``), in seq order, and the built-in alerts."""
-        from emstream.process.quality import QualityMonitor, StateAlerts
-
         try:
             t0 = time.perf_counter()
             if self._quality is None:
@@ -723,8 +719,6 @@ class Pipeline:
             fq = self._quality.judge(res.frame.pixels, res.valid, particles=res.summary.count,
                                      drift_step_px=step)
             res.state, res.quality = fq.state, fq.quality
-            from emstream.process.quality import scene_of
-
             res.quality["scene"] = scene_of(res.particles, res.summary.coverage)
             res.timings_ms["quality"] = (time.perf_counter() - t0) * 1e3
             res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["quality"]
@@ -768,8 +762,7 @@ class Pipeline:
                 summaries += self._tracker.finish(ended="lost")
                 self._tracker = self._new_tracker(resume=False)
             self._track_shape = shape
-            cal = res.frame.calibration
-            upp = float(np.mean(cal.nm_per_px)) if cal.calibrated else 1.0
+            upp = float(np.mean(res.frame.calibration.unit_per_px))
             step = self._tracker.update(res.seq, res.frame.t_acq, res.particles, shape=shape[:2],
                                         unit=res.unit, unit_per_px=upp, image=res.frame.pixels,
                                         valid=res.valid)

@@ -129,6 +129,14 @@ class FrameResult:
         return self.frame.calibration.unit
 
     @property
+    def drift(self) -> tuple[float, float] | None:
+        """:attr:`drift_px` in the frame's unit (nm, or px uncalibrated); ``None``: not tracked."""
+        if self.drift_px is None:
+            return None
+        sy, sx = self.frame.calibration.unit_per_px
+        return self.drift_px[0] * sy, self.drift_px[1] * sx
+
+    @property
     def lag_s(self) -> float:
         """Seconds from acquisition to the end of processing."""
         return self.t_done - self.frame.t_acq

@@ -3,14 +3,11 @@ statistics and rules from trusted frames only, the built-in alerts raised."""
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
-import time
 
-import numpy as np
 import pytest
+from simulated import SimulatedSource, TruthSegmenter
 
-from emstream.frame import Calibration, Frame
 from emstream.pipeline import Pipeline
 from emstream.process.rules import RuleEngine, RuleSet
 from emstream.sinks.base import Session
@@ -20,10 +17,6 @@ from emstream.sources.simulate import script
 from emstream.sources.simulate.scene import Microscope, SceneConfig
 
 SCRIPT = "defocus:8-11,blank:15-16,saturate:20-21,jump:25,empty:28-30"
-
-
-def _key(a):
-    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +29,6 @@ def scripted():
         f = scope.next_frame()
         out.append((f, script.apply(events, scope, f, k)))
     return out
-
-
-class Source:
-    def __init__(self, sims):
-        self.sims = sims
-
-    def frames(self, stop):
-        for f, _ in self.sims:
-            yield Frame(f.image, f"sim/{f.seq}", f.t_acq, time.time(),
-                        Calibration((0.25, 0.25), "stream"))
-
-    def describe(self):
-        return "scripted simulator"
-
-    def close(self):
-        pass
-
-
-class Truth:
-    name = "ground-truth"
-    thread_safe = True
-
-    def __init__(self, sims):
-        self.by = {_key(f.image): f.labels for f, _ in sims}
-
-    def segment(self, prepared):
-        return self.by[_key(prepared.raw)]
 
 
 RULES = '''
@@ -80,7 +46,8 @@ frame.state = ["out_of_focus"]
 @pytest.mark.timeout(300)
 def test_scripted_states_reach_the_ledger_and_gate_the_statistics(scripted, tmp_path):
     engine = RuleEngine(RuleSet.from_toml_text(RULES))
-    p = Pipeline(Source(scripted), Truth(scripted), [Ledger(tmp_path)],
+    frames = [f for f, _ in scripted]
+    p = Pipeline(SimulatedSource(frames), TruthSegmenter(frames), [Ledger(tmp_path)],
                  session=Session(tmp_path, "sim", "truth"), rules=engine)
     p.run()
     con = sqlite3.connect(tmp_path / "ledger.sqlite")
@@ -108,7 +75,8 @@ def test_scripted_states_reach_the_ledger_and_gate_the_statistics(scripted, tmp_
 def test_report_can_include_other_states(scripted, tmp_path):
     from emstream.cli import main
 
-    Pipeline(Source(scripted), Truth(scripted), [Ledger(tmp_path)],
+    frames = [f for f, _ in scripted]
+    Pipeline(SimulatedSource(frames), TruthSegmenter(frames), [Ledger(tmp_path)],
              session=Session(tmp_path, "sim", "truth")).run()
     default = collect(tmp_path)["size"]["n"]
     wider = collect(tmp_path, ("ok", "moved", "out_of_focus"))["size"]["n"]

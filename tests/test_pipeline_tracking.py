@@ -4,7 +4,6 @@ exports, and a restart that goes on without renumbering (real SQLite, real ZeroM
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import sqlite3
 import threading
@@ -13,8 +12,8 @@ import time
 import numpy as np
 import pytest
 import zmq
+from simulated import SimulatedSource, TruthSegmenter
 
-from emstream.frame import Calibration, Frame
 from emstream.pipeline import Pipeline
 from emstream.process.rules import RuleEngine, RuleSet
 from emstream.sinks.base import Session
@@ -22,41 +21,6 @@ from emstream.sinks.export import export_session
 from emstream.sinks.ledger import Ledger
 from emstream.sinks.publish import Publisher
 from emstream.sources.simulate.scene import Microscope, SceneConfig
-
-
-def _key(a: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
-
-
-class Source:
-    def __init__(self, sims):
-        self.sims = sims
-
-    def frames(self, stop):
-        for s in self.sims:
-            if stop.is_set():
-                return
-            cal = Calibration((s.nm_per_px, s.nm_per_px), "stream", "simulator header")
-            yield Frame(s.image, f"sim/run/{s.seq}", s.t_acq, time.time(), cal)
-
-    def describe(self) -> str:
-        return "simulated microscope (test)"
-
-    def close(self) -> None:
-        pass
-
-
-class TruthSegmenter:
-    """The simulator's own instances: this test is about tracking, not segmentation."""
-
-    name = "ground-truth"
-    thread_safe = True
-
-    def __init__(self, sims):
-        self.by_image = {_key(s.image): s.labels for s in sims}
-
-    def segment(self, prepared):
-        return self.by_image[_key(prepared.raw)]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +42,7 @@ events.window_s = 10
 
 
 def run(sims, session_dir, extra=(), rules=None):
-    p = Pipeline(Source(sims), TruthSegmenter(sims), [Ledger(session_dir), *extra],
+    p = Pipeline(SimulatedSource(sims), TruthSegmenter(sims), [Ledger(session_dir), *extra],
                  session=Session(session_dir, "sim", "ground-truth"), rules=rules)
     p.run()
     return p

@@ -202,12 +202,8 @@ class SessionStatistics:
                 self.first_seq = result.seq
                 self.t0 = result.frame.t_acq
             self.last_seq = max(result.seq, self.last_seq if self.last_seq is not None else -1)
-            cal = result.frame.calibration
-            self.unit_per_px = float(np.mean(cal.nm_per_px)) if cal.nm_per_px else 1.0
-            drift = (math.nan, math.nan)
-            if result.drift_px is not None:
-                sy, sx = cal.nm_per_px if cal.nm_per_px else (1.0, 1.0)
-                drift = (result.drift_px[0] * sy, result.drift_px[1] * sx)
+            self.unit_per_px = float(np.mean(result.frame.calibration.unit_per_px))
+            drift = result.drift if result.drift is not None else (math.nan, math.nan)
             self.trends.add(
                 result.frame.t_acq, result.seq, s.count, mean, median, float(s.coverage), *drift
             )

@@ -123,9 +123,6 @@ class TrackSummary:
     merged_into: int | None = None
     unit: str = "px"
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 @dataclass
 class TrackEvent:
@@ -251,6 +248,12 @@ class _Seen:
     touch: np.ndarray
     shape: tuple[int, int]
     drift: tuple[float, float]
+
+    def edge_distance(self, y: float, x: float) -> float:
+        """px from the frame edge of the sample position (y, x) in this frame."""
+        yi, xi = y + self.drift[0], x + self.drift[1]
+        h, w = self.shape
+        return min(yi, xi, h - 1 - yi, w - 1 - xi)
 
 
 class Tracker:
@@ -532,16 +535,9 @@ class Tracker:
                 "unit_per_px": unit_per_px}
 
     def _classify_birth(self, tr: _Track, now: _Seen, events: list, unit_per_px: float) -> None:
-        born = self._frame(tr.first_seq)
-        h, w = now.shape
+        born = self._frame(tr.first_seq) or now
         d_px = tr.d_first / unit_per_px if unit_per_px else tr.d_first
-        if born is not None:
-            yi, xi = tr.y + born.drift[0], tr.x + born.drift[1]
-            h, w = born.shape
-        else:
-            yi, xi = tr.y + now.drift[0], tr.x + now.drift[1]
-        edge = min(yi, xi, h - 1 - yi, w - 1 - xi)
-        if edge < d_px / 2 + 3 or tr.touch:
+        if born.edge_distance(tr.y, tr.x) < d_px / 2 + 3 or tr.touch:
             tr.began = "entered_field"
         elif tr.split_from is not None:
             tr.began = "split"
@@ -558,13 +554,11 @@ class Tracker:
         after = self._frame(tr.last_seq + 1)
         if last is not None:
             k = np.flatnonzero(last.ids == tr.id)
-            h, w = last.shape
-            yi, xi = tr.y + last.drift[0], tr.x + last.drift[1]
             r = float(last.d[k[0]]) / 2 if k.size else 0.0
             step = 0.0
             if after is not None:
                 step = math.hypot(after.drift[0] - last.drift[0], after.drift[1] - last.drift[1])
-            if tr.touch or min(yi, xi, h - 1 - yi, w - 1 - xi) < r + 2 + 2 * step:
+            if tr.touch or last.edge_distance(tr.y, tr.x) < r + 2 + 2 * step:
                 return "left_field", None
             if after is not None and k.size:
                 into = self._merge_partner(tr, last, after, int(k[0]))

@@ -91,17 +91,33 @@ def _clean(params: Any) -> Any:
 
 
 class _TextSafeConnection:
-    """The SQLite connection, with every str parameter passed through :func:`db_text` (a file
-    name that is not UTF-8 raised ``UnicodeEncodeError`` and stopped the watcher for good)."""
+    """The SQLite connection; a str parameter SQLite cannot encode (a file name that is not
+    UTF-8 raised ``UnicodeEncodeError`` and stopped the watcher for good) is passed through
+    :func:`db_text` and the statement run again. Statements are run as given first: cleaning
+    every parameter of every row cost ~2 ms a frame at 1,000 particles for names that are
+    almost always fine."""
 
     def __init__(self, con: sqlite3.Connection):
         self._con = con
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        return self._con.execute(sql, _clean(params))
+        try:
+            return self._con.execute(sql, params)
+        except UnicodeEncodeError:  # raised while binding: nothing was executed
+            return self._con.execute(sql, _clean(params))
 
     def executemany(self, sql: str, seq: Any) -> sqlite3.Cursor:
-        return self._con.executemany(sql, (_clean(p) for p in seq))
+        rows = seq if isinstance(seq, list) else list(seq)
+        # rows before a bad one are already written when it fails: undo them, then run clean
+        self._con.execute("SAVEPOINT emstream_text")
+        try:
+            cur = self._con.executemany(sql, rows)
+        except UnicodeEncodeError:
+            self._con.execute("ROLLBACK TO emstream_text")
+            self._con.execute("RELEASE emstream_text")
+            return self._con.executemany(sql, [_clean(p) for p in rows])
+        self._con.execute("RELEASE emstream_text")
+        return cur
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
-import time
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.gui
+
+from simulated import SimulatedSource, TruthSegmenter  # noqa: E402
 
 import emstream.pipeline as pipeline_mod  # noqa: E402
 import emstream.sources.simulate.scene as scene  # noqa: E402
@@ -23,44 +23,6 @@ min_count = 3
 cooldown_s = 4
 actions = ["banner", "sound", "log"]
 """
-
-
-def _key(a: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
-
-
-class SimulatedSource:
-    """Frames from the simulated microscope, as a stream source would deliver them."""
-
-    def __init__(self, sims):
-        self.sims = sims
-
-    def frames(self, stop):
-        from emstream.frame import Calibration, Frame
-
-        for i, s in enumerate(self.sims):
-            if stop.is_set():
-                return
-            cal = Calibration((s.nm_per_px, s.nm_per_px), "stream", "simulator header")
-            yield Frame(s.image, f"sim/run/{i}", s.t_acq, time.time(), cal, -1, {"mode": s.mode})
-
-    def describe(self) -> str:
-        return "simulated microscope (test)"
-
-    def close(self) -> None:
-        pass
-
-
-class TruthSegmenter:
-    """Returns the simulator's ground-truth instances (the segmenter itself is tested elsewhere)."""
-
-    name = "ground-truth"
-
-    def __init__(self, sims):
-        self.by_image = {_key(s.image): s.labels for s in sims}
-
-    def segment(self, prepared):
-        return self.by_image[_key(prepared.raw)]
 
 
 def _simulate(n: int, mode: str, seed: int):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -76,15 +77,32 @@ def test_a_long_but_honest_page_chain_is_still_read(tmp_path):
     assert len(read_frames(p)) == 30
 
 
+def _good_tiff_bytes(seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (np.random.default_rng(seed).random((96, 96)) * 1000).astype(np.uint16),
+                     resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "nm"}, imagej=True)
+    return buf.getvalue()
+
+
+def _watch_once(acq: Path, session: Path, python: tuple[str, ...] = ("-m", "emstream")) -> None:
+    """``emstream watch`` on ``acq`` until idle, as a user runs it (``python``: how Python is
+    told to start emstream)."""
+    proc = subprocess.run(
+        [sys.executable, *python, "watch", str(acq), "--session-dir", str(session),
+         "--segmenter", "classical", "--headless", "--exit-when-idle", "3", "--no-report"],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_watcher_quarantines_hostile_files_and_processes_the_good_one(tmp_path):
     """The real CLI under a 3 GiB address-space limit: it ends by itself, nothing is lost."""
     acq = tmp_path / "acq"
     acq.mkdir()
-    tifffile.imwrite(acq / "good.tif", (np.random.default_rng(0).random((128, 128)) * 1000)
-                     .astype(np.uint16), resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"unit": "nm"}, imagej=True)
+    (acq / "good.tif").write_bytes(_good_tiff_bytes(0))
     (acq / "loop.tif").write_bytes(looping_tiff())
     (acq / "bomb.tif").write_bytes(bomb_tiff())
     session = tmp_path / "session"
@@ -92,14 +110,7 @@ def test_watcher_quarantines_hostile_files_and_processes_the_good_one(tmp_path):
         "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
         "from emstream.cli import main; sys.exit(main())"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "watch", str(acq), "--session-dir", str(session),
-         "--segmenter", "classical", "--headless", "--exit-when-idle", "3", "--no-report"],
-        capture_output=True, text=True, timeout=240, cwd=REPO,
-        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import sqlite3
+    _watch_once(acq, session, python=("-c", code))
 
     con = sqlite3.connect(session / "ledger.sqlite")
     rows = dict(con.execute("SELECT path, status || ': ' || COALESCE(reason, '') FROM files")
@@ -109,13 +120,6 @@ def test_watcher_quarantines_hostile_files_and_processes_the_good_one(tmp_path):
     assert by_name["good.tif"].startswith("done")
     assert by_name["loop.tif"].startswith("quarantined") and "loops back" in by_name["loop.tif"]
     assert by_name["bomb.tif"].startswith("quarantined") and "MPx" in by_name["bomb.tif"]
-
-
-def _good_tiff_bytes(seed: int = 0) -> bytes:
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, (np.random.default_rng(seed).random((96, 96)) * 1000).astype(np.uint16),
-                     resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "nm"}, imagej=True)
-    return buf.getvalue()
 
 
 @pytest.mark.slow
@@ -129,14 +133,7 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_readably(tmp_pat
     (acq / "b.tif").write_bytes(_good_tiff_bytes(2))
     session = tmp_path / "session"
     for _ in range(2):  # and again: a restart must not count it twice
-        proc = subprocess.run(
-            [sys.executable, "-m", "emstream", "watch", str(acq), "--session-dir", str(session),
-             "--segmenter", "classical", "--headless", "--exit-when-idle", "3", "--no-report"],
-            capture_output=True, text=True, timeout=240, cwd=REPO,
-            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    import sqlite3
+        _watch_once(acq, session)
 
     con = sqlite3.connect(session / "ledger.sqlite")
     frames = con.execute("SELECT source, status FROM frames ORDER BY seq").fetchall()
@@ -147,21 +144,10 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_recorded_readably(tmp_pat
     assert {Path(p).name: st for p, st in files}["a_caf\\xe9.tif"] == "done"
 
 
-def _watch_once(acq: Path, session: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "emstream", "watch", str(acq), "--session-dir", str(session),
-         "--segmenter", "classical", "--headless", "--exit-when-idle", "3", "--no-report"],
-        capture_output=True, text=True, timeout=240, cwd=REPO,
-        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_touched_file_is_not_counted_again_but_a_rewritten_one_is(tmp_path):
     """``touch`` makes a new (size, mtime) version; its content decides (issue 21 item 9)."""
-    import sqlite3
 
     acq = tmp_path / "acq"
     acq.mkdir()
@@ -188,8 +174,6 @@ def test_a_touched_file_is_not_counted_again_but_a_rewritten_one_is(tmp_path):
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks and FIFOs")
 def test_links_folders_and_fifos_named_like_images_are_recorded_as_skipped(tmp_path):
-    import sqlite3
-
     acq = tmp_path / "acq"
     acq.mkdir()
     (acq / "good.tif").write_bytes(_good_tiff_bytes(4))

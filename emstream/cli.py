@@ -134,6 +134,21 @@ ScreenshotOpt = Annotated[
     Path | None, typer.Option("--screenshot", help="Save the window as PNG when the run ends.")
 ]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")]
+def _states_option(value: str) -> str:
+    from emstream.process.quality import STATES
+
+    wanted = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in wanted if x not in STATES]
+    if bad or not wanted:
+        raise typer.BadParameter(f"unknown state(s) {', '.join(bad) or '(none given)'}; "
+                                 f"states are {', '.join(STATES)}")
+    return ",".join(wanted)
+
+
+IncludeStatesOpt = Annotated[str, typer.Option(
+    "--include-states", metavar="STATES", callback=_states_option,
+    help="Frame states whose particles the size statistics, trends and rules use "
+         "(comma-separated; default ok,moved).")]
 WorkersOpt = Annotated[
     int | None, typer.Option("--workers", min=1, max=64, help="Frames processed in parallel (default: by core count).")
 ]
@@ -156,6 +171,11 @@ class RunOptions:
     report: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
+    include_states: str = "ok,moved"
+
+    @property
+    def trusted_states(self) -> tuple[str, ...]:
+        return tuple(self.include_states.split(","))
 
     def as_config(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "extra"}
@@ -237,13 +257,13 @@ def _want_gui(opts: RunOptions) -> bool:
     return bool(display_available())
 
 
-def _write_report(session_dir: Path) -> None:
+def _write_report(session_dir: Path, include_states: tuple[str, ...]) -> None:
     """The report and the exports, written when a session ends."""
     from emstream.sinks.export import export_session
     from emstream.sinks.report import write_report
 
     try:
-        err.print(f"report: {write_report(session_dir)}")
+        err.print(f"report: {write_report(session_dir, include_states)}")
         export_session(session_dir)
     except Exception as exc:  # noqa: BLE001 - the session is recorded either way
         err.print(f"[yellow]report not written:[/] {exc}")
@@ -353,7 +373,7 @@ def run_session(
         return Pipeline(
             source, segmenter, [*sinks, *extra], session=session, rules=rules,
             watchdog=_build_watchdog(), policy=opts.policy, pixel_size_nm=opts.pixel_size,
-            workers=opts.workers,
+            workers=opts.workers, trusted_states=opts.trusted_states,
         )
 
     pipeline_box: list[Any] = []
@@ -432,7 +452,7 @@ def run_session(
         print_summary(pipeline_box[0].stats, session_dir=session_dir, t_start=session.t_start,
                       counts=counts, console=err)
     if opts.report and pipeline_box:
-        _write_report(session_dir)
+        _write_report(session_dir, opts.trusted_states)
     return rc
 
 
@@ -452,6 +472,7 @@ def watch(
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
     workers: WorkersOpt = None,
+    include_states: IncludeStatesOpt = "ok,moved",
     recursive: Annotated[bool, typer.Option(help="Also watch sub-folders.")] = False,
     poll: Annotated[float, typer.Option(min=0.05, help="Rescan interval, s.")] = 0.5,
     min_age: Annotated[float, typer.Option(min=0.0, help="A file must be unchanged this long, s.")] = 1.0,
@@ -467,6 +488,7 @@ def watch(
                       extra={"watch": str(directory), "poll_s": poll, "min_age_s": min_age,
                              "quarantine_after_s": quarantine_after, "recursive": recursive})
     opts.workers = workers
+    opts.include_states = include_states
 
     def make(ledger: Any) -> Any:
         return FolderSource(directory, ledger, poll_s=poll, min_age_s=min_age,
@@ -497,6 +519,7 @@ def listen(
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
     workers: WorkersOpt = None,
+    include_states: IncludeStatesOpt = "ok,moved",
 ) -> None:
     """Process frames arriving over ZeroMQ (emstream v1 or DECTRIS SIMPLON)."""
     from emstream.sources.zmq import StreamSource
@@ -505,6 +528,7 @@ def listen(
                       publish, policy.value, gui, screenshot, report,
                       extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind})
     opts.workers = workers
+    opts.include_states = include_states
 
     def make(ledger: Any) -> Any:
         source = StreamSource(endpoint, protocol=protocol.value,
@@ -535,6 +559,7 @@ def replay(
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
     workers: WorkersOpt = None,
+    include_states: IncludeStatesOpt = "ok,moved",
 ) -> None:
     """Feed a recorded folder through the pipeline at its original pace (or faster)."""
     from emstream.sources.replay import ReplaySource
@@ -543,6 +568,7 @@ def replay(
                       publish, policy.value, gui, screenshot, report,
                       extra={"replay": str(directory), "speed": None if as_fast_as_possible else speed})
     opts.workers = workers
+    opts.include_states = include_states
 
     def make(ledger: Any) -> Any:  # noqa: ARG001
         return ReplaySource(directory, speed=None if as_fast_as_possible or speed == 0 else speed)
@@ -614,6 +640,7 @@ def demo(
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
     workers: WorkersOpt = None,
+    include_states: IncludeStatesOpt = "ok,moved",
     script: Annotated[str | None, typer.Option(
         help="Scripted trouble for the simulated microscope, e.g. defocus:40-59,blank:80-84 "
              "(see simulate --script).")] = None,
@@ -656,6 +683,7 @@ def demo(
                       extra={"demo": {"frames": frames, "fps": fps, "seed": seed, "size": size,
                                      "inject_bad": inject_bad, "folder": str(acq)}})
     opts.workers = workers
+    opts.include_states = include_states
 
     def make(ledger: Any) -> Any:
         sim.start()
@@ -852,18 +880,10 @@ def frame_json(res: Any) -> dict[str, Any]:
 def report(
     session: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Session folder.")],
     imagej: Annotated[bool, typer.Option("--imagej", help="CSV with ImageJ column headers.")] = False,
-    include_states: Annotated[str, typer.Option(
-        "--include-states", help="Frame states whose particles the size statistics use "
-        "(comma-separated; default ok,moved).")] = "ok,moved",
+    include_states: IncludeStatesOpt = "ok,moved",
 ) -> None:
     """Write the HTML report and the CSV/Parquet exports of a session."""
-    from emstream.process.quality import STATES
-
-    wanted = tuple(x.strip() for x in include_states.split(",") if x.strip())
-    bad = [x for x in wanted if x not in STATES]
-    if bad or not wanted:
-        raise _fail(f"--include-states: unknown state(s) {', '.join(bad) or '(none given)'}; "
-                    f"states are {', '.join(STATES)}", 2)
+    wanted = tuple(include_states.split(","))
     from emstream.sinks.export import export_session
     from emstream.sinks.ledger import ledger_path
     from emstream.sinks.report import write_report

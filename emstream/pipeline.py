@@ -302,6 +302,7 @@ class Pipeline:
         polarity: str = "auto",
         workers: int | None = None,
         tracking: Any = True,
+        trusted_states: Sequence[str] = TRUSTED_STATES,
     ):
         if policy not in ("all", "latest"):
             raise ValueError(f"policy must be 'all' or 'latest', got {policy!r}")
@@ -312,6 +313,7 @@ class Pipeline:
         self.rules = rules
         self.watchdog = watchdog
         self._seg_check = SegmentationCheck()
+        self.trusted_states = tuple(trusted_states)
         self.policy = policy
         self.polarity = polarity
         self.keep_labels = keep_labels
@@ -643,7 +645,7 @@ class Pipeline:
                 track_events, summaries = self._track(res)
             alerts += self._judge_frame(res)
             t3 = time.perf_counter()
-            if res.state in TRUSTED_STATES:  # a dark or defocused frame is said once, by its state
+            if res.is_trusted:  # a dark or defocused frame is said once, by its state
                 alerts += list(self._seg_check.check(res, time.time()))
             alerts += self._evaluate_rules(res)
             if self._tracking is not False:
@@ -674,7 +676,7 @@ class Pipeline:
                         st.drift = res.drift
                     for ev in track_events:
                         st.track_events[ev.kind] = st.track_events.get(ev.kind, 0) + 1
-                    if res.state not in TRUSTED_STATES:
+                    if not res.is_trusted:
                         st.not_ok += 1
                         st.last_state = f"frame {res.seq}: {res.state.replace('_', ' ')}"
                     if res.seg_flag:
@@ -719,6 +721,7 @@ class Pipeline:
             fq = self._quality.judge(res.frame.pixels, res.valid, particles=res.summary.count,
                                      drift_step_px=step)
             res.state, res.quality = fq.state, fq.quality
+            res.trusted = fq.state in self.trusted_states
             res.quality["scene"] = scene_of(res.particles, res.summary.coverage)
             res.timings_ms["quality"] = (time.perf_counter() - t0) * 1e3
             res.timings_ms["total"] = res.timings_ms.get("total", 0.0) + res.timings_ms["quality"]

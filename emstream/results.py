@@ -115,6 +115,15 @@ class FrameResult:
     #: can the frame be trusted (``process.quality.STATES``), and the figures behind it
     state: str = "ok"
     quality: dict[str, Any] | None = None
+    #: do this frame's particles count in the statistics, trends and rules? Set by the pipeline
+    #: from its ``trusted_states`` (``--include-states``); ``None``: ``state`` is ok or moved
+    trusted: bool | None = None
+
+    @property
+    def is_trusted(self) -> bool:
+        if self.trusted is not None:
+            return self.trusted
+        return self.state in ("ok", "moved")  # process.quality.TRUSTED_STATES
 
     @property
     def seq(self) -> int:

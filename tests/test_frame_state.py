@@ -111,3 +111,50 @@ def test_demo_and_the_stream_take_a_script(tmp_path):
     states = [json.loads(x)["state"] for x in manifest.read_text().splitlines()
               if json.loads(x).get("kind") == "frame"]
     assert len(got) == 6 and states == ["ok", "ok", "beam_off", "beam_off", "ok", "ok"]
+
+
+@pytest.mark.timeout(300)
+def test_include_states_widens_live_statistics_rules_and_review(scripted, tmp_path):
+    """--include-states for the live commands: what the pipeline trusts feeds the window's
+    statistics and the rules; `emstream view` reads the session's choice back from config.json."""
+    from emstream.config import write_config
+    from emstream.gui.review import load_session
+    from emstream.gui.session_stats import SessionStatistics
+
+    frames = [f for f, _ in scripted]
+    want = [s for _, s in scripted]
+    runs = {}
+    for name, states in (("default", ("ok", "moved")), ("wide", ("ok", "moved", "out_of_focus"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_config(folder, {"include_states": ",".join(states)})
+        stats = SessionStatistics()
+        engine = RuleEngine(RuleSet.from_toml_text(RULES))
+        seen = []
+
+        def keep(record, stats=stats, seen=seen):
+            stats.account(record)
+            seen.append((record.seq, record.result.is_trusted))
+
+        p = Pipeline(SimulatedSource(frames), TruthSegmenter(frames), [Ledger(folder)],
+                     session=Session(folder, "sim", "truth"), rules=engine, trusted_states=states)
+        p.add_listener(keep)
+        p.run()
+        assert [t for _, t in sorted(seen)] == [s in states for s in want]
+        assert p.stats.not_ok == sum(s not in states for s in want)
+        runs[name] = (stats.particles, load_session(folder).statistics.particles,
+                      len(stats.untrusted_snapshot()))
+    # the defocused frames' particles count only where asked for, live and in review alike
+    assert runs["wide"][0] > runs["default"][0]
+    assert runs["wide"][1] > runs["default"][1]
+    assert runs["default"][0] == runs["default"][1]
+    assert runs["wide"][2] == runs["default"][2] - want.count("out_of_focus")
+
+
+def test_live_commands_check_include_states(tmp_path):
+    from emstream.cli import main
+
+    (tmp_path / "in").mkdir()
+    assert main(["watch", str(tmp_path / "in"), "--include-states", "ok,fuzzy", "--headless",
+                 "--session-dir", str(tmp_path / "s"), "--exit-when-idle", "0.1"]) == 2
+    assert not (tmp_path / "s").exists()

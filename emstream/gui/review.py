@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from emstream.config import read_config
 from emstream.gui.session_stats import QUANTITIES, SessionStatistics
+from emstream.process.quality import TRUSTED_STATES
 from emstream.results import Alert
 
 __all__ = ["SessionReview", "load_session"]
@@ -99,8 +101,22 @@ def load_session(session_dir: str | Path, *, recent_frames: int = 50) -> Session
         units = {r[6] for r in rows if r[6]}
         cols = [c for c in QUANTITIES]
         # sizes of particles not cut by the image edge, as everywhere else
+        # ... of the frames the session trusted (its --include-states), as live and in the report
+        states = tuple(read_config(session_dir).get("include_states", ",".join(TRUSTED_STATES))
+                       .split(","))
+        frame_cols = {r[1] for r in con.execute("PRAGMA table_info(frames)")}
+        untrusted: list[tuple[float, str]] = []
+        trusted_sql = ""
+        if "state" in frame_cols:
+            marks = ", ".join("?" * len(states))
+            trusted_sql = (f" AND seq IN (SELECT seq FROM frames WHERE state IS NULL "
+                           f"OR state IN ({marks}))")
+            untrusted = [(float(t), st) for t, st in con.execute(
+                f"SELECT t_acq, state FROM frames WHERE status = 'ok' AND state IS NOT NULL "
+                f"AND state NOT IN ({marks}) ORDER BY seq", states)]
         data = con.execute(f"SELECT seq, {', '.join(cols)} FROM particles "
-                           "WHERE touches_border = 0 ORDER BY seq").fetchall()
+                           f"WHERE touches_border = 0{trusted_sql} ORDER BY seq",
+                           states if trusted_sql else ()).fetchall()
         arr = np.array(data, dtype=np.float64).reshape(-1, len(cols) + 1)
         values = {c: arr[:, i + 1] for i, c in enumerate(cols)}
         alerts = [
@@ -137,6 +153,7 @@ def load_session(session_dir: str | Path, *, recent_frames: int = 50) -> Session
     unit = sorted(units)[0] if units else "nm"
     stats.add_history(values, arr[:, 0].astype(np.int64), trend_rows, unit, frames_other=other)
     stats.mixed_units = len(units) > 1
+    stats.untrusted.extend(untrusted)
     t = [r[0] for r in trend_rows if np.isfinite(r[0])]
     duration = (max(t) - min(t)) if len(t) > 1 else 0.0
     return SessionReview(session_dir, stats, alerts, snapshots, info, status_counts, duration)

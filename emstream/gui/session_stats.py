@@ -181,7 +181,7 @@ class SessionStatistics:
         cut = np.asarray(p.get("touches_border", np.zeros(d.size, bool)), bool)
         keep = ~cut if cut.shape == d.shape else np.ones(d.size, bool)
         state = getattr(result, "state", "ok") or "ok"
-        if state not in TRUSTED_STATES:
+        if not getattr(result, "is_trusted", state in TRUSTED_STATES):
             keep[:] = False  # a defocused / dark / saturated frame: no sizes from it
             with self._lock:
                 self.untrusted.append((float(result.frame.t_acq), state))

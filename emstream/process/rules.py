@@ -743,10 +743,11 @@ class RuleEngine:
         alerts: list[Alert] = []
         self.last = {}
         state = getattr(result, "state", "ok") or "ok"
+        trusted = getattr(result, "is_trusted", state in TRUSTED_STATES)
         for rule in self.rules:
             if not rule.enabled or rule.on_tracks:
                 continue
-            if not rule.states and state not in TRUSTED_STATES:
+            if not rule.states and not trusted:
                 continue  # an untrusted frame (defocused, beam off ...) neither fires nor clears
             m = self.match(rule, result, values)
             if rule.states and state not in rule.states:
@@ -754,7 +755,7 @@ class RuleEngine:
             self.last[rule.name] = m
             if self._step(rule, m.matched, t):
                 alerts.append(self._alert(rule, result, m, values, t))
-        if state in TRUSTED_STATES:
+        if trusted:
             self._update_baseline(result, values)
         return alerts
 

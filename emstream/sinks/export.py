@@ -4,8 +4,9 @@ Written to ``SESSION/exports/``, each file atomically (temp file in the same fol
 ``os.replace``), so a reader never sees half a file and a crash leaves the previous export:
 
 ``particles.csv`` / ``particles.parquet``
-    one row per particle of every ``ok`` frame: ``seq``, ``unit`` (nm or px: the unit of the
-    frame's ``*_nm`` columns), ``t_acq``, ``source``, then every column of
+    one row per particle of every processed frame: ``seq``, ``unit`` (nm or px: the unit of the
+    frame's ``*_nm`` columns), ``t_acq``, ``source``, ``state`` (the frame's state: filter on it
+    to keep the trusted frames, as the report does), then every column of
     :data:`emstream.results.PARTICLE_COLUMNS`. With ``imagej=True`` the CSV follows ImageJ's
     *Analyze Particles* results table instead: a leading blank-named row number column, the
     ImageJ names (``Area``, ``Feret``, ``MinFeret``, ``AR``, ``Round``, ``Circ.``, ``Solidity`` ...
@@ -141,8 +142,8 @@ def _sql_type(con: sqlite3.Connection, table: str) -> dict[str, pa.DataType]:
 
 
 def _particles_query(tracked: bool = False) -> tuple[str, list[str], list[pa.DataType]]:
-    names = ["seq", "unit", "t_acq", "source", *PARTICLE_COLUMNS]
-    types = [pa.int64(), pa.string(), pa.float64(), pa.string()] + [
+    names = ["seq", "unit", "t_acq", "source", "state", *PARTICLE_COLUMNS]
+    types = [pa.int64(), pa.string(), pa.float64(), pa.string(), pa.string()] + [
         _ARROW[dt] for dt, _ in PARTICLE_COLUMNS.values()
     ]
     cols = ", ".join(f"p.{c}" for c in PARTICLE_COLUMNS)
@@ -151,7 +152,7 @@ def _particles_query(tracked: bool = False) -> tuple[str, list[str], list[pa.Dat
         types.append(pa.int64())
         cols += ", p.track_id"
     sql = (
-        f"SELECT p.seq, f.unit, f.t_acq, f.source, {cols} FROM particles p "
+        f"SELECT p.seq, f.unit, f.t_acq, f.source, f.state, {cols} FROM particles p "
         "LEFT JOIN frames f ON f.seq = p.seq ORDER BY p.seq, p.label"
     )
     return sql, names, types
@@ -188,7 +189,7 @@ def export_session(session_dir: str | os.PathLike[str], *, imagej: bool = False)
 
             def ij_rows() -> Iterator[list[Any]]:
                 for i, r in enumerate(con.execute(sql), start=1):
-                    yield [i, r[0], r[1], *list(r)[4:]]
+                    yield [i, r[0], r[1], *list(r)[5:]]
 
             written.append(_write_csv(out / "particles.csv", header, ij_rows()))
         else:

@@ -116,6 +116,7 @@ def frame_message(record: FrameRecord, matching: int | None = None) -> dict[str,
         "summary": res.summary.as_dict() if res is not None else None,
         "timings_ms": dict(res.timings_ms) if res is not None else {},
         "state": res.state if res is not None else None,
+        "trusted": res.is_trusted if res is not None else None,
         "quality": dict(res.quality) if res is not None and res.quality else None,
     }
     if body["summary"] is not None:

@@ -59,7 +59,12 @@ def test_exports_match_the_ledger(session):
         t = pq.read_table(session / "exports" / f"{table}.parquet")
         assert t.num_rows == counts[table]
     parts = pq.read_table(session / "exports" / "particles.parquet")
-    assert parts.column_names == ["seq", "unit", "t_acq", "source", *PARTICLE_COLUMNS, "track_id"]
+    assert parts.column_names == ["seq", "unit", "t_acq", "source", "state", *PARTICLE_COLUMNS,
+                                  "track_id"]
+    con = sqlite3.connect(session / "ledger.sqlite")
+    want = dict(con.execute("SELECT seq, state FROM frames"))
+    con.close()
+    assert [want[s] for s in parts.column("seq").to_pylist()] == parts.column("state").to_pylist()
     traj = pq.read_table(session / "exports" / "trajectories.parquet")
     assert traj.column_names[:4] == ["frame", "particle", "y", "x"]  # as trackpy.link gives
     # this session was written without the pipeline's tracker (tests/test_pipeline_tracking.py

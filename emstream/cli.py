@@ -303,11 +303,14 @@ def run_session(
     command: str,
     until: Any = None,
     title: str = "emstream",
+    view: Any = None,
 ) -> int:
     """Open a session, run a source through the pipeline until done, print the summary.
 
     ``make_source(ledger)`` builds the source; ``until(pipeline)`` (optional) blocks until the
-    run should end (default: ``--exit-when-idle``, the source's end, or Ctrl+C).
+    run should end (default: ``--exit-when-idle``, the source's end, or Ctrl+C); ``view(stats)``
+    (optional) is the terminal view's context manager (default: :class:`~emstream.console.LiveView`).
+    A source with a ``segmenter`` attribute brings its own (``emstream reprocess``).
     """
     from emstream.config import new_session_dir, versions, write_config
     from emstream.console import LiveView, print_summary
@@ -341,7 +344,7 @@ def run_session(
     except Exception as exc:  # e.g. the port is taken: a runtime failure, said plainly
         raise refuse(_fail(f"cannot open the source: {exc}")) from exc
     try:
-        segmenter = _build_segmenter(opts)
+        segmenter = getattr(source, "segmenter", None) or _build_segmenter(opts)
     except BaseException:
         close = getattr(source, "close", None)
         if callable(close):
@@ -426,7 +429,7 @@ def run_session(
             pipeline_box.append(p)
             p.start()
             try:
-                with LiveView(lambda: p.stats, title=title):
+                with (view or (lambda s: LiveView(s, title=title)))(lambda: p.stats):
                     wait_done(p)
             except KeyboardInterrupt:
                 err.print("interrupted: finishing the frames already read …")
@@ -1031,3 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# commands in their own modules (one per command family)
+from emstream.cli_reprocess import register as _register_reprocess  # noqa: E402
+
+_register_reprocess(app)

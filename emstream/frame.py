@@ -35,6 +35,12 @@ class Calibration:
     def none(cls, detail: str = "") -> Calibration:
         return cls(None, "none", detail)
 
+    @classmethod
+    def override(cls, nm_per_px: float) -> Calibration:
+        """The operator's ``--pixel-size``, replacing what the file says."""
+        p = float(nm_per_px)
+        return cls((p, p), "override", f"--pixel-size {p:g} nm")
+
     @property
     def calibrated(self) -> bool:
         return self.nm_per_px is not None

@@ -117,6 +117,33 @@ def process_frame(
     )
 
 
+def frame_record(frame: Frame, segmenter: Any, *, polarity: str = "auto", read_ms: float = 0.0,
+                 keep_labels: bool = True) -> FrameRecord:
+    """One frame through prepare, segment and measure into its terminal record; never raises.
+    A frame that cannot be processed is quarantined with one line saying why (the traceback goes
+    to the debug log: an operator gets the file and the reason, not a stack). The pipeline's
+    workers and the scale-out workers (``emstream reprocess``) both call this."""
+
+    def quarantined(reason: str) -> FrameRecord:
+        log.warning("quarantined frame %s (%s): %s", frame.seq, frame.source_id, reason)
+        return TrackedRecord(seq=frame.seq, source_id=frame.source_id, status="quarantined",
+                             t_arrival=frame.t_arrival, reason=reason, t_acq=frame.t_acq,
+                             calibration=frame.calibration, file_version=file_version_of(frame))
+
+    reason = frame_problem(frame)
+    if reason:
+        return quarantined(reason)
+    try:
+        result = process_frame(frame, segmenter, polarity=polarity, read_ms=read_ms,
+                               keep_labels=keep_labels)
+    except Exception as exc:
+        log.debug("processing frame %s failed", frame.seq, exc_info=True)
+        return quarantined(f"processing failed: {type(exc).__name__}: {exc}")
+    return TrackedRecord(seq=frame.seq, source_id=frame.source_id, status="ok",
+                         t_arrival=frame.t_arrival, result=result, t_acq=frame.t_acq,
+                         calibration=frame.calibration, file_version=file_version_of(frame))
+
+
 class _Serialized:
     """One ``segment`` call at a time (GPU runtimes such as a TensorRT execution context are
     not thread-safe); prepare and measure still run in parallel workers."""
@@ -319,8 +346,7 @@ class Pipeline:
         self.keep_labels = keep_labels
         self.override: Calibration | None = None
         if pixel_size_nm is not None:
-            p = float(pixel_size_nm)
-            self.override = Calibration((p, p), "override", f"--pixel-size {p:g} nm")
+            self.override = Calibration.override(pixel_size_nm)
         if first_seq is None:
             first_seq = 0
             for s in self.sinks:
@@ -479,6 +505,8 @@ class Pipeline:
                         item.calibration = self.override
                 elif isinstance(item, FrameRecord):
                     item.seq = self._next_seq()
+                    if item.result is not None:  # processed elsewhere (emstream reprocess)
+                        item.result.frame.seq = item.seq
                 self._enqueue((item, read_ms))
         except Exception as exc:
             self.error = exc
@@ -577,40 +605,9 @@ class Pipeline:
                 self._finish(self._out_of_order.pop(self._next_out))
                 self._next_out += 1
 
-    def _quarantined(self, frame: Frame, reason: str) -> FrameRecord:
-        return TrackedRecord(seq=frame.seq, source_id=frame.source_id, status="quarantined",
-                             t_arrival=frame.t_arrival, reason=reason, t_acq=frame.t_acq,
-                             calibration=frame.calibration, file_version=file_version_of(frame))
-
     def _process(self, frame: Frame, read_ms: float) -> FrameRecord:
-        """One frame through prepare, segment, measure and rules; never raises. A frame that
-        cannot be processed is quarantined with one line saying why (the traceback goes to the
-        debug log: an operator gets the file and the reason, not a stack)."""
-        reason = frame_problem(frame)
-        if reason:
-            log.warning("quarantined frame %s (%s): %s", frame.seq, frame.source_id, reason)
-            return self._quarantined(frame, reason)
-        try:
-            result = process_frame(
-                frame, self._segmenter, polarity=self.polarity, read_ms=read_ms,
-                keep_labels=self.keep_labels,
-            )
-            record = TrackedRecord(
-                seq=frame.seq,
-                source_id=frame.source_id,
-                status="ok",
-                t_arrival=frame.t_arrival,
-                result=result,
-                t_acq=frame.t_acq,
-                calibration=frame.calibration,
-                file_version=file_version_of(frame),
-            )
-            return record
-        except Exception as exc:
-            reason = f"processing failed: {type(exc).__name__}: {exc}"
-            log.warning("quarantined frame %s (%s): %s", frame.seq, frame.source_id, reason)
-            log.debug("processing frame %s failed", frame.seq, exc_info=True)
-            return self._quarantined(frame, reason)
+        return frame_record(frame, self._segmenter, polarity=self.polarity, read_ms=read_ms,
+                            keep_labels=self.keep_labels)
 
     def _rule_engine(self) -> Any:
         r = self.rules

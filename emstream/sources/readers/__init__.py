@@ -56,6 +56,7 @@ __all__ = [
     "is_supported",
     "length_to_nm",
     "read_frames",
+    "slice_count",
 ]
 
 _SUFFIX_FORMAT = {
@@ -226,6 +227,20 @@ def check_complete(path: str | os.PathLike[str]) -> None:
         raise _with_path(exc, p) from exc
     except Exception as exc:  # noqa: BLE001 - never leak a library exception type
         raise _with_path(wrap_errors(p, exc), p) from exc
+
+
+def slice_count(path: str | os.PathLike[str]) -> int | None:
+    """How many complete slices an MRC stack holds, from its header and size (``None`` for other
+    formats and for a file the reader would refuse: read those whole)."""
+    p = Path(path)
+    if detect_format(p) != "mrc":
+        return None
+    from emstream.sources.readers.mrc import stack_slices
+
+    try:
+        return stack_slices(p)
+    except Exception:  # noqa: BLE001 - the read that follows says what is wrong
+        return None
 
 
 def read_frames(path: str | os.PathLike[str], *, start: int = 0,

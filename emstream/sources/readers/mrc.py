@@ -150,6 +150,15 @@ def _reject_volume(lay: _Layout, path: Path) -> None:
                          f"{lay.nx}x{lay.ny}x{lay.nz} voxels of {vx:g}x{vy:g}x{vz:g} Å)")
 
 
+def stack_slices(path: Path) -> int:
+    """The complete slices of an MRC stack (raises as the reader would on a file it refuses)."""
+    lay, _ = _layout(path)
+    _reject_volume(lay, path)
+    if lay.nz > lay.complete:
+        raise IncompleteFile(f"header declares {lay.nz} slice(s), file holds {lay.complete}")
+    return lay.complete
+
+
 def check_mrc(path: Path) -> None:
     """Header parses and the file holds every slice the header declares."""
     lay, _ = _layout(path)

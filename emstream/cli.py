@@ -125,6 +125,12 @@ RulesOpt = Annotated[
 PublishOpt = Annotated[
     str | None, typer.Option("--publish", metavar="ENDPOINT", help="Publish summaries and alerts (ZMQ PUB).")
 ]
+PublishKeysOpt = Annotated[Path | None, typer.Option(
+    "--publish-curve-keys", exists=True, dir_okay=False,
+    help="This monitor's CURVE secret certificate: encrypts --publish (needed off loopback).")]
+PublishAllowOpt = Annotated[Path | None, typer.Option(
+    "--publish-curve-allow", exists=True, file_okay=False,
+    help="Folder of subscriber public certificates allowed to read --publish.")]
 PolicyOpt = Annotated[Policy, typer.Option("--policy", help="Live streams: process all or only the latest.")]
 GuiOpt = Annotated[
     bool | None,
@@ -172,6 +178,8 @@ class RunOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
     include_states: str = "ok,moved"
+    publish_curve_keys: Path | None = None
+    publish_curve_allow: Path | None = None
 
     @property
     def trusted_states(self) -> tuple[str, ...]:
@@ -217,7 +225,8 @@ def _extra_sinks(opts: RunOptions, session_dir: Path, rules: Any) -> list[Any]:
     sinks: list[Any] = []
     if opts.publish:
         try:
-            sinks.append(Publisher(opts.publish, rules=rules))
+            sinks.append(Publisher(opts.publish, rules=rules, curve_keys=opts.publish_curve_keys,
+                                   curve_allow=opts.publish_curve_allow))
         except EmstreamError as exc:
             raise _fail(f"--publish: {exc}", 2) from exc
     # Snapshots, the alert log and command hooks of the rules that ask for them.
@@ -470,6 +479,8 @@ def watch(
     backend: BackendOpt = Backend.auto,
     rules: RulesOpt = None,
     publish: PublishOpt = None,
+    publish_curve_keys: PublishKeysOpt = None,
+    publish_curve_allow: PublishAllowOpt = None,
     policy: PolicyOpt = Policy.all,
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
@@ -492,6 +503,7 @@ def watch(
                              "quarantine_after_s": quarantine_after, "recursive": recursive})
     opts.workers = workers
     opts.include_states = include_states
+    opts.publish_curve_keys, opts.publish_curve_allow = publish_curve_keys, publish_curve_allow
 
     def make(ledger: Any) -> Any:
         return FolderSource(directory, ledger, poll_s=poll, min_age_s=min_age,
@@ -510,6 +522,8 @@ def listen(
     backend: BackendOpt = Backend.auto,
     rules: RulesOpt = None,
     publish: PublishOpt = None,
+    publish_curve_keys: PublishKeysOpt = None,
+    publish_curve_allow: PublishAllowOpt = None,
     policy: PolicyOpt = Policy.all,
     protocol: Annotated[Protocol, typer.Option("--protocol", help="Wire protocol.")] = Protocol.emstream,
     sub: Annotated[bool, typer.Option("--sub", help="SUB socket instead of PULL (gaps counted).")] = False,
@@ -532,6 +546,7 @@ def listen(
                       extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind})
     opts.workers = workers
     opts.include_states = include_states
+    opts.publish_curve_keys, opts.publish_curve_allow = publish_curve_keys, publish_curve_allow
 
     def make(ledger: Any) -> Any:
         source = StreamSource(endpoint, protocol=protocol.value,
@@ -557,6 +572,8 @@ def replay(
     backend: BackendOpt = Backend.auto,
     rules: RulesOpt = None,
     publish: PublishOpt = None,
+    publish_curve_keys: PublishKeysOpt = None,
+    publish_curve_allow: PublishAllowOpt = None,
     policy: PolicyOpt = Policy.all,
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
@@ -572,6 +589,7 @@ def replay(
                       extra={"replay": str(directory), "speed": None if as_fast_as_possible else speed})
     opts.workers = workers
     opts.include_states = include_states
+    opts.publish_curve_keys, opts.publish_curve_allow = publish_curve_keys, publish_curve_allow
 
     def make(ledger: Any) -> Any:  # noqa: ARG001
         return ReplaySource(directory, speed=None if as_fast_as_possible or speed == 0 else speed)
@@ -639,6 +657,8 @@ def demo(
     backend: BackendOpt = Backend.auto,
     rules: RulesOpt = None,
     publish: PublishOpt = None,
+    publish_curve_keys: PublishKeysOpt = None,
+    publish_curve_allow: PublishAllowOpt = None,
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
@@ -687,6 +707,7 @@ def demo(
                                      "inject_bad": inject_bad, "folder": str(acq)}})
     opts.workers = workers
     opts.include_states = include_states
+    opts.publish_curve_keys, opts.publish_curve_allow = publish_curve_keys, publish_curve_allow
 
     def make(ledger: Any) -> Any:
         sim.start()
@@ -1040,3 +1061,6 @@ if __name__ == "__main__":  # pragma: no cover
 from emstream.cli_reprocess import register as _register_reprocess  # noqa: E402
 
 _register_reprocess(app)
+from emstream.cli_hub import register as _register_hub  # noqa: E402
+
+_register_hub(app)

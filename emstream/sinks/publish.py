@@ -40,10 +40,13 @@ built-in alert). ``event``: ``{"kind", "message", "t", "data"}``; the tracking e
 ``left_field`` and ``data`` ``{"seq": frame it happened on, "tracks": [ids], "into": id
 (coalescence), "merged": [ids], "y_px", "x_px": drift-corrected position, "d": diameter,
 "unit": "nm" | "px"}``. ``session``:
-``{"state": "open"|"close", "session_dir", "source", "backend", "t"}``.
+``{"state": "open"|"close", "session_dir", "source", "backend", "t"}``. ``heartbeat``
+(when nothing else went out for a second): ``{"t", "session_dir", "source"}``.
 
-Security: the socket binds to loopback unless ``allow_remote=True`` (then anyone who can reach
-the port can read the summaries: they carry no pixels, but keep it on a trusted network).
+Security: the socket binds to loopback, unless it is encrypted with CURVE and an allow-list of
+subscriber certificates (``curve_keys``, ``curve_allow``: ``--publish-curve-keys``,
+``--publish-curve-allow``), or ``allow_remote=True`` is passed in code (then anyone who can
+reach the port reads the summaries: they carry no pixels, but keep it on a trusted network).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +67,7 @@ import zmq
 from emstream.errors import ConfigError
 from emstream.results import Alert, Event, FrameRecord
 from emstream.sinks.base import Session, Sink
+from emstream.zmq_curve import setup_curve
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Publisher", "alert_message", "frame_message"]
 
@@ -155,7 +160,8 @@ def check_loopback(endpoint: str) -> None:
         pass
     raise ConfigError(
         f"refusing to publish on {endpoint!r}: not a loopback address. Use tcp://127.0.0.1:PORT, "
-        "or allow it explicitly (--publish-allow-remote) on a trusted network"
+        "or encrypt it with an allow-list of subscribers (--publish-curve-keys, "
+        "--publish-curve-allow)"
     )
 
 
@@ -186,17 +192,27 @@ class Publisher(Sink):
         rules: Any = None,
         hwm: int = 1000,
         context: zmq.Context | None = None,
+        curve_keys: str | os.PathLike[str] | None = None,
+        curve_allow: str | os.PathLike[str] | None = None,
+        heartbeat_s: float = 1.0,
     ) -> None:
-        if not allow_remote:
+        if not (allow_remote or (curve_keys and curve_allow)):
             check_loopback(endpoint)
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 500)
+        self._auth = None
         try:
+            self._auth = setup_curve(self._ctx, self._sock, keys=curve_keys, allow=curve_allow,
+                                     bind=True, what="publish_curve")
             self._sock.bind(endpoint)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, ConfigError) as exc:
             self._sock.close(0)
+            if self._auth is not None:
+                self._auth.stop()
+            if isinstance(exc, ConfigError):
+                raise
             raise ConfigError(f"cannot publish on {endpoint}: {exc}") from None
         #: The endpoint actually bound (with the real port when ``*`` / ``0`` was asked for).
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -207,6 +223,8 @@ class Publisher(Sink):
         self._lock = threading.Lock()
         self._closed = False
         self._session: Session | None = None
+        self.heartbeat_s = float(heartbeat_s)
+        self._last_sent = 0.0
 
     def describe(self) -> str:
         return f"publishing on {self.endpoint}"
@@ -219,6 +237,7 @@ class Publisher(Sink):
             try:
                 self._sock.send_multipart([topic.encode(), data], flags=zmq.NOBLOCK)
                 self.sent += 1
+                self._last_sent = time.monotonic()
             except zmq.Again:
                 self.dropped += 1
 
@@ -253,6 +272,16 @@ class Publisher(Sink):
             except Exception:  # noqa: BLE001 - a rules hiccup must not stop publishing
                 log.exception("matching() failed on frame %s", record.seq)
         self._send("frame", frame_message(record, n_match))
+
+    def flush(self) -> None:
+        """Called while the pipeline is idle: a ``heartbeat`` when nothing went out for
+        ``heartbeat_s``, so that a subscriber (``emstream hub``) tells a quiet monitor from a
+        dead one."""
+        if self.heartbeat_s > 0 and time.monotonic() - self._last_sent >= self.heartbeat_s:
+            s = self._session
+            self._send("heartbeat", _clean(_envelope("heartbeat", {
+                "t": time.time(), "session_dir": str(s.session_dir) if s else None,
+                "source": s.source if s else None})))
 
     def alert(self, alert: Alert) -> None:
         if "publish" in alert.actions or not alert.actions:
@@ -296,3 +325,5 @@ class Publisher(Sink):
         with self._lock:
             self._closed = True
             self._sock.close()
+        if self._auth is not None:
+            self._auth.stop()

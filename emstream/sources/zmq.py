@@ -61,6 +61,7 @@ from emstream.sources.protocol import (
     RejectedMessage,
     decode_v1,
 )
+from emstream.zmq_curve import setup_curve
 
 __all__ = ["StreamSource", "StreamStats", "check_endpoint"]
 
@@ -316,7 +317,8 @@ class StreamSource:
                 self._sock.setsockopt(zmq.IPV6, 1)
             if pattern == "sub":
                 self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-            self._setup_curve(curve_keys, curve_allow, curve_server)
+            self._auth = setup_curve(self._ctx, self._sock, keys=curve_keys, allow=curve_allow,
+                                     server=curve_server, bind=bind)
             if bind:
                 self._sock.bind(endpoint)
                 self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -345,43 +347,6 @@ class StreamSource:
         log.info("%s", self.describe())
 
     # -- set-up ------------------------------------------------------------------------------
-
-    def _setup_curve(self, keys: str | Path | None, allow: str | Path | None,
-                     server: str | Path | None) -> None:
-        if not keys:
-            return
-        if not zmq.has("curve"):
-            raise ConfigError("this libzmq has no CURVE support; cannot encrypt the stream")
-
-        try:
-            public, secret = zmq.auth.load_certificate(str(keys))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"curve_keys {str(keys)!r}: cannot read certificate ({exc})") from None
-        if not secret:
-            raise ConfigError(f"curve_keys {str(keys)!r} is a public certificate; "
-                              "pass the secret one (*.key_secret)")
-        self._sock.curve_publickey = public
-        self._sock.curve_secretkey = secret
-        if self.bind:
-            if not allow:
-                raise ConfigError("a CURVE server needs curve_allow (allowed client certificates)")
-            allow_dir = Path(allow)
-            if not allow_dir.is_dir() or not any(allow_dir.glob("*.key")):
-                raise ConfigError(f"curve_allow {str(allow)!r}: expected a folder of client "
-                                  "public certificates (*.key)")
-            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger(__name__ + ".auth"))
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(allow_dir))
-            self._sock.curve_server = True
-        else:
-            if not server:
-                raise ConfigError("connecting with CURVE needs curve_server "
-                                  "(the server's public certificate)")
-            try:
-                server_public, _ = zmq.auth.load_certificate(str(server))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"curve_server {str(server)!r}: cannot read ({exc})") from None
-            self._sock.curve_serverkey = server_public
 
     # -- public API --------------------------------------------------------------------------
 

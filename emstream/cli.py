@@ -180,6 +180,7 @@ class RunOptions:
     include_states: str = "ok,moved"
     publish_curve_keys: Path | None = None
     publish_curve_allow: Path | None = None
+    record: Path | None = None
 
     @property
     def trusted_states(self) -> tuple[str, ...]:
@@ -229,6 +230,10 @@ def _extra_sinks(opts: RunOptions, session_dir: Path, rules: Any) -> list[Any]:
                                    curve_allow=opts.publish_curve_allow))
         except EmstreamError as exc:
             raise _fail(f"--publish: {exc}", 2) from exc
+    if opts.record is not None:
+        from emstream.sinks.record import FrameRecorder
+
+        sinks.append(FrameRecorder(opts.record))
     # Snapshots, the alert log and command hooks of the rules that ask for them.
     sinks.append(ActionsSink(session_dir, rules=rules))
     return sinks
@@ -532,6 +537,9 @@ def listen(
     max_frame_mb: Annotated[float, typer.Option("--max-frame-mb", min=0.001, help="Reject larger messages.")] = 256.0,
     curve_keys: Annotated[Path | None, typer.Option("--curve-keys", help="This side's CURVE secret certificate.")] = None,
     curve_allow: Annotated[Path | None, typer.Option("--curve-allow", help="Folder of allowed client public certificates.")] = None,
+    record: Annotated[Path | None, typer.Option(
+        "--record", file_okay=False,
+        help="Keep every processed frame as a TIFF here (for reprocess or replay).")] = None,
     gui: GuiOpt = None,
     screenshot: ScreenshotOpt = None,
     report: ReportOpt = True,
@@ -543,7 +551,9 @@ def listen(
 
     opts = RunOptions(session_dir, exit_when_idle, pixel_size, segmenter.value, backend.value, rules,
                       publish, policy.value, gui, screenshot, report,
-                      extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind})
+                      extra={"listen": endpoint, "protocol": protocol.value, "sub": sub, "bind": bind,
+                             "record": str(record) if record else None})
+    opts.record = record
     opts.workers = workers
     opts.include_states = include_states
     opts.publish_curve_keys, opts.publish_curve_allow = publish_curve_keys, publish_curve_allow

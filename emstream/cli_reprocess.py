@@ -158,6 +158,9 @@ def reprocess(
         for note in src.notes:
             err.print(f"[yellow]{note}[/]")
         workers_now = client.nthreads()
+        if not workers_now:
+            err.print("[yellow]the scheduler has no workers yet: the tasks wait until one "
+                      "joins (dask worker ADDRESS)[/]")
         err.print(f"dask: {client.scheduler.address}, {len(workers_now)} worker(s), "
                   f"{sum(workers_now.values())} thread(s); files read by "
                   f"{'the workers' if src.paths == 'shared' else 'the client, sent to the workers'}"

@@ -41,6 +41,7 @@ def run_once(frames: Path, out: Path, segmenter, *, scheduler=None, workers=1, t
     """Seconds to reprocess ``frames`` into a fresh session (cluster start-up timed apart)."""
     t0 = time.perf_counter()
     client, cluster = connect(scheduler, workers=workers, dashboard=False)
+    client.wait_for_workers(workers, timeout=120)
     t_start = time.perf_counter() - t0
     ledger = Ledger(out)
     src = ClusterSource([frames], ledger, client=client, cluster=cluster,
@@ -128,7 +129,7 @@ def main() -> None:
         address, procs = real_cluster(tmp, 2)
         try:
             result["dask_scheduler_2_workers"] = run_once(frames, tmp / "sc", seg,
-                                                          scheduler=address)
+                                                          scheduler=address, workers=2)
             print("cluster", result["dask_scheduler_2_workers"], flush=True)
         finally:
             for p in procs:

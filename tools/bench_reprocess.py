@@ -89,6 +89,22 @@ def sequential_ceiling(records: list, out: Path, segmenter, repeat: int) -> dict
     return {"frames": repeat, "seconds": round(dt, 2), "frames_per_s": round(repeat / dt, 1)}
 
 
+def ledger_ceiling(records: list, out: Path, repeat: int) -> dict:
+    """Frames/s the ledger alone absorbs (frame rows and particle rows, committed)."""
+    ledger = Ledger(out)
+    ledger.open(Session(out, "bench", "records"))
+    t0 = time.perf_counter()
+    for k in range(repeat):
+        r = copy.copy(records[k % len(records)])
+        r.seq, r.source_id, r.file_version = k, f"{r.source_id}@{k}", None
+        ledger.frame_done(r)
+    ledger.close()
+    dt = time.perf_counter() - t0
+    n_particles = sum(int(records[k % len(records)].result.summary.count) for k in range(repeat))
+    return {"frames": repeat, "particles": n_particles, "seconds": round(dt, 2),
+            "frames_per_s": round(repeat / dt, 1)}
+
+
 def real_cluster(tmp: Path, workers: int):
     sched_file = tmp / "scheduler.json"
     procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
@@ -144,6 +160,8 @@ def main() -> None:
             recs += process_task(task, segmenter=seg)
         result["sequential_stage_ceiling"] = sequential_ceiling(recs, tmp / "seq", seg, a.repeat)
         print("ceiling", result["sequential_stage_ceiling"], flush=True)
+        result["ledger_ceiling"] = ledger_ceiling(recs, tmp / "led", a.repeat)
+        print("ledger", result["ledger_ceiling"], flush=True)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

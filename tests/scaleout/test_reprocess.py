@@ -237,3 +237,41 @@ def test_recorded_stream_reprocesses_to_the_same_particles(tmp_path):
     t_live = [r[0] for r in con.execute("SELECT t_acq FROM frames ORDER BY seq")]
     con.close()
     assert t_again == pytest.approx(t_live)  # acquisition times kept
+
+
+@pytest.mark.timeout(300)
+def test_client_sends_the_files_where_workers_do_not_share_them(recorded, tmp_path):
+    """--paths send: the workers get each file's bytes and find the same particles."""
+    shared, sent = tmp_path / "shared", tmp_path / "sent"
+    for out, how in ((shared, "shared"), (sent, "send")):
+        assert main(["reprocess", str(recorded), "--out", str(out), "--paths", how,
+                     "--segmenter", "classical", "--no-report"]) == 0
+    assert _particles(shared) == _particles(sent) and len(_particles(sent)) > 50
+    assert _frames(shared) == _frames(sent)
+
+
+def test_a_task_that_kills_its_workers_is_quarantined():
+    """dask gives up on a task after allowed-failures dead workers: its frames are quarantined
+    with the reason, one row each (stack slices included), and the run goes on."""
+    from distributed.scheduler import KilledWorker
+
+    from emstream.scaleout.source import ClusterSource
+
+    class Dead:
+        def result(self):
+            from types import SimpleNamespace
+
+            raise KilledWorker("emstream-1", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+
+    src = ClusterSource.__new__(ClusterSource)
+    from emstream.scaleout.source import Progress
+
+    src.progress, src._events = Progress(), []
+    import threading
+
+    src._lock = threading.Lock()
+    stack = FileTask("/d/s.mrc", "10:1", 1, start=4, count=3, stack=True, total=7)
+    recs = src._collect(Dead(), stack)
+    assert [r.source_id for r in recs] == ["/d/s.mrc#4", "/d/s.mrc#5", "/d/s.mrc#6"]
+    assert all(r.status == "quarantined" and "died repeatedly" in r.reason for r in recs)
+    assert src.progress.tasks_retried == 1 and len(src.drain_events()) == 1

@@ -20,9 +20,12 @@ def _f(v: Any, spec: str = ".1f") -> str:
 def monitors_table(snapshot: dict[str, Any]) -> Table:
     t = Table(title="emstream hub (read-only)", caption=f"{snapshot['rejected']} message(s) "
               "rejected", expand=False)
-    for col in ("microscope", "status", "last frame", "particles", "D50", "state", "frames/s",
-                "ok / quar. / not ok", "last alert"):
-        t.add_column(col, no_wrap=col not in ("last alert",))
+    # short headings: the table fits 80 columns
+    for col in ("name", "status", "frame", "n", "D50", "state", "fps", "ok/quar/bad",
+                "last alert"):
+        wraps = col in ("frame", "last alert")
+        t.add_column(col, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis",
+                     min_width=7 if col == "status" else None)
     for m in snapshot["monitors"]:
         f = m["last_frame"]
         last = m["alerts"][0] if m["alerts"] else None
@@ -33,7 +36,7 @@ def monitors_table(snapshot: dict[str, Any]) -> Table:
             escape(f"{_f(f.get('d50'))} {f.get('unit') or ''}".strip()),
             escape((f.get("state") or "–").replace("_", " ")),
             f"{m['fps']:.2f}",
-            f"{m['processed']} / {m['quarantined']} / {m['not_ok']}",
+            f"{m['processed']}/{m['quarantined']}/{m['not_ok']}",
             "" if last is None else escape(f"{last['severity']}: {last['rule']}: "
                                            f"{last['message']}"[:60]),
         )

@@ -119,6 +119,16 @@ def test_non_loopback_endpoint_without_keys_is_refused(tmp_path):
     assert main(["hub", "tcp://127.0.0.1:5556", "--web", "0.0.0.0:0", "--exit-after", "0"]) == 2
 
 
+def test_hub_command_runs_and_prints_the_table(capfd):
+    from emstream.cli import main
+
+    assert main(["hub", "tem1=tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557", "--web",
+                 "127.0.0.1:0", "--exit-after", "0.5"]) == 0
+    said = capfd.readouterr().err
+    assert "hub page: http://127.0.0.1:" in said and "tem1" in said and "m2" in said
+    assert "waiting" in said
+
+
 def test_curve_publisher_and_hub(tmp_path):
     """A monitor publishing with CURVE and an allow-list; the hub with its keys reads it, a
     subscriber without the keys reads nothing."""

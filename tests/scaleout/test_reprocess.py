@@ -77,13 +77,16 @@ def test_plan_orders_files_and_splits_stacks(recorded, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_reprocess_equals_watch_and_resumes(recorded, tmp_path):
+def test_reprocess_equals_watch_and_resumes(recorded, tmp_path, capfd):
     """The particle table of reprocess equals watch's on the same files (issue 23 item 2);
     bad files are quarantined as watch does; a rerun adds only what is new."""
     watched, redone = tmp_path / "watched", tmp_path / "redone"
     assert main(["watch", str(recorded), "--session-dir", str(watched), "--headless",
                  "--exit-when-idle", "1.5", "--quarantine-after", "0.5", "--no-report"]) == 0
+    capfd.readouterr()
     assert main(["reprocess", str(recorded), "--out", str(redone), "--workers", "2"]) == 0
+    said = capfd.readouterr().err
+    assert "2 worker(s)" in said and "frames/s" in said  # the progress line
     a, b = _particles(watched), _particles(redone)
     assert len(a) > 50 and a == b
     w = {s: st for s, st, _ in _frames(watched)}

@@ -55,7 +55,6 @@ class SegmenterPlugin(WorkerPlugin):
     def __init__(self, recipe: SegmenterRecipe):
         self.recipe = recipe
         self.segmenter: Any = None
-        self._dir: tempfile.TemporaryDirectory | None = None
 
     def setup(self, worker: Any = None) -> None:  # noqa: ARG002 - dask's signature
         from emstream.pipeline import make_segmenter
@@ -66,19 +65,18 @@ class SegmenterPlugin(WorkerPlugin):
         if r.kind == "classical" or not r.files:
             self.segmenter = make_segmenter(kind="classical")
             return
-        self._dir = tempfile.TemporaryDirectory(prefix="emstream-model-")
-        onnx = None
-        for name, data in r.files.items():
-            target = Path(self._dir.name) / Path(name).name  # a bare name, never a path
-            target.write_bytes(data)
-            if target.suffix == ".onnx":
-                onnx = target
-        self.segmenter = make_segmenter(kind="learned", backend=r.backend, model=onnx)
+        # the runtimes read the model while the segmenter is built: the files go right after
+        with tempfile.TemporaryDirectory(prefix="emstream-model-") as d:
+            onnx = None
+            for name, data in r.files.items():
+                target = Path(d) / Path(name).name  # a bare name, never a path
+                target.write_bytes(data)
+                if target.suffix == ".onnx":
+                    onnx = target
+            self.segmenter = make_segmenter(kind="learned", backend=r.backend, model=onnx)
 
     def teardown(self, worker: Any = None) -> None:  # noqa: ARG002
         self.segmenter = None
-        if self._dir is not None:
-            self._dir.cleanup()
 
 
 def quarantined(task: FileTask, reason: str) -> list[FrameRecord]:

@@ -31,8 +31,8 @@ Thresholds and the marker source come from the model's ``.json`` sidecar (``thre
 ``marker_threshold``, ``min_area_px``, ``split``, ``sep_sigma``, ``fill_holes_px``,
 ``min_score``: the lowest mean particle probability kept, compared as a mean logit; ``views``:
 1, 2 or 4 mirror images of the frame whose logits are averaged, test-time augmentation that
-costs one network pass each; ``local_background_sigma``: the second look at unsure frames,
-:meth:`LearnedSegmenter.logits`) and can be overridden.
+costs one network pass each; ``local_background_sigma`` and ``coarse_looks``: the second looks
+at unsure frames, :meth:`LearnedSegmenter.logits`) and can be overridden.
 """
 
 from __future__ import annotations
@@ -70,10 +70,9 @@ SCALE_PROBE_MIN_COUNT = 3
 SCALE_PROBE_CONFIDENCE = 0.7
 #: The network never sees a frame whose shorter side is below this many px.
 SCALE_MIN_SIDE = 96
-#: An unsure frame's second look (background subtracted, ``local_background_sigma``) replaces
-#: the first only when the network is surer of it by this much (held-out EMPS figure crops: no
-#: loss at 0.05, 0.006 lost at 0; supported catalysts: 0.609 at 0.05, 0.627 at 0).
-LOCAL_BACKGROUND_MARGIN = 0.05
+#: An unsure frame's second look replaces the look kept so far only when the network is surer
+#: of it by this much (and trusts it: ``CONFIDENCE_LOW``); model card, "Second looks".
+SECOND_LOOK_MARGIN = 0.05
 
 
 def _logit(p: float) -> float:
@@ -133,7 +132,8 @@ class LearnedSegmenter:
                  marker_threshold: float | None = None, min_area_px: int | None = None,
                  split: str | None = None, sep_sigma: float | None = None,
                  fill_holes_px: int | None = None, min_score: float | None = None,
-                 views: int | None = None, local_background_sigma: float | None = None):
+                 views: int | None = None, local_background_sigma: float | None = None,
+                 coarse_looks: tuple[float, ...] | None = None):
         info = dict(model_card_info or {})
         self.backend = backend
         self.info = info
@@ -166,8 +166,11 @@ class LearnedSegmenter:
         self.min_score = None if ms is None else float(ms)
         lb = (local_background_sigma if local_background_sigma is not None
               else info.get("local_background_sigma"))
-        #: px; ``None``/0: no second look at unsure frames (see :meth:`logits`)
+        #: second looks at unsure frames (see :meth:`logits`): the background-subtracted one
+        #: (px; ``None``/0: none) and the shrunk ones (factors; ``()``: none)
         self.local_background_sigma = float(lb) if lb else None
+        self.coarse_looks = tuple(float(f) for f in (
+            coarse_looks if coarse_looks is not None else info.get("coarse_looks", ())))
 
     # -- network -------------------------------------------------------------------------
     def _run_padded(self, img: np.ndarray, views: int | None = None) -> np.ndarray:
@@ -272,49 +275,65 @@ class LearnedSegmenter:
         """The network's logit maps (2 x H x W) of a prepared frame: its native pixels (first
         channel if RGB) normalised over the valid pixels, then :meth:`maps`.
 
-        A frame the network is unsure of (confidence below ``CONFIDENCE_LOW``) gets a second
-        look when the model has a ``local_background_sigma``: the same frame with its smooth
-        background (a Gaussian of that many px) subtracted, which leaves particles that are
-        brighter or darker only than their own surroundings (small metal particles on a thick,
-        textured support) standing on a flat field. The second look replaces the first only
-        when it is itself trusted (confidence at least ``CONFIDENCE_LOW``) and surer by
-        ``LOCAL_BACKGROUND_MARGIN`` (``last_info["view"]`` says which): on figures of large
-        particles the plain look fails and the second one breaks them into rims and fragments
-        the network is not sure of either.
+        A frame the network is unsure of (confidence below ``CONFIDENCE_LOW``) gets second
+        looks, as far as the model's sidecar asks for them: the frame with its smooth background
+        subtracted (a Gaussian of ``local_background_sigma`` px), which leaves particles brighter
+        or darker only than their own surroundings (small metal particles on a thick, textured
+        support) on a flat field; and the frame shrunk by each of ``coarse_looks`` (0.5, 0.25),
+        for particles larger than the network's size band that the scale probe did not catch.
+        A look replaces the one kept so far only when it is itself trusted (confidence at least
+        ``CONFIDENCE_LOW``) and surer by ``SECOND_LOOK_MARGIN``: on figures of large particles
+        the background-subtracted look breaks them into rims the network is not sure of either.
+        ``last_info["view"]`` says which look was kept.
         """
         raw = prepared.raw
         if raw.ndim == 3:
             raw = raw[..., 0]
-        logits = self._look(raw, prepared.valid)
+        valid = prepared.valid
+        logits = self._look(raw, valid)
         info = dict(self.last_info, view="plain")
-        if self.local_background_sigma and info["confidence"] < CONFIDENCE_LOW:
-            flat = np.asarray(raw, np.float32)
-            flat = flat - cv2.GaussianBlur(flat, (0, 0), self.local_background_sigma)
-            second = self._look(flat, prepared.valid)
-            c = self.last_info["confidence"]
-            if c >= CONFIDENCE_LOW and c > info["confidence"] + LOCAL_BACKGROUND_MARGIN:
-                logits, info = second, dict(self.last_info, view="local background")
+        if info["confidence"] < CONFIDENCE_LOW:
+            for view, image, scale in self._second_looks(raw, valid):
+                second = self._look(image, valid, scale)
+                c = self.last_info["confidence"]
+                if c >= CONFIDENCE_LOW and c > info["confidence"] + SECOND_LOOK_MARGIN:
+                    logits, info = second, dict(self.last_info, view=view)
         self.last_info = info
         return logits
 
-    def _look(self, raw: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-        """Logit maps of one image (normalised, banners filled, scale policy, confidence)."""
+    def _second_looks(self, raw: np.ndarray, valid: np.ndarray | None):
+        """``(view, image, scale)`` of each second look the model asks for, made when needed."""
+        if self.local_background_sigma:
+            flat = np.asarray(raw, np.float32)
+            yield ("local background",
+                   flat - cv2.GaussianBlur(flat, (0, 0), self.local_background_sigma), None)
+        h, w = raw.shape
+        for f in self.coarse_looks:
+            f = max(float(f), SCALE_MIN_SIDE / min(h, w))
+            if f < 1.0:
+                yield f"coarse x{f:.3g}", raw, f
+
+    def _look(self, raw: np.ndarray, valid: np.ndarray | None,
+              scale: float | None = None) -> np.ndarray:
+        """Logit maps of one image (normalised, banners filled, the scale policy or the given
+        resampling factor, confidence in ``last_info``)."""
         image = normalize_image(raw, valid=valid)
         self._agree = [0, 0]
         if valid is None or not valid.any():
-            return self._finish(self._scaled_maps(image))
+            return self._finish(self._scaled_maps(image, scale))
         box = bounding_box(valid)
         inner, inner_valid = image[box], valid[box]
         if not inner_valid.all():
             fill_invalid_with_background(inner, inner_valid, step=4)
         if inner.shape == image.shape:
-            return self._finish(self._scaled_maps(image))
+            return self._finish(self._scaled_maps(image, scale))
         out = np.full((2,) + image.shape, _BACKGROUND_LOGIT, np.float32)
-        out[(slice(None),) + box] = self._scaled_maps(np.ascontiguousarray(inner))
+        out[(slice(None),) + box] = self._scaled_maps(np.ascontiguousarray(inner), scale)
         return self._finish(out)
 
-    def _scaled_maps(self, image: np.ndarray) -> np.ndarray:
-        scale = self.estimate_scale(image) if self.scale == "auto" else float(self.scale)
+    def _scaled_maps(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
+        if scale is None:
+            scale = self.estimate_scale(image) if self.scale == "auto" else float(self.scale)
         self.last_info = {"scale": round(scale, 4)}
         return self.maps(image, scale)
 

@@ -5,6 +5,7 @@ Registered on the main CLI (:mod:`emstream.cli`); the work itself is :mod:`emstr
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -102,8 +103,9 @@ def reprocess(
         exists=True, file_okay=False, help="Folders of frames and/or session folders.")],
     out: Annotated[Path, typer.Option("--out", file_okay=False,
                                       help="Session folder to write (a rerun resumes it).")],
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, max=256, help="Worker processes of the embedded cluster.")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, max=256,
+        help="Worker processes of the embedded cluster (default: one per core).")] = None,
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", metavar="ADDRESS",
         help="A running dask scheduler (tcp://HOST:8786) instead of the embedded cluster.")] = None,
@@ -127,6 +129,7 @@ def reprocess(
     one session: same ledger, report and exports as a live one."""
     if paths not in ("auto", "shared", "send"):
         raise _fail(f"--paths must be auto, shared or send, got {paths!r}", 2)
+    workers = workers or os.cpu_count() or 1
     try:
         from emstream.scaleout.source import ClusterSource, connect, recipe_for
     except ImportError as exc:

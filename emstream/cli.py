@@ -902,6 +902,7 @@ def frame_json(res: Any) -> dict[str, Any]:
         "count": int(s.count),
         "confidence": _clean(res.confidence),
         "segmentation_scale": _clean(res.seg_scale),
+        "segmentation_view": res.seg_view,
         "flag": res.seg_flag,
         "state": res.state,
         "quality": {k: _clean(v) for k, v in (res.quality or {}).items()},

@@ -114,6 +114,7 @@ def process_frame(
         valid=prepared.valid,
         confidence=info.get("confidence"),
         seg_scale=info.get("scale"),
+        seg_view=info.get("view"),
     )
 
 

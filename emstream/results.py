@@ -106,6 +106,9 @@ class FrameResult:
     confidence: float | None = None
     #: the resampling factor the network ran at (learned segmenter; ``None`` otherwise)
     seg_scale: float | None = None
+    #: which look of the frame the learned segmenter kept (``"plain"``, or a second look at an
+    #: unsure frame: ``"local background"``, ``"coarse x0.5"`` ...); ``None``: it says nothing
+    seg_view: str | None = None
     #: why this frame's segmentation is doubtful (``process.confidence``), ``None`` when fine
     seg_flag: str | None = None
     #: each particle's track (``process.track``; ``None``: not tracked), aligned with the rows

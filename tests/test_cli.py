@@ -107,6 +107,7 @@ def test_analyze_json_contract(tmp_path, needs_processing):
     assert db["nm_per_px"] is None and db["calibration"] == "none"
     # the classical baseline gives no confidence; nothing is flagged
     assert da["confidence"] is None and da["flag"] is None and da["segmentation_scale"] is None
+    assert da["segmentation_view"] is None
     assert len(da["particles"]) == len(truth)
     for p in da["particles"]:
         y, x = p["centroid_yx_px"]

@@ -344,8 +344,9 @@ class CollapsingSegmenter:
         self.calls += 1
         labels = self.inner.segment(prepared)
         if k == 5:
-            return np.zeros_like(labels), {"confidence": 0.31, "scale": 1.0}
-        return labels, {"confidence": 0.95, "scale": 1.0}
+            return np.zeros_like(labels), {"confidence": 0.31, "scale": 1.0, "view": "plain"}
+        view = "local background" if k == 3 else "plain"  # a second look kept on frame 3
+        return labels, {"confidence": 0.95, "scale": 1.0, "view": view}
 
     def segment(self, prepared):
         return self.segment_with_info(prepared)[0]
@@ -370,6 +371,7 @@ def test_a_collapsed_low_confidence_frame_is_flagged_alerted_and_recorded(tmp_pa
     assert "low confidence 0.31" in rows[5]["seg_flag"] and "count collapsed" in rows[5]["seg_flag"]
     assert rows[4]["seg_flag"] is None and rows[4]["confidence"] == 0.95
     assert con.execute("SELECT builtin FROM alerts WHERE seq=5").fetchone()[0] == 1
+    assert rows[3]["seg_view"] == "local background" and rows[4]["seg_view"] == "plain"
 
 
 def test_tiny_and_failing_frames_are_quarantined_in_one_line(tmp_path, caplog):

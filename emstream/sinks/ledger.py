@@ -41,7 +41,7 @@ _FRAME_COLS = (
     "seq, source, status, reason, file_version, t_acq, t_arrival, t_done, height, width, "
     "nm_per_px_y, nm_per_px_x, calibration_source, calibration_detail, unit, count, coverage, "
     "mean_diameter, d10, d50, d90, backend, timings_json, confidence, seg_scale, seg_flag, "
-    "drift_y_px, drift_x_px, drift_y_nm, drift_x_nm, state, quality_json"
+    "drift_y_px, drift_x_px, drift_y_nm, drift_x_nm, state, quality_json, seg_view"
 )
 _TRACK_UPSERT = (
     f"INSERT OR REPLACE INTO tracks ({', '.join(TRACK_COLUMNS)}) "
@@ -388,6 +388,7 @@ class Ledger(Sink):
             _num(drift[1] * nm[1]) if drift and nm else None,
             res.state if res is not None else None,
             json.dumps(res.quality) if res is not None and res.quality is not None else None,
+            res.seg_view if res is not None else None,
         )
         def op() -> None:
             self._w(f"INSERT INTO frames ({_FRAME_COLS}) VALUES ({', '.join('?' * len(row))})",

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 from emstream.results import PARTICLE_COLUMNS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Columns added since version 1 (``ALTER TABLE`` on a ledger from an older emstream, so a
 #: session recorded before them can be resumed): table -> [(column, type)].
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "frames": [("confidence", "REAL"), ("seg_scale", "REAL"), ("seg_flag", "TEXT"),
                ("drift_y_px", "REAL"), ("drift_x_px", "REAL"), ("drift_y_nm", "REAL"),
-               ("drift_x_nm", "REAL"), ("state", "TEXT"), ("quality_json", "TEXT")],
+               ("drift_x_nm", "REAL"), ("state", "TEXT"), ("quality_json", "TEXT"),
+               ("seg_view", "TEXT")],
     "particles": [("track_id", "INTEGER")],
     "files": [("content_hash", "TEXT")],
 }
@@ -90,6 +91,8 @@ CREATE TABLE IF NOT EXISTS frames (
   confidence REAL,                 -- segmentation confidence 0..1 (NULL: the segmenter gives none)
   seg_scale REAL,                  -- resampling factor the network ran at (learned segmenter)
   seg_flag TEXT,                   -- why the segmentation is doubtful (NULL: fine)
+  seg_view TEXT,                   -- the learned segmenter's look kept: plain | local background |
+                                   -- coarse x0.5 | coarse x0.25 (second looks at unsure frames)
   drift_y_px REAL,                 -- cumulative stage drift since the first frame (y, x; px)
   drift_x_px REAL,
   drift_y_nm REAL,                 -- the same in nm (NULL when uncalibrated)

@@ -1040,6 +1040,13 @@ def doctor() -> None:
             row(f"reader {f['name']}", bool(f["available"]), str(f["detail"]))
     except ImportError as exc:
         row("file readers", False, str(exc))
+    for command, module, extra in (("reprocess", "distributed", "cluster"),
+                                   ("hub page", "aiohttp", "hub")):
+        try:
+            mod = __import__(module)
+            row(command, True, f"{module} {getattr(mod, '__version__', '')}".strip())
+        except ImportError:
+            row(command, False, f"{module} not installed (pip install emstream[{extra}])")
     try:
         import tensorrt  # type: ignore[import-not-found]
 

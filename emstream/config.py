@@ -15,7 +15,7 @@ from typing import Any
 VERSIONED_PACKAGES = (
     "emstream", "numpy", "scipy", "scikit-image", "opencv-python-headless", "tifffile", "mrcfile",
     "pyzmq", "watchdog", "onnxruntime", "torch", "tensorrt", "PySide6", "pyqtgraph", "ncempy",
-    "rosettasciio",
+    "rosettasciio", "distributed",
 )
 
 DEFAULT_SESSIONS_ROOT = Path("sessions")

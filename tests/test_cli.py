@@ -84,6 +84,7 @@ def test_doctor_runs():
     r = run_cli("doctor")
     assert r.returncode == 0, r.stderr
     assert "python" in r.stdout and "backend" in r.stdout.lower()
+    assert "reprocess" in r.stdout and "hub page" in r.stdout  # the scale-out extras named
 
 
 @pytest.fixture

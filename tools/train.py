@@ -76,6 +76,10 @@ DEFAULTS = {
     "contact_weight": 0.0,
     "families": [],
     "family_weights": None,  # e.g. "genc=3": how often a family is drawn relative to the others
+    # share of crops shown as the segmenter's background-subtracted second look sees a frame:
+    # minus its Gaussian blur of flatten_sigma px, normalised again (labels unchanged)
+    "flatten_prob": 0.0,
+    "flatten_sigma": 4.0,
 }
 
 #: particle diameters (px) the real crops of large particles are resampled to (log-uniform)
@@ -193,6 +197,9 @@ class Batches:
                 img, fg, dist, ign, contact = _random_crop(
                     rng, *(self.synth[k][j] for k in ("image", "fg", "dist", "invisible",
                                                       "contact")), size=size)
+            if rng.random() < cfg.get("flatten_prob", 0.0):
+                img = np.asarray(img, np.float32)
+                img = normalize_image(img - cv2.GaussianBlur(img, (0, 0), cfg["flatten_sigma"]))
             img, fg, dist, ign, contact = augment(rng, img, fg, dist, ign, contact)
             xs.append(img)
             fs.append(fg)

@@ -46,10 +46,7 @@ def run_once(frames: Path, out: Path, segmenter, *, scheduler=None, workers=1, t
     ledger = Ledger(out)
     src = ClusterSource([frames], ledger, client=client, cluster=cluster,
                         recipe=recipe_for(segmenter, "auto", threads))
-    # the model reaches every worker before the clock starts, as in a long run
-    from emstream.scaleout.worker import SegmenterPlugin
-
-    client.register_plugin(SegmenterPlugin(src.recipe), name=SegmenterPlugin.name)
+    src.start_workers()  # the model reaches every worker before the clock starts
     records: list = []
     p = Pipeline(src, segmenter, [ledger], session=Session(out, "bench", segmenter.name))
     p.add_listener(records.append)

@@ -9,7 +9,6 @@ anything to a microscope, because the hub has no way to.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import math
 import threading
 import time
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from emstream.errors import ConfigError
 from emstream.hub.state import FacilityState
+from emstream.sources.zmq import is_loopback
 
 __all__ = ["WebServer", "render_fragment", "render_page", "sparkline"]
 
@@ -73,15 +73,6 @@ def render_page(snapshot: dict[str, Any]) -> str:
     return _env.get_template("hub.html.j2").render(fragment=render_fragment(snapshot))
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def make_app(state: FacilityState) -> web.Application:
     script = resources.files("emstream.hub").joinpath("templates/hub.js").read_text("utf-8")
 
@@ -116,7 +107,7 @@ class WebServer:
 
     def __init__(self, state: FacilityState, host: str = "127.0.0.1", port: int = 8750, *,
                  allow_remote: bool = False) -> None:
-        if not allow_remote and not _loopback(host):
+        if not allow_remote and not is_loopback(host.strip("[]")):
             raise ConfigError(f"the hub page serves on loopback by default; {host} is not "
                               "(--web-allow-remote on a trusted network)")
         self.state, self.host, self.port = state, host, int(port)

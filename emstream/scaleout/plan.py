@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emstream.sources import readers
-from emstream.sources.folder import STACK_PART, STACK_SUFFIXES, content_version, ignored_name
+from emstream.sources.folder import STACK_PART, STACK_SUFFIXES, content_version, regular_files
 
 __all__ = ["FileTask", "Missing", "plan_sources"]
 
@@ -50,19 +50,8 @@ class Missing:
 
 
 def _folder_files(folder: Path, recursive: bool) -> Iterable[str]:
-    stack = [str(folder)]
-    while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                if ignored_name(e.name) or e.is_symlink():
-                    continue
-                if e.is_dir(follow_symlinks=False):
-                    if recursive:
-                        stack.append(e.path)
-                    continue
-                if e.is_file(follow_symlinks=False) and readers.is_supported(e.path):
-                    yield e.path
+    return (e.path for e in regular_files(folder, recursive=recursive)
+            if readers.is_supported(e.path))
 
 
 def _session_files(session: Path) -> tuple[list[tuple[str, str]], int]:

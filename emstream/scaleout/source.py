@@ -127,6 +127,7 @@ class ClusterSource:
         self.paths = paths if paths != "auto" else self._paths_auto()
         self._events: list[Event] = []
         self._lock = threading.Lock()
+        self._workers_ready = False
 
     # ------------------------------------------------------------------ public
     def describe(self) -> str:
@@ -153,10 +154,15 @@ class ClusterSource:
             if self.cluster is not None:
                 self.cluster.close()
 
+    def start_workers(self) -> None:
+        """Ship the segmenter to every worker (once; :meth:`frames` does it if not done)."""
+        if self.plan and not self._workers_ready:
+            self.client.register_plugin(SegmenterPlugin(self.recipe), name=SegmenterPlugin.name)
+        self._workers_ready = True
+
     def frames(self, stop: threading.Event) -> Iterator[FrameRecord]:
         """Yield every planned frame's terminal record, in plan order, until done or ``stop``."""
-        if self.plan:
-            self.client.register_plugin(SegmenterPlugin(self.recipe), name=SegmenterPlugin.name)
+        self.start_workers()
         self.progress.t_start = time.time()
         todo = deque(enumerate(self.plan))
         running: dict[Any, tuple[int, FileTask]] = {}
@@ -241,14 +247,14 @@ class ClusterSource:
         register the rest as pending, as the folder monitor does."""
         out: list[FileTask | Missing] = []
         known: dict[str, bool] = {}
+        recorded: dict[str, int] = {}  # a stack's slices recorded before, asked once per stack
         for task in plan:
             if isinstance(task, Missing):
                 if self.ledger.file_state(task.path, task.version) is None:
                     out.append(task)
                 continue
             if task.path not in known:
-                state = self.ledger.file_state(task.path, task.version)
-                done = state is not None and state[0] in ("done", "quarantined")
+                done = self.ledger.file_finished(task.path, task.version)
                 if not done and not task.stack:
                     digest = content_digest(task.path, os.stat(task.path).st_size)
                     self.ledger.file_pending(task.path, task.version, content_hash=digest)
@@ -261,12 +267,14 @@ class ClusterSource:
             if known[task.path]:
                 continue
             if task.stack:
-                recorded = self.ledger.next_slice(task.path)
+                if task.path not in recorded:
+                    recorded[task.path] = self.ledger.next_slice(task.path)
+                first = recorded[task.path]
                 end = task.start + (task.count or 0)
-                if end <= recorded:
+                if end <= first:
                     continue  # these slices were recorded before the interruption
-                if task.start < recorded:  # some were: the rest of the piece only
-                    task = replace(task, start=recorded, count=end - recorded)
+                if task.start < first:  # some were: the rest of the piece only
+                    task = replace(task, start=first, count=end - first)
             out.append(task)
         return out
 

@@ -573,6 +573,11 @@ class Ledger(Sink):
             ).fetchone()
         return (row[0], int(row[1])) if row else None
 
+    def file_finished(self, path: str, version: str) -> bool:
+        """Did this content version of a file reach the end (done or quarantined)?"""
+        state = self.file_state(path, version)
+        return state is not None and state[0] in ("done", "quarantined")
+
     def version_with_content(self, path: str, content_hash: str) -> str | None:
         """A finished version of ``path`` whose content had this digest (``None``: none)."""
         with self._lock:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,45 @@ def ignored_name(name: str) -> bool:
     """Names acquisition software uses while writing: temp, partial, hidden and lock files."""
     low = name.lower()
     return name.startswith((".", "~")) or low.endswith(_IGNORED_SUFFIXES)
+
+
+def regular_files(directory: str | Path, *, recursive: bool = False,
+                  not_a_file: Callable[[str, str, str], None] | None = None
+                  ) -> Iterator[os.DirEntry]:
+    """The regular files in ``directory`` (and its sub-folders if ``recursive``), skipping names
+    acquisition software uses while writing; links are never followed. Every other entry is
+    passed to ``not_a_file(path, kind, why)`` (kind ``symlink``, ``folder`` or ``special``)."""
+    def odd(path: str, kind: str, why: str) -> None:
+        if not_a_file is not None:
+            not_a_file(path, kind, why)
+
+    stack = [str(directory)]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    if ignored_name(e.name):
+                        continue
+                    try:
+                        if e.is_symlink():
+                            odd(e.path, "symlink", "a symbolic link: links are not followed")
+                            continue
+                        if e.is_dir(follow_symlinks=False):
+                            if recursive:
+                                stack.append(e.path)
+                            else:
+                                odd(e.path, "folder", "a folder, not a file "
+                                    "(--recursive reads inside folders)")
+                            continue
+                        if not e.is_file(follow_symlinks=False):
+                            odd(e.path, "special", "not a regular file (a FIFO, socket or device)")
+                            continue
+                    except OSError:
+                        continue
+                    yield e
+        except OSError as exc:
+            log.warning("cannot scan %s: %s", d, exc)
 
 
 @dataclass
@@ -216,35 +255,8 @@ class FolderSource:
 
     # ------------------------------------------------------------------ scanning
     def _iter_files(self) -> Iterator[os.DirEntry]:
-        stack = [str(self.directory)]
-        while stack:
-            d = stack.pop()
-            try:
-                with os.scandir(d) as it:
-                    for e in it:
-                        if ignored_name(e.name):
-                            continue
-                        try:
-                            if e.is_symlink():
-                                self._not_a_file(e.path, "symlink", "a symbolic link: "
-                                                 "links are not followed")
-                                continue
-                            if e.is_dir(follow_symlinks=False):
-                                if self.recursive:
-                                    stack.append(e.path)
-                                else:
-                                    self._not_a_file(e.path, "folder", "a folder, not a file "
-                                                     "(--recursive reads inside folders)")
-                                continue
-                            if not e.is_file(follow_symlinks=False):
-                                self._not_a_file(e.path, "special", "not a regular file "
-                                                 "(a FIFO, socket or device)")
-                                continue
-                        except OSError:
-                            continue
-                        yield e
-            except OSError as exc:
-                log.warning("cannot scan %s: %s", d, exc)
+        return regular_files(self.directory, recursive=self.recursive,
+                             not_a_file=self._not_a_file)
 
     def _scan(self) -> None:
         now = time.monotonic()
@@ -457,8 +469,7 @@ class FolderSource:
         """Did an earlier run finish this content version (done or quarantined)? One index
         lookup, made once per file (then ``_finished`` knows): start-up does not read the
         whole ``files`` table (1.8 s at a million files)."""
-        state = self.ledger.file_state(path, version)
-        return state is not None and state[0] in ("done", "quarantined")
+        return self.ledger.file_finished(path, version)
 
     def _not_a_file(self, path: str, kind: str, what: str) -> None:
         """A name with an image suffix that is not a regular file: recorded once as a skipped

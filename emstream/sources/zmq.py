@@ -175,7 +175,8 @@ def _host_of(endpoint: str) -> tuple[str, str, str]:
     return transport, host, port
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (a name or an address, IPv6 without brackets) provably loopback?"""
     if host.lower() == "localhost":
         return True
     try:
@@ -208,7 +209,7 @@ def check_endpoint(endpoint: str, *, bind: bool, allow_remote: bool) -> bool:
         raise ConfigError(f"endpoint {endpoint!r}: port {port!r} is not a port number")
     if not bind and port in ("*", "0"):
         raise ConfigError(f"endpoint {endpoint!r}: connecting needs an explicit port")
-    if _is_loopback(host):
+    if is_loopback(host):
         return True
     if not allow_remote:
         what = "binding to" if bind else "connecting to"

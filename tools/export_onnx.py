@@ -60,7 +60,7 @@ def parity(onnx_path: Path, model: torch.nn.Module, sizes=((256, 256), (512, 768
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out = {}
     for h, w in sizes:
-        x = verification_sample(max(h, w))[:, :, :h, :w].copy()
+        x = verification_sample(max(h, w), model.inputs)[:, :, :h, :w].copy()
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         got = sess.run(None, {"image": x})[0]
@@ -72,12 +72,14 @@ def export(ckpt: Path, name: str, out_dir: Path, thresholds: dict | None = None)
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     cfg = json.loads(ck["config"]) if "config" in ck else {}
     arch = cfg.get("arch", "unet-s")
-    model = build_model(arch, width=cfg.get("width", 16), refine=cfg.get("refine", 4))
+    inputs = int(cfg.get("inputs", 1))
+    model = build_model(arch, width=cfg.get("width", 16), refine=cfg.get("refine", 4),
+                        inputs=inputs)
     model.load_state_dict(ck["model"])
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{name}.onnx"
-    x = torch.zeros(1, 1, 256, 256)
+    x = torch.zeros(1, inputs, 256, 256)
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(onnx_path), input_names=["image"],
@@ -94,8 +96,9 @@ def export(ckpt: Path, name: str, out_dir: Path, thresholds: dict | None = None)
         "refine": cfg.get("refine", 4),
         "parameters": count_parameters(model),
         "opset": OPSET,
-        "input": {"name": "image", "shape": ["N", 1, "H", "W"], "dtype": "float32",
-                  "size_multiple": 16},
+        "input": {"name": "image", "shape": ["N", inputs, "H", "W"], "dtype": "float32",
+                  "size_multiple": 16,
+                  "channels": ["image", "local contrast"][:inputs]},
         "output": {"name": "maps", "channels": list(OUTPUT_CHANNELS), "kind": "logits"},
         "normalization": {"method": "percentile", "low": LOW_PERCENTILE, "high": HIGH_PERCENTILE,
                           "formula": "clip(2*(raw-lo)/(hi-lo)-1, -CLIP, CLIP)", "clip": CLIP},
@@ -109,6 +112,8 @@ def export(ckpt: Path, name: str, out_dir: Path, thresholds: dict | None = None)
         "training": {"checkpoint": ckpt.name, "step": int(ck.get("step", 0)), "config": cfg},
         "parity_max_abs_logit_diff": diffs,
     }
+    if inputs > 1:
+        info["local_contrast_sigma"] = float(cfg.get("local_contrast_sigma", 4.0))
     if thresholds:
         info.update(thresholds)
     (out_dir / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -49,7 +49,7 @@ for p in (REPO, REPO / "tools"):
 
 from make_dataset import load_cache, load_real, parse_indices_text, targets  # noqa: E402
 
-from emstream.backends.normalize import normalize_image  # noqa: E402
+from emstream.backends.normalize import local_contrast, normalize_image  # noqa: E402
 from emstream.backends.segmenter import SCALE_MAX_D  # noqa: E402
 from emstream.backends.unet import build_model, count_parameters  # noqa: E402
 
@@ -80,6 +80,10 @@ DEFAULTS = {
     # minus its Gaussian blur of flatten_sigma px, normalised again (labels unchanged)
     "flatten_prob": 0.0,
     "flatten_sigma": 4.0,
+    # input channels: 1 (the normalised image) or 2 (and its local contrast, Gaussian background
+    # of local_contrast_sigma px subtracted, as LearnedSegmenter computes it at run time)
+    "inputs": 1,
+    "local_contrast_sigma": 4.0,
 }
 
 #: particle diameters (px) the real crops of large particles are resampled to (log-uniform)
@@ -100,6 +104,26 @@ def augment(rng, img, *maps):
     if rng.random() < 0.3:
         img = img + rng.normal(0, rng.uniform(0.05, 0.4), img.shape).astype(np.float32)
     return tuple(np.ascontiguousarray(a) for a in (img, *maps))
+
+
+def channels(img, cfg) -> np.ndarray:
+    """The network's input (C x H x W) from a normalised crop, as the segmenter makes it."""
+    img = np.asarray(img, np.float32)
+    if int(cfg.get("inputs", 1)) == 1:
+        return img[None]
+    return np.stack([img, local_contrast(img, cfg["local_contrast_sigma"])])
+
+
+def widen_inputs(state: dict, model) -> dict:
+    """A one-channel checkpoint's weights for a model with more input channels: the new
+    channels' weights start at zero, so the widened network computes what the old one did."""
+    own = model.state_dict()
+    for key in ("stem.0.weight", "refine.0.weight"):
+        if key in state and state[key].shape != own[key].shape:
+            w = torch.zeros_like(own[key])
+            w[:, :state[key].shape[1]] = state[key]
+            state = {**state, key: w}
+    return state
 
 
 def real_crop(rng, item, size):
@@ -210,7 +234,8 @@ class Batches:
         def tensor(arrays, scale=1.0):
             return torch.from_numpy(np.stack(arrays)[:, None].astype(np.float32) * scale)
 
-        return (tensor(xs), tensor(fs), tensor(ds, 1 / 255.0), 1.0 - tensor(ws), tensor(cs))
+        x = torch.from_numpy(np.stack([channels(img, cfg) for img in xs]))
+        return (x, tensor(fs), tensor(ds, 1 / 255.0), 1.0 - tensor(ws), tensor(cs))
 
 
 def _random_crop(rng, *arrays, size):
@@ -249,11 +274,11 @@ def lr_at(step, cfg):
 
 
 @torch.no_grad()
-def validate(model, val, batch=8):
+def validate(model, val, cfg, batch=8):
     model.eval()
     tot, inter, union, n = 0.0, 0.0, 0.0, 0
     for i in range(0, len(val["image"]), batch):
-        x = torch.from_numpy(val["image"][i:i + batch].astype(np.float32))[:, None]
+        x = torch.from_numpy(np.stack([channels(img, cfg) for img in val["image"][i:i + batch]]))
         fg = torch.from_numpy(val["fg"][i:i + batch].astype(np.float32))[:, None]
         dist = torch.from_numpy(val["dist"][i:i + batch].astype(np.float32))[:, None] / 255.0
         seen = torch.from_numpy(1 - val["invisible"][i:i + batch].astype(np.float32))[:, None]
@@ -288,7 +313,8 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
-    model = build_model(cfg["arch"], width=cfg["width"], refine=cfg["refine"])
+    model = build_model(cfg["arch"], width=cfg["width"], refine=cfg["refine"],
+                        inputs=int(cfg.get("inputs", 1)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     start = 0
     ckpt_path = out / "last.pt"
@@ -305,7 +331,7 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
     elif cfg.get("init"):
         ck = torch.load(cfg["init"], weights_only=True)
-        model.load_state_dict(ck["model"] if "model" in ck else ck)
+        model.load_state_dict(widen_inputs(ck["model"] if "model" in ck else ck, model))
         print(f"initialised from {cfg['init']}", flush=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     print(f"{cfg['arch']} width {cfg['width']}: {count_parameters(model)} parameters", flush=True)
@@ -349,7 +375,7 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
             row.update(step=done, lr=round(opt.param_groups[0]["lr"], 6),
                        seconds=round(time.time() - t0, 1), val_loss="", val_iou="")
             if val is not None and (done % cfg["val_every"] == 0 or done == cfg["steps"]):
-                vl, vi = validate(model, val)
+                vl, vi = validate(model, val, cfg)
                 row.update(val_loss=round(vl, 5), val_iou=round(vi, 4))
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([row.get(k, "") for k in fields])

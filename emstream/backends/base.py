@@ -64,6 +64,12 @@ class ModelFiles:
         return self.onnx.stem
 
 
+def input_channels(info: dict) -> int:
+    """Input channels of a model from its sidecar (``input.shape`` N x C x H x W; 1 if absent):
+    1 = the normalised image, 2 = and its local contrast."""
+    return int((info.get("input") or {}).get("shape", [None, 1])[1])
+
+
 def engines_dirs() -> list[Path]:
     """Where model files are looked for: the repository's ``engines/`` (source checkout) and
     ``emstream/_engines`` (installed wheel, which maps ``engines/`` there)."""

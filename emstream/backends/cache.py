@@ -42,7 +42,7 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Profile:
-    """A TensorRT optimisation profile for the input ``image`` (N, 1, H, W)."""
+    """A TensorRT optimisation profile for the input ``image`` (N, C, H, W)."""
 
     min: Shape
     opt: Shape
@@ -54,9 +54,10 @@ class Profile:
                 raise ValueError(f"profile shapes must satisfy min <= opt <= max, got {self}")
 
     @classmethod
-    def for_frames(cls, sizes, multiple: int = 16, batch: int = 1) -> Profile:
-        """Profile covering frames of the given ``(h, w)`` sizes (padded to ``multiple``);
-        ``opt`` is the largest (the one that must be fast)."""
+    def for_frames(cls, sizes, multiple: int = 16, batch: int = 1, channels: int = 1) -> Profile:
+        """Profile covering frames of the given ``(h, w)`` sizes (padded to ``multiple``) for a
+        model of ``channels`` input channels; ``opt`` is the largest (the one that must be
+        fast)."""
         sizes = [tuple(int(v) for v in s) for s in sizes]
         if not sizes:
             raise ValueError("need at least one frame size")
@@ -67,8 +68,9 @@ class Profile:
         hs = [pad(h) for h, _ in sizes]
         ws = [pad(w) for _, w in sizes]
         big = max(range(len(sizes)), key=lambda i: hs[i] * ws[i])
-        return cls((1, 1, min(hs), min(ws)), (batch, 1, hs[big], ws[big]),
-                   (batch, 1, max(hs), max(ws)))
+        c = int(channels)
+        return cls((1, c, min(hs), min(ws)), (batch, c, hs[big], ws[big]),
+                   (batch, c, max(hs), max(ws)))
 
     def as_lists(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}

@@ -61,3 +61,18 @@ def fill_invalid_with_background(image: np.ndarray, valid: np.ndarray, step: int
     ones, taken on every ``step``-th row and column: the background level."""
     sample = image[::step, ::step][valid[::step, ::step]]
     image[~valid] = np.median(sample) if sample.size else 0.0
+
+
+def local_contrast(image: np.ndarray, sigma: float) -> np.ndarray:
+    """The second input channel of two-channel models: a normalised image minus its Gaussian
+    blur of ``sigma`` px, normalised again by the same percentiles.
+
+    It keeps what is brighter or darker than its own surroundings (a small metal particle on a
+    thick, textured support that is brighter than the particle) on a flat field at full range,
+    where in the first channel the support's range squashes it. ``sigma`` is in the network's
+    pixels (after the scale policy), as in training.
+    """
+    import cv2
+
+    img = np.asarray(image, np.float32)
+    return normalize_image(img - cv2.GaussianBlur(img, (0, 0), float(sigma)))

@@ -42,8 +42,12 @@ import math
 import cv2
 import numpy as np
 
-from emstream.backends.base import InferenceBackend
-from emstream.backends.normalize import fill_invalid_with_background, normalize_image
+from emstream.backends.base import InferenceBackend, input_channels
+from emstream.backends.normalize import (
+    fill_invalid_with_background,
+    local_contrast,
+    normalize_image,
+)
 from emstream.frame import Prepared
 from emstream.process.confidence import CONFIDENCE_LOW
 from emstream.process.instances import bounding_box, instances_from_maps
@@ -171,29 +175,43 @@ class LearnedSegmenter:
         self.local_background_sigma = float(lb) if lb else None
         self.coarse_looks = tuple(float(f) for f in (
             coarse_looks if coarse_looks is not None else info.get("coarse_looks", ())))
+        #: input channels: 1 (the normalised image) or 2 (and its local contrast, Gaussian
+        #: background of ``local_contrast_sigma`` network px subtracted; see normalize.py)
+        self.inputs = input_channels(info)
+        if self.inputs not in (1, 2):
+            raise ValueError(f"models with {self.inputs} input channels are not supported")
+        self.local_contrast_sigma = float(info.get("local_contrast_sigma", 4.0))
+
+    def _channels(self, image: np.ndarray) -> np.ndarray:
+        """The network's input (C x H x W) from a normalised image at network resolution."""
+        if self.inputs == 1:
+            return image[None]
+        return np.stack([image, local_contrast(image, self.local_contrast_sigma)])
 
     # -- network -------------------------------------------------------------------------
     def _run_padded(self, img: np.ndarray, views: int | None = None) -> np.ndarray:
-        """Logit maps (2 x h x w) of one image of any size (reflect-padded to a multiple of 16),
+        """Logit maps (2 x h x w) of one input (C x h x w, any size: reflect-padded to a
+        multiple of 16),
         averaged over ``views`` mirror images of it (test-time augmentation; default the
         model's). With several views, their agreement (particle pixels all views call particle
         / pixels any view does) is added to ``self._agree``."""
         n_views = self.views if views is None else views
-        h, w = img.shape
+        h, w = img.shape[1:]
         ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         if ph or pw:
             mode = "reflect" if (h > ph and w > pw) else "edge"
-            img = np.pad(img, ((0, ph), (0, pw)), mode=mode)
+            img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
         # the views go through the network as one batch, or as many as the backend accepts (ONNX
         # Runtime, 2 CPU cores, 1024²: 4-7 % faster than one run per view, interleaved timing)
         views = _VIEWS[n_views]
         step = max(1, min(len(views), getattr(self.backend, "max_batch", None) or len(views)))
-        out = np.zeros((2,) + img.shape, np.float32)
+        out = np.zeros((2,) + img.shape[1:], np.float32)
         t = _logit(self.threshold)
         every = anyone = None
         for i in range(0, len(views), step):
             chunk = views[i:i + step]
-            batch = np.stack([np.flip(img, axes) if axes else img for axes in chunk])[:, None]
+            batch = np.stack([np.flip(img, tuple(a + 1 for a in axes)) if axes else img
+                              for axes in chunk])
             maps = self.backend.run(np.ascontiguousarray(batch))["maps"]
             for axes, m in zip(chunk, maps, strict=True):
                 m = np.flip(m, tuple(a + 1 for a in axes)) if axes else m
@@ -222,7 +240,7 @@ class LearnedSegmenter:
         c = min(1.0, SCALE_PROBE_SIDE / max(h, w))
         small = image if c == 1.0 else cv2.resize(
             image, (max(16, round(w * c)), max(16, round(h * c))), interpolation=cv2.INTER_AREA)
-        probe = self._run_padded(small, views=1)
+        probe = self._run_padded(self._channels(small), views=1)
         labels = self.instances(probe)
         area = np.bincount(labels.ravel())[1:]
         area = area[area >= max(self.min_area_px, 4)]
@@ -245,19 +263,20 @@ class LearnedSegmenter:
         if scale != 1.0:
             sh, sw = max(16, round(h * scale)), max(16, round(w * scale))
             small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-            m = self._maps_native(small)
+            m = self._maps_native(self._channels(small))
             return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in m])
-        return self._maps_native(image)
+        return self._maps_native(self._channels(image))
 
     def _maps_native(self, image: np.ndarray) -> np.ndarray:
-        h, w = image.shape
+        """Logit maps of an input (C x H x W), tiled when larger than ``max_side``."""
+        h, w = image.shape[1:]
         if max(h, w) <= self.max_side:
             return self._run_padded(image)
         out = np.empty((2, h, w), np.float32)
         t, m = self.tile, self.margin
         for y0 in tile_starts(h, t, m):
             for x0 in tile_starts(w, t, m):
-                tile = self._run_padded(image[y0:y0 + t, x0:x0 + t])
+                tile = self._run_padded(image[:, y0:y0 + t, x0:x0 + t])
                 th, tw = tile.shape[1:]
                 # keep the interior; at the frame edge keep up to the edge
                 ya = 0 if y0 == 0 else m

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from emstream.backends.base import InferenceBackend, ModelFiles, file_sha256
+from emstream.backends.base import InferenceBackend, ModelFiles, file_sha256, input_channels
 from emstream.backends.cache import PlanCache, PlanKey, Profile
 from emstream.errors import BackendUnavailable
 
@@ -65,8 +65,9 @@ def compare_outputs(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"mask_iou": iou, "mean_abs_prob": mad}
 
 
-def verification_sample(size: int = VERIFY_SIZE) -> np.ndarray:
-    """A deterministic, normalised test frame with disks of several sizes (1 x 1 x size x size)."""
+def verification_sample(size: int = VERIFY_SIZE, channels: int = 1) -> np.ndarray:
+    """A deterministic, normalised test frame with disks of several sizes (1 x C x size x size:
+    for two-channel models the frame and its local contrast, as the segmenter makes them)."""
     rng = np.random.default_rng(1234)
     yy, xx = np.mgrid[0:size, 0:size]
     img = np.zeros((size, size), np.float32)
@@ -74,7 +75,12 @@ def verification_sample(size: int = VERIFY_SIZE) -> np.ndarray:
         cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(3, 30)
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = -1.2
     img += rng.normal(0, 0.25, img.shape).astype(np.float32) + 0.6
-    return np.clip(img, -2, 2)[None, None]
+    img = np.clip(img, -2, 2)
+    if channels == 1:
+        return img[None, None]
+    from emstream.backends.normalize import local_contrast
+
+    return np.stack([img, local_contrast(img, 4.0)])[None]
 
 
 class TensorRTRuntime:
@@ -193,7 +199,7 @@ def get_engine(files: ModelFiles, runtime: Any, profile: Profile, cache: PlanCac
     if engine is None:
         raise BackendUnavailable("TensorRT could not load the plan it has just built")
     side = min(max(VERIFY_SIZE, profile.min[2], profile.min[3]), profile.max[2], profile.max[3])
-    sample = verification_sample(side)
+    sample = verification_sample(side, profile.min[1])
     ref = (reference or (lambda b: reference_outputs(files, b)))(sample)
     got = runtime.runner(engine)(sample)
     agree = compare_outputs(got, ref)
@@ -227,7 +233,7 @@ class TensorRTBackend(InferenceBackend):
                  cache_dir: str | Path | None = None, rebuild: bool = False,
                  runtime: Any = None, reference=None):
         self.runtime = runtime if runtime is not None else TensorRTRuntime()
-        self.profile = Profile.for_frames(frame_sizes)
+        self.profile = Profile.for_frames(frame_sizes, channels=input_channels(files.info))
         self.max_batch = self.profile.max[0]  # the views of a frame then run one at a time
         self.cache = PlanCache(cache_dir)
         self.engine, self.facts = get_engine(files, self.runtime, self.profile, self.cache,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emstream.backends.base import InferenceBackend, ModelFiles
+from emstream.backends.base import InferenceBackend, ModelFiles, input_channels
 from emstream.errors import BackendUnavailable
 
 
@@ -64,7 +64,7 @@ class TorchBackend(InferenceBackend):
             torch.set_num_threads(threads)
         info = files.info
         model = build_model(info.get("arch", "unet-s"), width=info.get("width", 16),
-                            refine=info.get("refine", 4))
+                            refine=info.get("refine", 4), inputs=input_channels(info))
         state = torch.load(files.weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         self._torch = torch

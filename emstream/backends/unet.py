@@ -2,7 +2,8 @@
 
 Architecture (``UNetS``; ``width`` = base channels, 16 for the shipped ``unet-s``)::
 
-    input 1 x H x W (robustly normalised image, H and W multiples of 16)
+    input C x H x W (the robustly normalised image, and for two-channel models its local
+              contrast; H and W multiples of 16)
     stem      conv3x3 stride 2 -> w            1/2
     enc1      depthwise-separable block w       1/2   ─┐ skip
     down2     DS block stride 2 -> 2w, DS       1/4   ─┤ skip
@@ -10,7 +11,7 @@ Architecture (``UNetS``; ``width`` = base channels, 16 for the shipped ``unet-s`
     bottom    DS block stride 2 -> 4w, DS (dilated)  1/16
     up3/up2/up1  bilinear x2, concat skip, DS block
     head      1x1 conv -> 2 logits at 1/2, bilinear x2 to full resolution, then
-              a small full-resolution refinement that also sees the input image
+              a small full-resolution refinement that also sees the input channels
 
 Outputs (one tensor ``maps``, N x 2 x H x W, *logits*):
 
@@ -71,12 +72,13 @@ class _Up(nn.Module):
 class UNetS(nn.Module):
     """Compact U-Net (see module docstring). ``width`` = channels after the stem."""
 
-    def __init__(self, width: int = 16, refine: int = 4):
+    def __init__(self, width: int = 16, refine: int = 4, inputs: int = 1):
         super().__init__()
         w = width
         self.width = w
         self.refine_channels = refine
-        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, stride=2, padding=1, bias=False),
+        self.inputs = inputs
+        self.stem = nn.Sequential(nn.Conv2d(inputs, w, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(w), nn.ReLU(inplace=True))
         self.enc1 = DSBlock(w, w)
         self.down2 = nn.Sequential(DSBlock(w, 2 * w, stride=2), DSBlock(2 * w, 2 * w))
@@ -89,8 +91,8 @@ class UNetS(nn.Module):
         self.up1 = _Up(2 * w, w, w)
         if refine:
             self.head = nn.Conv2d(w, refine, 1)
-            # full resolution: upsampled head features + the input image -> 2 logits
-            self.refine = nn.Sequential(nn.Conv2d(refine + 1, refine, 3, padding=1),
+            # full resolution: upsampled head features + the input channels -> 2 logits
+            self.refine = nn.Sequential(nn.Conv2d(refine + inputs, refine, 3, padding=1),
                                         nn.ReLU(inplace=True), nn.Conv2d(refine, 2, 1))
         else:
             self.head = nn.Conv2d(w, 2, 1)
@@ -117,9 +119,11 @@ SIZE_MULTIPLE = 16
 def build_model(arch: str = "unet-s", **kwargs) -> nn.Module:
     """Construct a network by name (``"unet-s"``: width 16, ``"unet-xs"``: width 8)."""
     if arch == "unet-s":
-        return UNetS(width=kwargs.get("width", 16), refine=kwargs.get("refine", 4))
+        return UNetS(width=kwargs.get("width", 16), refine=kwargs.get("refine", 4),
+                     inputs=kwargs.get("inputs", 1))
     if arch == "unet-xs":
-        return UNetS(width=kwargs.get("width", 8), refine=kwargs.get("refine", 4))
+        return UNetS(width=kwargs.get("width", 8), refine=kwargs.get("refine", 4),
+                     inputs=kwargs.get("inputs", 1))
     raise ValueError(f"unknown architecture {arch!r} (known: unet-s, unet-xs)")
 
 

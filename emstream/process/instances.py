@@ -170,8 +170,12 @@ def _drop_unsure(labels: np.ndarray, fg: np.ndarray, min_mean: float) -> np.ndar
 
 def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int]) -> np.ndarray:
     """Euclidean distance to the background divided by its maximum within each 8-connected blob
-    (``blobs``: the mask's ``label_blobs``)."""
-    edt = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    (``blobs``: the mask's ``label_blobs``).
+
+    OpenCV's 5x5-mask distance (within 2 % of the exact Euclidean one, 6x faster: 2048², 78 ->
+    13 ms): it only places the markers that split touching particles, whose outlines come
+    from the mask itself."""
+    edt = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
     blobs, n = blobs
     if n == 0:
         return edt

@@ -129,3 +129,15 @@ def test_one_channel_sidecars_still_run_one_channel(random_model):
     rec = _Recorder(OnnxRuntimeBackend(random_model, "cpu"))
     LearnedSegmenter(rec, info, scale=1.0).maps(verification_sample(128)[0, 0])
     assert all(s[1] == 1 for s in rec.shapes)
+
+
+@pytest.mark.parametrize("shape", [(160, 160), (300, 517), (1100, 700)])
+def test_local_contrast_is_the_normalised_difference_training_uses(shape):
+    """The fused run-time computation equals normalize_image(x - blur), whatever the size
+    (the percentile subsample is the same)."""
+    import cv2
+
+    x = normalize_image(np.random.default_rng(3).gamma(2.0, size=shape).astype(np.float32))
+    ref = normalize_image(x - cv2.GaussianBlur(x, (0, 0), 4.0))
+    assert np.abs(local_contrast(x, 4.0) - ref).max() < 1e-5
+    assert not local_contrast(np.zeros(shape, np.float32), 4.0).any()

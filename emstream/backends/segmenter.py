@@ -137,8 +137,7 @@ class LearnedSegmenter:
                  split: str | None = None, sep_sigma: float | None = None,
                  fill_holes_px: int | None = None, min_score: float | None = None,
                  views: int | None = None, local_background_sigma: float | None = None,
-                 coarse_looks: tuple[float, ...] | None = None,
-                 native_check: bool | None = None):
+                 coarse_looks: tuple[float, ...] | None = None):
         info = dict(model_card_info or {})
         self.backend = backend
         self.info = info
@@ -176,10 +175,6 @@ class LearnedSegmenter:
         self.local_background_sigma = float(lb) if lb else None
         self.coarse_looks = tuple(float(f) for f in (
             coarse_looks if coarse_looks is not None else info.get("coarse_looks", ())))
-        #: when the scale probe shrinks a frame, also look at it at native resolution and keep
-        #: that look if the network is surer of it by ``SECOND_LOOK_MARGIN`` (model card)
-        self.native_check = bool(native_check if native_check is not None
-                                 else info.get("native_check", False))
         #: input channels: 1 (the normalised image) or 2 (and its local contrast, Gaussian
         #: background of ``local_contrast_sigma`` network px subtracted; see normalize.py)
         self.inputs = input_channels(info)
@@ -316,10 +311,6 @@ class LearnedSegmenter:
         valid = prepared.valid
         logits = self._look(raw, valid)
         info = dict(self.last_info, view="plain")
-        if self.native_check and info["scale"] < 1.0:
-            native = self._look(raw, valid, 1.0)
-            if self.last_info["confidence"] > info["confidence"] + SECOND_LOOK_MARGIN:
-                logits, info = native, dict(self.last_info, view="native")
         if info["confidence"] < CONFIDENCE_LOW:
             for view, image, scale in self._second_looks(raw, valid):
                 second = self._look(image, valid, scale)

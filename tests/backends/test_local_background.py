@@ -93,20 +93,3 @@ def test_shrunk_looks_for_particles_too_large_for_the_network():
     seg.segment(prepare(_catalyst_frame(3)))
     assert len(b.seen) == 1  # a sure frame: no second look at all
 
-
-@pytest.mark.parametrize("gains,check,view,shapes", [
-    ((1.0, 8.0), True, "native", [(128, 128), (256, 256)]),   # surer at native resolution
-    ((8.0, 8.0), True, "plain", [(128, 128), (256, 256)]),    # as sure: the probe's choice stays
-    ((1.0, 8.0), False, "plain", [(128, 128)]),               # not asked for: one look
-])
-def test_a_frame_the_probe_shrank_is_also_seen_at_native_resolution(monkeypatch, gains, check,
-                                                                   view, shapes):
-    """A support aggregate can fool the scale probe into shrinking a frame of 40 px particles
-    (the catalyst image Pt_carbon1); the native look is kept when the network is surer of it."""
-    b = Scripted(gains)
-    seg = LearnedSegmenter(b, {"threshold": 0.5, "marker_threshold": 0.5}, scale="auto",
-                           native_check=check)
-    monkeypatch.setattr(seg, "estimate_scale", lambda image: 0.5)
-    seg.segment(prepare(_catalyst_frame(4)))
-    assert [s.shape for s in b.seen] == shapes and seg.last_info["view"] == view
-    assert seg.last_info["scale"] == (1.0 if view == "native" else 0.5)

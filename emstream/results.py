@@ -107,8 +107,7 @@ class FrameResult:
     #: the resampling factor the network ran at (learned segmenter; ``None`` otherwise)
     seg_scale: float | None = None
     #: which look of the frame the learned segmenter kept (``"plain"``, or a second look at an
-    #: unsure frame: ``"local background"``, ``"coarse x0.5"`` ..., or ``"native"`` where the
-    #: scale probe shrank the frame and the native look was surer); ``None``: it says nothing
+    #: unsure frame: ``"local background"``, ``"coarse x0.5"`` ...); ``None``: it says nothing
     seg_view: str | None = None
     #: why this frame's segmentation is doubtful (``process.confidence``), ``None`` when fine
     seg_flag: str | None = None

@@ -191,9 +191,8 @@ class LearnedSegmenter:
     # -- network -------------------------------------------------------------------------
     def _run_padded(self, img: np.ndarray, views: int | None = None) -> np.ndarray:
         """Logit maps (2 x h x w) of one input (C x h x w, any size: reflect-padded to a
-        multiple of 16),
-        averaged over ``views`` mirror images of it (test-time augmentation; default the
-        model's). With several views, their agreement (particle pixels all views call particle
+        multiple of 16), averaged over ``views`` mirror images of it (test-time augmentation;
+        default the model's). With several views, their agreement (particle pixels all views call particle
         / pixels any view does) is added to ``self._agree``."""
         n_views = self.views if views is None else views
         h, w = img.shape[1:]

@@ -73,8 +73,9 @@ def export(ckpt: Path, name: str, out_dir: Path, thresholds: dict | None = None)
     cfg = json.loads(ck["config"]) if "config" in ck else {}
     arch = cfg.get("arch", "unet-s")
     inputs = int(cfg.get("inputs", 1))
+    extra = int(cfg.get("extra_blocks", 0))
     model = build_model(arch, width=cfg.get("width", 16), refine=cfg.get("refine", 4),
-                        inputs=inputs)
+                        inputs=inputs, extra=extra)
     model.load_state_dict(ck["model"])
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +95,7 @@ def export(ckpt: Path, name: str, out_dir: Path, thresholds: dict | None = None)
         "arch": arch,
         "width": cfg.get("width", 16),
         "refine": cfg.get("refine", 4),
+        "extra_blocks": extra,
         "parameters": count_parameters(model),
         "opset": OPSET,
         "input": {"name": "image", "shape": ["N", inputs, "H", "W"], "dtype": "float32",

@@ -84,6 +84,9 @@ DEFAULTS = {
     # of local_contrast_sigma px subtracted, as LearnedSegmenter computes it at run time)
     "inputs": 1,
     "local_contrast_sigma": 4.0,
+    # residual DS blocks added at 1/8 and (dilated) at 1/16 resolution; grown from a checkpoint
+    # without them they start as identities (``grow``)
+    "extra_blocks": 0,
 }
 
 #: particle diameters (px) the real crops of large particles are resampled to (log-uniform)
@@ -124,6 +127,24 @@ def widen_inputs(state: dict, model) -> dict:
             w[:, :state[key].shape[1]] = state[key]
             state = {**state, key: w}
     return state
+
+
+def grow(state: dict, model) -> dict:
+    """A smaller checkpoint's weights for a grown model: new input channels' weights at zero
+    (:func:`widen_inputs`) and new residual blocks (``--extra-blocks``) as the model made them
+    (their last BatchNorm at zero: identity), so the grown network computes what the old one
+    did. Any other missing, unexpected or reshaped weight is an error."""
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(("mid.", "deep.")))
+    reshaped = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape
+                      and not (k in ("stem.0.weight", "refine.0.weight")
+                               and state[k].shape[0] == own[k].shape[0]
+                               and state[k].shape[2:] == own[k].shape[2:]))
+    if unexpected or missing or reshaped:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, other shapes {reshaped[:5]}")
+    return {**own, **widen_inputs(state, model)}
 
 
 def real_crop(rng, item, size):
@@ -314,7 +335,7 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
     torch.manual_seed(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
     model = build_model(cfg["arch"], width=cfg["width"], refine=cfg["refine"],
-                        inputs=int(cfg.get("inputs", 1)))
+                        inputs=int(cfg.get("inputs", 1)), extra=int(cfg.get("extra_blocks", 0)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     start = 0
     ckpt_path = out / "last.pt"
@@ -331,7 +352,7 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
     elif cfg.get("init"):
         ck = torch.load(cfg["init"], weights_only=True)
-        model.load_state_dict(widen_inputs(ck["model"] if "model" in ck else ck, model))
+        model.load_state_dict(grow(ck["model"] if "model" in ck else ck, model))
         print(f"initialised from {cfg['init']}", flush=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     print(f"{cfg['arch']} width {cfg['width']}: {count_parameters(model)} parameters", flush=True)

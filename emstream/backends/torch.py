@@ -64,7 +64,8 @@ class TorchBackend(InferenceBackend):
             torch.set_num_threads(threads)
         info = files.info
         model = build_model(info.get("arch", "unet-s"), width=info.get("width", 16),
-                            refine=info.get("refine", 4), inputs=input_channels(info))
+                            refine=info.get("refine", 4), inputs=input_channels(info),
+                            extra=int(info.get("extra_blocks", 0)))
         state = torch.load(files.weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         self._torch = torch

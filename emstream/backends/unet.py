@@ -8,6 +8,7 @@ Architecture (``UNetS``; ``width`` = base channels, 16 for the shipped ``unet-s`
     enc1      depthwise-separable block w       1/2   ─┐ skip
     down2     DS block stride 2 -> 2w, DS       1/4   ─┤ skip
     down3     DS block stride 2 -> 4w, DS       1/8   ─┤ skip
+    (extra)   ``extra`` residual DS blocks at 1/8, and as many dilated ones after ``bottom``
     bottom    DS block stride 2 -> 4w, DS (dilated)  1/16
     up3/up2/up1  bilinear x2, concat skip, DS block
     head      1x1 conv -> 2 logits at 1/2, bilinear x2 to full resolution, then
@@ -52,6 +53,25 @@ class DSBlock(nn.Module):
         return F.relu(self.bn2(self.pw(x)))
 
 
+class _Residual(nn.Module):
+    """``x + BN(pw(ReLU(BN(dw(x)))))``, its last BatchNorm's scale and shift starting at 0, so a
+    network deepened with it computes what it did before (function-preserving growth) and still
+    learns (no ReLU after the zeroed BatchNorm, whose gradient would be 0)."""
+
+    def __init__(self, channels: int, dilation: int = 1):
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation,
+                            groups=channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.pw = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn2.weight)
+        nn.init.zeros_(self.bn2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bn2(self.pw(F.relu(self.bn1(self.dw(x)))))
+
+
 class _Up(nn.Module):
     """1x1 projection at low resolution, bilinear x2, *add* the skip, DS block.
 
@@ -72,12 +92,13 @@ class _Up(nn.Module):
 class UNetS(nn.Module):
     """Compact U-Net (see module docstring). ``width`` = channels after the stem."""
 
-    def __init__(self, width: int = 16, refine: int = 4, inputs: int = 1):
+    def __init__(self, width: int = 16, refine: int = 4, inputs: int = 1, extra: int = 0):
         super().__init__()
         w = width
         self.width = w
         self.refine_channels = refine
         self.inputs = inputs
+        self.extra = extra
         self.stem = nn.Sequential(nn.Conv2d(inputs, w, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(w), nn.ReLU(inplace=True))
         self.enc1 = DSBlock(w, w)
@@ -86,6 +107,11 @@ class UNetS(nn.Module):
         self.bottom = nn.Sequential(DSBlock(4 * w, 4 * w, stride=2),
                                     DSBlock(4 * w, 4 * w, dilation=2),
                                     DSBlock(4 * w, 4 * w, dilation=4))
+        # capacity where it is cheap (1/8 and 1/16 of the pixels): context for telling
+        # particles from support texture and for the shapes of large particles
+        self.mid = nn.Sequential(*[_Residual(4 * w) for _ in range(extra)])
+        self.deep = nn.Sequential(*[_Residual(4 * w, dilation=2 ** (1 + k % 2))
+                                    for k in range(extra)])
         self.up3 = _Up(4 * w, 4 * w, 4 * w)
         self.up2 = _Up(4 * w, 2 * w, 2 * w)
         self.up1 = _Up(2 * w, w, w)
@@ -101,8 +127,8 @@ class UNetS(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         s1 = self.enc1(self.stem(image))
         s2 = self.down2(s1)
-        s3 = self.down3(s2)
-        x = self.bottom(s3)
+        s3 = self.mid(self.down3(s2))
+        x = self.deep(self.bottom(s3))
         x = self.up3(x, s3)
         x = self.up2(x, s2)
         x = self.up1(x, s1)
@@ -120,7 +146,7 @@ def build_model(arch: str = "unet-s", **kwargs) -> nn.Module:
     """Construct a network by name (``"unet-s"``: width 16, ``"unet-xs"``: width 8)."""
     if arch == "unet-s":
         return UNetS(width=kwargs.get("width", 16), refine=kwargs.get("refine", 4),
-                     inputs=kwargs.get("inputs", 1))
+                     inputs=kwargs.get("inputs", 1), extra=kwargs.get("extra", 0))
     if arch == "unet-xs":
         return UNetS(width=kwargs.get("width", 8), refine=kwargs.get("refine", 4),
                      inputs=kwargs.get("inputs", 1))

@@ -17,7 +17,10 @@ Scores (stated so they can be checked):
   tracked particles not touching them. Truth visits and tracks are matched one-to-one to maximise shared frames
   (``linear_sum_assignment``); IDF1 = 2·IDTP / (truth + predicted detections).
 - **events**: a truth coalescence counts when both particles were in view, off the edge, on the
-  frame before the merge; a truth nucleation when the nucleus was seen >= 3 frames off the edge.
+  frame before the merge; a truth nucleation when the nucleus was counted (a truth detection,
+  above) in >= 3 frames of its visit: nuclei are born below that size, so the event is
+  observable from the birth frame to 3 frames after the nucleus is first counted (its frame and
+  position are the truth's), and a nucleus never counted is neither required nor held against.
   A tracker event matches an unmatched truth event of its kind within 1.5 diameters (+3 px) and
   within 3 frames; a tracker coalescence that matches only a truth coalescence of particles cut
   by the frame edge or data bar is neither counted for nor against; for coalescence the truth's
@@ -81,7 +84,8 @@ def idf1(pairs: list[tuple[int, int]], n_truth: int, n_pred: int) -> float:
 
 def match_events(pred: list[dict], truth: list[dict]) -> tuple[int, list[float]]:
     """Greedy one-to-one matching (closest in time first); returns matches and their frame
-    offsets from the truth's frame."""
+    offsets from the truth's frame. A truth event's position is its ``y``, ``x``, ``d_px``, or
+    where its ``path`` ({frame: (y, x, d_px)}) has the particle on the tracker event's frame."""
     used: set[int] = set()
     offsets = []
     for p in sorted(pred, key=lambda e: e["seq"]):
@@ -92,7 +96,9 @@ def match_events(pred: list[dict], truth: list[dict]) -> tuple[int, list[float]]
             lo, hi = t.get("window", (t["seq"] - EVENT_FRAMES, t["seq"] + EVENT_FRAMES))
             if not lo <= p["seq"] <= hi:
                 continue
-            if math.hypot(p["y"] - t["y"], p["x"] - t["x"]) > 1.5 * t["d_px"] + 3:
+            y, x, d = t["path"].get(p["seq"], (math.nan,) * 3) if "path" in t else \
+                (t["y"], t["x"], t["d_px"])
+            if not math.hypot(p["y"] - y, p["x"] - x) <= 1.5 * d + 3:
                 continue
             dt = abs(p["seq"] - t["seq"])
             if best is None or dt < best_dt:
@@ -115,6 +121,8 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
     truth_events: list[dict] = []
     pred_events: list[dict] = []
     first_seen: dict[tuple[int, int], list] = {}
+    first_at: dict[tuple[int, int], tuple[float, float, float]] = {}
+    nucleus_path: dict[tuple[int, int], dict[int, tuple[float, float, float]]] = {}
     prev_offset = None
     prev_truth: dict[int, dict] = {}
     track_ms = []
@@ -157,6 +165,9 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
         n_truth += len(counted)
         for pid in counted:
             first_seen.setdefault((pid, visit[pid]), []).append(k)
+            first_at.setdefault((pid, visit[pid]), (
+                truth[pid]["centroid_yx_px"][0], truth[pid]["centroid_yx_px"][1],
+                2 * math.sqrt(truth[pid]["area_px"] / math.pi)))
         # predicted detections -> truth under the centroid
         cy = np.clip(np.rint(particles["centroid_y_px"]).astype(int), 0, sim.labels.shape[0] - 1)
         cx = np.clip(np.rint(particles["centroid_x_px"]).astype(int), 0, sim.labels.shape[1] - 1)
@@ -188,6 +199,15 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
                                      "visit": visit[ev["id"]],
                                      "y": p["centroid_yx_px"][0], "x": p["centroid_yx_px"][1],
                                      "d_px": 2 * math.sqrt(p["area_px"] / math.pi)})
+        for ev in sim.events:  # nuclei: where they are until counted (image px, this frame)
+            if ev["kind"] == "nucleation" and ev["id"] in truth:
+                nucleus_path[(ev["id"], visit[ev["id"]])] = {}
+        for key, path in nucleus_path.items():
+            p = truth.get(key[0])
+            seen = first_seen.get(key, [])
+            if p is not None and visit[key[0]] == key[1] and (not seen or k <= seen[0] + EVENT_FRAMES):
+                path[k] = (p["centroid_yx_px"][0], p["centroid_yx_px"][1],
+                           2 * math.sqrt(p["area_px"] / math.pi))
         prev_truth = truth
         labels_at[k] = sim.labels if detail else None
         if detail and k - 12 in labels_at:
@@ -207,10 +227,21 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
                                 "x": ev.data["x_px"] + dx, "tracks": ev.tracks,
                                 "truth_id": ev.data.get("truth_id"),
                                 "truth_age": ev.data.get("truth_age")})
-    # nucleation truth: only nuclei seen (off the edge, >= 3 frames) in their first frame
-    nuc = [e for e in truth_events if e["kind"] == "nucleation"
-           and len(first_seen.get((e["id"], e["visit"]), [])) >= 3
-           and first_seen[(e["id"], e["visit"])][0] == e["seq"]]
+    # nucleation truth: a nucleus is born below what can be seen and counted; the event is
+    # observable from birth until 3 frames after it is first counted (>= MIN_AREA_PX, off the
+    # edge; counted >= 3 frames in that visit). Nuclei never counted are left out on both sides.
+    nuc, nuc_ignored = [], []
+    for e in truth_events:
+        if e["kind"] != "nucleation":
+            continue
+        key = (e["id"], e["visit"])
+        seen = first_seen.get(key, [])
+        if len(seen) >= 3:
+            y, x, d = first_at[key]
+            nuc.append({**e, "seq": seen[0], "born": e["seq"], "y": y, "x": x, "d_px": d,
+                        "window": (e["seq"], seen[0] + EVENT_FRAMES), "path": nucleus_path[key]})
+        else:
+            nuc_ignored.append({**e, "window": (e["seq"], frames), "path": nucleus_path[key]})
     coal = [e for e in truth_events if e["kind"] == "coalescence" and not e.get("ignore")]
     coal_ignored = [e for e in truth_events if e["kind"] == "coalescence" and e.get("ignore")]
     # events too close to the end cannot be decided yet: a coalescence is called memory + 1 +
@@ -224,12 +255,13 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
            "predicted_detections": n_pred,
            "track_ms_median": float(np.median(track_ms)),
            "particles_per_frame": n_pred / max(frames, 1)}
-    for kind, truth_k in (("coalescence", coal), ("nucleation", nuc)):
+    for kind, truth_k, ignored in (("coalescence", coal, coal_ignored),
+                                   ("nucleation", nuc, nuc_ignored)):
         truth_k = [e for e in truth_k if e["seq"] <= last[kind]]
         pred_k = [e for e in pred_events if e["kind"] == kind and e["seq"] <= last[kind]]
-        if kind == "coalescence":  # tracker events at the edge that truth leaves out: dropped
-            pred_k = [p for p in pred_k if match_events([p], coal_ignored)[0] == 0
-                      or match_events([p], truth_k)[0] == 1]
+        # tracker events on what truth leaves out (cut by the edge, never counted): dropped
+        pred_k = [p for p in pred_k if match_events([p], ignored)[0] == 0
+                  or match_events([p], truth_k)[0] == 1]
         m, offsets = match_events(pred_k, truth_k)
         out[kind] = {"truth": len(truth_k), "found": len(pred_k), "matched": m,
                      "precision": m / len(pred_k) if pred_k else float("nan"),

@@ -92,6 +92,9 @@ def test_labels_lie_inside_foreground_and_are_consecutive(specs):
     assert np.all(fg[out > 0] > 0.5)
     ids = np.unique(out)
     assert np.array_equal(ids, np.arange(ids.size))  # 0..N without gaps
+    # numbered in raster order of each particle's first pixel
+    first = [np.flatnonzero(out.ravel() == k)[0] for k in ids[1:]]
+    assert first == sorted(first)
     # deterministic
     assert np.array_equal(out, instances_from_maps(fg, dist, min_area_px=1))
 
@@ -134,7 +137,7 @@ def test_unsure_particles_are_dropped_by_their_mean_foreground():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from([4, 8]), st.floats(0.2, 0.8))
 def test_label_blobs_equals_scipy_labelling(seed, connectivity, density):
-    from emstream.process.instances import first_pixels, label_blobs
+    from emstream.process.instances import label_blobs
 
     mask = np.random.default_rng(seed).random((23, 31)) < density
     ours, n = label_blobs(mask, connectivity)
@@ -144,6 +147,21 @@ def test_label_blobs_equals_scipy_labelling(seed, connectivity, density):
     # the same partition of the pixels (ids may be numbered differently)
     pairs = np.unique(np.stack([ours[mask], ref[mask]]), axis=1)
     assert pairs.shape[1] == n and (ours[~mask] == 0).all()
-    first = first_pixels(ours.ravel(), n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.5, 0.9), st.integers(1, 12),
+       st.sampled_from([(23, 31), (90, 120)]))
+def test_fill_small_holes_equals_a_scipy_reference(seed, density, max_area, shape):
+    """Few holes (filled box by box) and many (one lookup over the frame) alike."""
+    from emstream.process.instances import fill_small_holes
+
+    mask = np.random.default_rng(seed).random(shape) < density
+    holes, n = ndi.label(~mask)  # 4-connected
+    ref = mask.copy()
+    border = set(np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])))
     for k in range(1, n + 1):
-        assert first[k] == np.flatnonzero(ours.ravel() == k)[0]
+        region = holes == k
+        if k not in border and region.sum() <= max_area:
+            ref |= region
+    assert np.array_equal(fill_small_holes(mask, max_area), ref)

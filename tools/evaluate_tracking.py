@@ -20,7 +20,8 @@ Scores (stated so they can be checked):
   frame before the merge; a truth nucleation when the nucleus was counted (a truth detection,
   above) in >= 3 frames of its visit: nuclei are born below that size, so the event is
   observable from the birth frame to 3 frames after the nucleus is first counted (its frame and
-  position are the truth's), and a nucleus never counted is neither required nor held against.
+  position are the truth's); a nucleus never counted, or born cut by the frame edge or data bar
+  (indistinguishable from one coming into view), is neither required nor held against.
   A tracker event matches an unmatched truth event of its kind within 1.5 diameters (+3 px) and
   within 3 frames; a tracker coalescence that matches only a truth coalescence of particles cut
   by the frame edge or data bar is neither counted for nor against; for coalescence the truth's
@@ -196,7 +197,7 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
             elif ev["kind"] == "nucleation" and ev["id"] in truth:
                 p = truth[ev["id"]]
                 truth_events.append({"kind": "nucleation", "seq": k, "id": ev["id"],
-                                     "visit": visit[ev["id"]],
+                                     "visit": visit[ev["id"]], "edge": p["touches_border"],
                                      "y": p["centroid_yx_px"][0], "x": p["centroid_yx_px"][1],
                                      "d_px": 2 * math.sqrt(p["area_px"] / math.pi)})
         for ev in sim.events:  # nuclei: where they are until counted (image px, this frame)
@@ -236,7 +237,7 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
             continue
         key = (e["id"], e["visit"])
         seen = first_seen.get(key, [])
-        if len(seen) >= 3:
+        if len(seen) >= 3 and not e["edge"]:  # born at the edge: as if it came into view
             y, x, d = first_at[key]
             nuc.append({**e, "seq": seen[0], "born": e["seq"], "y": y, "x": x, "d_px": d,
                         "window": (e["seq"], seen[0] + EVENT_FRAMES), "path": nucleus_path[key]})

@@ -98,7 +98,6 @@ class UNetS(nn.Module):
         self.width = w
         self.refine_channels = refine
         self.inputs = inputs
-        self.extra = extra
         self.stem = nn.Sequential(nn.Conv2d(inputs, w, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(w), nn.ReLU(inplace=True))
         self.enc1 = DSBlock(w, w)

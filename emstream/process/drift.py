@@ -47,9 +47,9 @@ def _hann(h: int, w: int) -> np.ndarray:
 def registration_image(image: np.ndarray, valid: np.ndarray | None = None,
                        side: int = REGISTRATION_SIDE) -> tuple[np.ndarray, int]:
     """The frame binned by an integer factor to about ``side`` px, zero-mean, Hann-windowed, as
-    its 2-D real FFT (single precision: ``scipy.fft.rfft2``, ~10x faster than numpy's complex
-    double FFT at 256², 2048² frames: drift 4 -> 1.5 ms); returns ``(fft, factor)``. Invalid
-    pixels (overlays) become the valid mean."""
+    its 2-D real FFT (single precision, ``scipy.fft.rfft2``: with the phase correlation, 5.4 ->
+    2.3 ms a 2048² frame against numpy's complex double FFT); returns ``(fft, factor)``.
+    Invalid pixels (overlays) become the valid mean."""
     h, w = image.shape
     f = max(1, int(math.ceil(max(h, w) / side)))
     hb, wb = h // f, w // f

@@ -116,7 +116,7 @@ def instances_from_maps(
         keep &= total / np.maximum(area, 1) >= min_mean
     keep[0] = False
     # renumber 1..N in raster order of each particle's first pixel: deterministic
-    first = np.full(n + 1, nz.size and int(nz[-1]) + 1, dtype=np.int64)
+    first = np.full(n + 1, m.size, dtype=np.int64)
     np.minimum.at(first, on, nz)
     ids = np.flatnonzero(keep)
     lut = np.zeros(n + 1, dtype=np.int32)

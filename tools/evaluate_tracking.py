@@ -122,7 +122,6 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
     truth_events: list[dict] = []
     pred_events: list[dict] = []
     first_seen: dict[tuple[int, int], list] = {}
-    first_at: dict[tuple[int, int], tuple[float, float, float]] = {}
     nucleus_path: dict[tuple[int, int], dict[int, tuple[float, float, float]]] = {}
     prev_offset = None
     prev_truth: dict[int, dict] = {}
@@ -166,9 +165,6 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
         n_truth += len(counted)
         for pid in counted:
             first_seen.setdefault((pid, visit[pid]), []).append(k)
-            first_at.setdefault((pid, visit[pid]), (
-                truth[pid]["centroid_yx_px"][0], truth[pid]["centroid_yx_px"][1],
-                2 * math.sqrt(truth[pid]["area_px"] / math.pi)))
         # predicted detections -> truth under the centroid
         cy = np.clip(np.rint(particles["centroid_y_px"]).astype(int), 0, sim.labels.shape[0] - 1)
         cx = np.clip(np.rint(particles["centroid_x_px"]).astype(int), 0, sim.labels.shape[1] - 1)
@@ -238,7 +234,7 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
         key = (e["id"], e["visit"])
         seen = first_seen.get(key, [])
         if len(seen) >= 3 and not e["edge"]:  # born at the edge: as if it came into view
-            y, x, d = first_at[key]
+            y, x, d = nucleus_path[key][seen[0]]  # where it was first counted
             nuc.append({**e, "seq": seen[0], "born": e["seq"], "y": y, "x": x, "d_px": d,
                         "window": (e["seq"], seen[0] + EVENT_FRAMES), "path": nucleus_path[key]})
         else:

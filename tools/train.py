@@ -117,11 +117,15 @@ def channels(img, cfg) -> np.ndarray:
     return np.stack([img, local_contrast(img, cfg["local_contrast_sigma"])])
 
 
+#: the weights that read the input channels (widened by :func:`widen_inputs`)
+INPUT_WEIGHTS = ("stem.0.weight", "refine.0.weight")
+
+
 def widen_inputs(state: dict, model) -> dict:
     """A one-channel checkpoint's weights for a model with more input channels: the new
     channels' weights start at zero, so the widened network computes what the old one did."""
     own = model.state_dict()
-    for key in ("stem.0.weight", "refine.0.weight"):
+    for key in INPUT_WEIGHTS:
         if key in state and state[key].shape != own[key].shape:
             w = torch.zeros_like(own[key])
             w[:, :state[key].shape[1]] = state[key]
@@ -138,7 +142,7 @@ def grow(state: dict, model) -> dict:
     unexpected = sorted(set(state) - set(own))
     missing = sorted(k for k in set(own) - set(state) if not k.startswith(("mid.", "deep.")))
     reshaped = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape
-                      and not (k in ("stem.0.weight", "refine.0.weight")
+                      and not (k in INPUT_WEIGHTS
                                and state[k].shape[0] == own[k].shape[0]
                                and state[k].shape[2:] == own[k].shape[2:]))
     if unexpected or missing or reshaped:

@@ -169,9 +169,9 @@ def fill_small_holes(mask: np.ndarray, max_area: int) -> np.ndarray:
 
 
 def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int],
-                             nz: np.ndarray | None = None) -> np.ndarray:
+                             nz: np.ndarray) -> np.ndarray:
     """Euclidean distance to the background divided by its maximum within each 8-connected blob
-    (``blobs``: the mask's ``label_blobs``; ``nz``: the mask's flat nonzero indices, if known).
+    (``blobs``: the mask's ``label_blobs``; ``nz``: the mask's flat nonzero indices).
 
     OpenCV's 5x5-mask distance (within 2 % of the exact Euclidean one, 6x faster: 2048², 78 ->
     13 ms): it only places the markers that split touching particles, whose outlines come
@@ -180,8 +180,6 @@ def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int],
     blobs, n = blobs
     if n == 0:
         return edt
-    if nz is None:
-        nz = np.flatnonzero(blobs)
     # per-blob maximum over the blob pixels, without ndi.maximum's full-frame argsort
     peak = np.zeros(n + 1, np.float32)
     np.maximum.at(peak, blobs.ravel()[nz], edt.ravel()[nz])

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from emstream.frame import Calibration, Frame
+from emstream.gc_pauses import freeze_startup_objects, thaw
 from emstream.process.confidence import SegmentationCheck
 from emstream.process.quality import TRUSTED_STATES, QualityMonitor, StateAlerts, scene_of
 from emstream.results import Alert, Event, FrameRecord, FrameResult
@@ -44,6 +45,10 @@ _STOP = object()
 #: frames smaller than this (px a side) are quarantined: no particle fits, and some numeric
 #: steps fail on them
 MIN_FRAME_SIDE = 8
+
+#: processed frames after which the objects alive are frozen out of the garbage collector's
+#: walks (``gc_pauses``): by then every stage has made what it keeps for the session
+FREEZE_AFTER_FRAMES = 5
 
 
 def make_segmenter(kind: str = "auto", backend: str = "auto", device: str = "auto", model: Any = None):
@@ -381,6 +386,7 @@ class Pipeline:
         self._last_activity = time.monotonic()
         self._source_done = threading.Event()
         self._finished = threading.Event()
+        self._frozen = False  # the startup objects frozen (gc_pauses), thawed at the end
         self._started = False
         self._listeners: list[Callable[[FrameRecord], None]] = []
         self.error: BaseException | None = None
@@ -704,6 +710,11 @@ class Pipeline:
                 fn(record)
             except Exception:  # noqa: BLE001
                 log.exception("listener failed")
+        if not self._frozen and self._stats.processed >= FREEZE_AFTER_FRAMES:
+            # every stage has warmed up (lazy imports, the network's first runs, the window's
+            # first draws): keep what is alive now out of the collector's walks (gc_pauses)
+            self._frozen = True
+            freeze_startup_objects()
 
     # ------------------------------------------------------------------ frame state
     def _judge_frame(self, res: FrameResult) -> list[Alert]:
@@ -868,4 +879,6 @@ class Pipeline:
             r.stop()
         with self._lock:
             self._stats.running = False
+        if self._frozen:
+            thaw()
         self._finished.set()

@@ -10,7 +10,8 @@ For each frame size and segmenter it reports
 * per-stage medians (prepare, segment, measure, total) from :func:`emstream.pipeline.process_frame`
   run frame after frame in one thread, and
 * end-to-end frames/s through the real :class:`~emstream.pipeline.Pipeline` (reader, worker and
-  ledger threads, SQLite ledger in a temporary session) fed from memory,
+  ledger threads, SQLite ledger in a temporary session) fed from memory, with the garbage
+  collector's pauses during that run (count of full collections, longest and summed pause),
 
 with the machine (CPU model, cores, RAM) printed first. Frames come from the simulator when it
 is installed (bright-field scene, ~15 % coverage: ~500 particles at 1024²), else from a simple
@@ -20,6 +21,7 @@ disk field.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -113,6 +115,34 @@ class _MemorySource:
         pass
 
 
+class GcPauses:
+    """Pauses of CPython's cyclic garbage collector while in the ``with`` block (they hold the
+    interpreter lock: the pipeline and the window stop for their length)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []  # (generation, ms)
+        self._t0 = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], (time.perf_counter() - self._t0) * 1e3))
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, float]:
+        full = [ms for g, ms in self.pauses if g == 2]
+        return {"gc_full_collections": len(full),
+                "gc_pause_max_ms": round(max((ms for _, ms in self.pauses), default=0.0), 1),
+                "gc_pause_total_ms": round(sum(ms for _, ms in self.pauses), 1)}
+
+
 def bench_pipeline(images: list[np.ndarray], segmenter: Any, workers: int | None = None) -> dict[str, float]:
     from emstream.pipeline import Pipeline
     from emstream.sinks.base import Session
@@ -122,12 +152,13 @@ def bench_pipeline(images: list[np.ndarray], segmenter: Any, workers: int | None
         p = Pipeline(_MemorySource(images), segmenter, [Ledger(d)],
                      session=Session(Path(d), "memory", segmenter.name, t_start=time.time()),
                      workers=workers, queue_size=4)
-        t0 = time.perf_counter()
-        p.run()
-        dt = time.perf_counter() - t0
+        with GcPauses() as gcp:
+            t0 = time.perf_counter()
+            p.run()
+            dt = time.perf_counter() - t0
         st = p.stats
     return {"e2e_fps": round(st.processed / dt, 2), "e2e_frames": st.processed,
-            "e2e_seconds": round(dt, 2), "workers": p.workers}
+            "e2e_seconds": round(dt, 2), "workers": p.workers, **gcp.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,9 @@ Usage::
     python tools/bench_tracking.py --particles 1000 --size 1024 --frames 5000 --soak
 
 ``--soak`` samples the process's resident memory (psutil) every 250 frames and reports the growth
-between the first sample after warm-up and the last.
+between the first sample after warm-up and the last. Like the pipeline, the benchmark freezes the
+objects alive after the first frames (``emstream/gc_pauses.py``); ``--gc-pauses`` leaves them to
+the garbage collector, to see the pauses that avoids.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ for _p in (REPO, REPO / "tools"):
 
 from bench import machine_info  # noqa: E402
 
+from emstream.gc_pauses import freeze_startup_objects  # noqa: E402
+from emstream.pipeline import FREEZE_AFTER_FRAMES  # noqa: E402
 from emstream.process.track import Tracker  # noqa: E402
 
 
@@ -75,6 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--soak", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--gc-pauses", action="store_true",
+                    help="leave the startup objects to the garbage collector (the pipeline "
+                         "freezes them: emstream/gc_pauses.py), to see the pauses it avoids")
     a = ap.parse_args(argv)
     import psutil
 
@@ -83,6 +90,8 @@ def main(argv=None) -> int:
     tracker = Tracker()
     times, rss = [], []
     for k in range(a.frames):
+        if k == FREEZE_AFTER_FRAMES and not a.gc_pauses:
+            freeze_startup_objects()  # as the pipeline does once it has warmed up
         table, image = scene.step()
         t0 = time.perf_counter()
         tracker.update(k, k * 0.5, table, shape=image.shape, unit="nm", unit_per_px=0.25,
@@ -97,6 +106,8 @@ def main(argv=None) -> int:
         "ms_per_frame_median": round(float(np.median(warm)), 2),
         "ms_per_frame_p95": round(float(np.percentile(warm, 95)), 2),
         "ms_per_frame_max": round(float(warm.max()), 2),
+        "ms_per_frame_mean": round(float(warm.mean()), 2),
+        "startup_objects_frozen": not a.gc_pauses,
         "tracks_open_at_end": len(tracker._tracks),
     }
     if rss:

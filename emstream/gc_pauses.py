@@ -2,10 +2,10 @@
 
 A full (oldest-generation) collection walks every container object the process holds. In the
 monitor that is ~240,000 objects before the first frame (Qt, pyqtgraph, ONNX Runtime, NumPy,
-SciPy, the window), ~120 ms a walk on the 2-core host (measured); CPython starts one whenever the objects
-that survived younger collections grow by a quarter of the old ones, which live tracking
-(trackpy allocates ~5 containers per particle per frame) reaches every ~16 frames at 1,000
-particles. Each such walk holds the interpreter lock, so the pipeline and the window stall
+SciPy, the window), ~120 ms a walk on the 2-core host (measured). CPython starts one whenever
+the objects that survived younger collections grow by a quarter of the old ones, which live
+tracking (trackpy allocates a few containers per particle per frame) reaches every ~16 frames
+at 1,000 particles. Each such walk holds the interpreter lock, so the pipeline and the window stall
 together, and it finds nothing: those objects live for the whole session.
 
 :func:`freeze_startup_objects` (the pipeline calls it once its first frames have warmed every

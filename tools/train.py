@@ -335,6 +335,13 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "last.pt"
+    ck = None
+    if resume and ckpt_path.exists():
+        # the saved configuration decides the architecture: read it before building the model
+        ck = torch.load(ckpt_path, weights_only=True)
+        cfg = {**json.loads(ck["config"]), **(overrides or {})}
+        cfg["resumes"] = [*cfg.get("resumes", []), {"step": int(ck["step"]), **(overrides or {})}]
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
     rng = np.random.default_rng(cfg["seed"])
@@ -342,15 +349,10 @@ def train(cfg: dict, out: Path, resume: bool = False, overrides: dict | None = N
                         inputs=int(cfg.get("inputs", 1)), extra=int(cfg.get("extra_blocks", 0)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     start = 0
-    ckpt_path = out / "last.pt"
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=True)
-        cfg = {**json.loads(ck["config"]), **(overrides or {})}
-        cfg["resumes"] = [*cfg.get("resumes", []), {"step": int(ck["step"]), **(overrides or {})}]
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = int(ck["step"])
-        torch.set_num_threads(int(cfg["threads"]))
         rng.bit_generator.state = json.loads(ck["np_rng"])
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed from {ckpt_path} at step {start}", flush=True)

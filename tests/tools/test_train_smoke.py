@@ -48,6 +48,14 @@ def test_cache_train_resume_export(tmp_path):
     rows = list(csv.DictReader(open(run / "log.csv")))
     assert [r["step"] for r in rows] == ["1", "2", "3"]
 
+    # `train.py --out RUN --resume` passes only the defaults: the saved architecture must win
+    wide = tmp_path / "wide"
+    train.train(dict(cfg, width=cfg["width"] + 8, inputs=2), wide)
+    train.train(dict(train.DEFAULTS), wide, resume=True, overrides={"steps": 3})
+    saved = json.loads((wide / "config.json").read_text())
+    assert (saved["width"], saved["inputs"], saved["steps"]) == (cfg["width"] + 8, 2, 3)
+    assert [r["step"] for r in csv.DictReader(open(wide / "log.csv"))] == ["1", "2", "3"]
+
     info = export.export(ckpt, "smoke", tmp_path / "engines")
     assert info["onnx_bytes"] < 5_000_000
     assert max(info["parity_max_abs_logit_diff"].values()) < 1e-3

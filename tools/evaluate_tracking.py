@@ -14,7 +14,11 @@ Scores (stated so they can be checked):
   image); a truth identity is a particle's *visit* to the field (it leaves and, the sample being a
   torus, may come back much later: a tracker cannot know it is the same one). Truth detections:
   particles of >= ``MIN_AREA_PX`` px not touching the frame edge or the data bar; predicted:
-  tracked particles not touching them. Truth visits and tracks are matched one-to-one to maximise shared frames
+  tracked particles not touching them. With ``--visible-only`` a truth particle counts only on
+  frames where an observer could see it (detectability d' >= ``VISIBLE_D``, the definition
+  ``tools/evaluate.py`` scores synthetic frames with; ``make_dataset.detectability``), and a
+  tracked particle whose centroid lies on one it could not see is neither counted for nor
+  against; a nucleus then counts from the frame it is first visible (below). Truth visits and tracks are matched one-to-one to maximise shared frames
   (``linear_sum_assignment``); IDF1 = 2·IDTP / (truth + predicted detections).
 - **events**: a truth coalescence counts when both particles were in view, off the edge, on the
   frame before the merge; a truth nucleation when the nucleus was counted (a truth detection,
@@ -51,8 +55,11 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for p in (REPO, REPO / "tools"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from make_dataset import VISIBLE_D, detectability  # noqa: E402
 
 from emstream.frame import Calibration, Frame  # noqa: E402
 from emstream.process import measure as _measure  # noqa: E402
@@ -111,7 +118,8 @@ def match_events(pred: list[dict], truth: list[dict]) -> tuple[int, list[float]]
 
 
 def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSettings,
-                use_truth: bool, size: int, detail: bool = False) -> dict:
+                use_truth: bool, size: int, detail: bool = False,
+                visible_only: bool = False) -> dict:
     cfg = SceneConfig(shape=(size, size), mode=mode, t0=0.0)
     scope = Microscope(cfg, seed=seed)
     tracker = Tracker(settings)
@@ -162,6 +170,11 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
         prev_visible = set(truth)
         counted = {pid for pid, p in truth.items()
                    if p["area_px"] >= MIN_AREA_PX and not p["touches_border"]}
+        unseen: set[int] = set()  # in view but below what an observer can see
+        if visible_only:
+            d = detectability(sim.image, sim.labels)
+            unseen = {pid for pid in counted if pid >= len(d) or d[pid] < VISIBLE_D}
+            counted -= unseen
         n_truth += len(counted)
         for pid in counted:
             first_seen.setdefault((pid, visit[pid]), []).append(k)
@@ -170,6 +183,8 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
         cx = np.clip(np.rint(particles["centroid_x_px"]).astype(int), 0, sim.labels.shape[1] - 1)
         under = sim.labels[cy, cx]
         keep = ~particles["touches_border"].astype(bool)
+        if unseen:
+            keep &= ~np.isin(under, list(unseen))
         n_pred += int(keep.sum())
         taken: set[int] = set()
         for tid, pid in zip(step.track_ids[keep].tolist(), under[keep].tolist(), strict=True):
@@ -280,6 +295,8 @@ def main(argv=None) -> int:
     ap.add_argument("--truth-labels", action="store_true",
                     help="track the simulator's labels (the tracker alone)")
     ap.add_argument("--detail", action="store_true", help="list every event in the JSON")
+    ap.add_argument("--visible-only", action="store_true",
+                    help="score only truth particles an observer could see (d' >= VISIBLE_D)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     from emstream.pipeline import make_segmenter
@@ -290,7 +307,8 @@ def main(argv=None) -> int:
         for seed in a.seeds:
             t0 = time.time()
             r = run_session(seed, mode, a.frames, seg, TrackSettings(), a.truth_labels, a.size,
-                            a.detail)
+                            a.detail, a.visible_only)
+            r["visible_only"] = a.visible_only
             r["segmenter"] = "truth labels" if a.truth_labels else getattr(seg, "name", "?")
             r["seconds"] = round(time.time() - t0, 1)
             rows.append(r)

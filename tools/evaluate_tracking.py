@@ -222,8 +222,8 @@ def run_session(seed: int, mode: str, frames: int, segmenter, settings: TrackSet
                            2 * math.sqrt(p["area_px"] / math.pi))
         prev_truth = truth
         labels_at[k] = sim.labels if detail else None
-        if detail and k - 12 in labels_at:
-            del labels_at[k - 12]
+        if detail and k - 40 in labels_at:  # events are called up to ~memory + 8 frames late
+            del labels_at[k - 40]
         for ev in step.events:
             dy, dx = totals.get(ev.seq, step.drift.total)
             if detail and ev.seq in labels_at:  # what the truth has there: old particle or none

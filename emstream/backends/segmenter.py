@@ -29,7 +29,9 @@ Per frame:
 
 Thresholds and the marker source come from the model's ``.json`` sidecar (``threshold``,
 ``marker_threshold``, ``min_area_px``, ``split``, ``sep_sigma``, ``fill_holes_px``,
-``min_score``: the lowest mean particle probability kept, compared as a mean logit; ``views``:
+``min_score``: the lowest mean particle probability kept, compared as a mean logit;
+``min_detectability``: small particles (<= 24 px) whose contrast in the frame an observer could
+not see (d' below it, :mod:`emstream.process.visibility`) are dropped; ``views``:
 1, 2 or 4 mirror images of the frame whose logits are averaged, test-time augmentation that
 costs one network pass each; ``local_background_sigma`` and ``coarse_looks``: the second looks
 at unsure frames, :meth:`LearnedSegmenter.logits`) and can be overridden.
@@ -51,6 +53,7 @@ from emstream.backends.normalize import (
 from emstream.frame import Prepared
 from emstream.process.confidence import CONFIDENCE_LOW
 from emstream.process.instances import bounding_box, instances_from_maps
+from emstream.process.visibility import drop_faint
 
 SIZE_MULTIPLE = 16
 #: Test-time augmentation: the mirror images averaged for ``views`` = 1, 2 or 4.
@@ -137,7 +140,8 @@ class LearnedSegmenter:
                  split: str | None = None, sep_sigma: float | None = None,
                  fill_holes_px: int | None = None, min_score: float | None = None,
                  views: int | None = None, local_background_sigma: float | None = None,
-                 coarse_looks: tuple[float, ...] | None = None):
+                 coarse_looks: tuple[float, ...] | None = None,
+                 min_detectability: float | None = None):
         info = dict(model_card_info or {})
         self.backend = backend
         self.info = info
@@ -168,6 +172,9 @@ class LearnedSegmenter:
             raise ValueError(f"views must be one of {sorted(_VIEWS)}, got {self.views}")
         ms = min_score if min_score is not None else info.get("min_score")
         self.min_score = None if ms is None else float(ms)
+        md = min_detectability if min_detectability is not None else info.get("min_detectability")
+        #: small particles an observer could not see in the frame (d' below this) are dropped
+        self.min_detectability = float(md) if md else None
         lb = (local_background_sigma if local_background_sigma is not None
               else info.get("local_background_sigma"))
         #: second looks at unsure frames (see :meth:`logits`): the background-subtracted one
@@ -287,7 +294,11 @@ class LearnedSegmenter:
 
     # -- Segmenter protocol ----------------------------------------------------------------
     def segment(self, prepared: Prepared) -> np.ndarray:
-        return self.instances(self.logits(prepared), prepared.valid)
+        labels = self.instances(self.logits(prepared), prepared.valid)
+        if self.min_detectability:
+            raw = prepared.raw[..., 0] if prepared.raw.ndim == 3 else prepared.raw
+            labels = drop_faint(labels, raw, self.min_detectability, prepared.valid)
+        return labels
 
     def logits(self, prepared: Prepared) -> np.ndarray:
         """The network's logit maps (2 x H x W) of a prepared frame: its native pixels (first

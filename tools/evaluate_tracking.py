@@ -18,8 +18,9 @@ Scores (stated so they can be checked):
   frames where an observer could see it (detectability d' >= ``VISIBLE_D``, the definition
   ``tools/evaluate.py`` scores synthetic frames with; ``make_dataset.detectability``), and a
   tracked particle whose centroid lies on one it could not see is neither counted for nor
-  against; a nucleus then counts from the frame it is first visible (below). Truth visits and tracks are matched one-to-one to maximise shared frames
-  (``linear_sum_assignment``); IDF1 = 2·IDTP / (truth + predicted detections).
+  against; a nucleus then counts from the frame it is first visible (below). Truth visits and
+  tracks are matched one-to-one to maximise shared frames (``linear_sum_assignment``); IDF1 =
+  2·IDTP / (truth + predicted detections).
 - **events**: a truth coalescence counts when both particles were in view, off the edge, on the
   frame before the merge; a truth nucleation when the nucleus was counted (a truth detection,
   above) in >= 3 frames of its visit: nuclei are born below that size, so the event is

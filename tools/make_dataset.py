@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from emstream.backends.normalize import fill_invalid_with_background, normalize_image  # noqa: E402
+from emstream.process.visibility import SCALES, matched_scale  # noqa: E402
 
 REAL_DIR = REPO.parent / "shared" / "data" / "msa-sintering-train"
 
@@ -99,7 +100,6 @@ def targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 #: fields an observer cannot tell from the carbon have d' 1-2. A. Rose's detection criterion
 #: (k ~ 5) is the same idea on a different scale.
 VISIBLE_D = 3.0
-_SCALES = (1.0, 2.0, 4.0, 8.0)
 
 
 def detectability(raw: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -123,12 +123,10 @@ def detectability(raw: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if n == 0:
         return out
     area = np.bincount(labels.ravel(), minlength=n + 1)
-    d_eq = np.sqrt(4 * area / np.pi)
-    scale = np.array(_SCALES)[np.abs(np.log(np.clip(0.3 * d_eq, 0.5, None))[:, None]
-                                     - np.log(np.array(_SCALES))[None]).argmin(axis=1)]
+    scale = matched_scale(area)
     far_bg = ~ndi.binary_dilation(labels > 0, iterations=2)
     ids = np.arange(n + 1)
-    for sigma in _SCALES:
+    for sigma in SCALES:
         group = (scale == sigma) & (area > 0)
         group[0] = False
         if not group.any():

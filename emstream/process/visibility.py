@@ -11,8 +11,8 @@ carbon grain and mottle at the particle's own scale count, illumination gradient
 :func:`drop_faint` removes the small particles below a threshold of it: on grainy bright-field
 frames a segmenter finds blobs of carbon grain no observer would call particles.
 
-Pure numpy/OpenCV, no I/O. Approximations against the reference, for speed: the noise is measured on
-the frame's central 512² and blurs wider than 8 px run on a shrunk frame.
+Pure numpy/OpenCV, no I/O. Approximations against the reference, for speed: the noise is
+measured on the frame's central 512² and blurs wider than 8 px run on a shrunk frame.
 """
 
 from __future__ import annotations
@@ -21,10 +21,19 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-#: matched-filter scales (px), as in ``tools/make_dataset.detectability``
+#: matched-filter scales (px), shared with ``tools/make_dataset.detectability`` (the truth's d')
 SCALES = (1, 2, 4, 8)
 #: side (px) of the central square the frame's noise is measured on
 NOISE_SIDE = 512
+
+
+def matched_scale(area: np.ndarray) -> np.ndarray:
+    """The matched-filter sigma (one of ``SCALES``) of particles of these areas (px²): 0.3 x the
+    equivalent diameter, snapped to the nearest scale on a log axis."""
+    d_eq = np.sqrt(4 * np.asarray(area, np.float64) / np.pi)
+    scales = np.asarray(SCALES, np.float64)
+    return scales[np.abs(np.log(np.clip(0.3 * d_eq, 0.5, None))[:, None]
+                         - np.log(scales)[None]).argmin(axis=1)]
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -54,16 +63,12 @@ def contrast_to_noise(image: np.ndarray, labels: np.ndarray, valid: np.ndarray |
     out = np.full(n + 1, np.nan)
     if n == 0:
         return out
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    d_eq = np.sqrt(4 * area / np.pi)
-    scales = np.asarray(SCALES, np.float64)
-    scale = scales[np.abs(np.log(np.clip(0.3 * d_eq, 0.5, None))[:, None]
-                          - np.log(scales)[None]).argmin(axis=1)]
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    scale = matched_scale(area)
     todo = area > 0
     todo[0] = False
     if max_diameter_px is not None:
-        todo &= d_eq <= max_diameter_px
+        todo &= np.sqrt(4 * area / np.pi) <= max_diameter_px
     if not todo.any():
         return out
     ok = np.ones(labels.shape, bool) if valid is None else np.asarray(valid, bool)

@@ -30,6 +30,7 @@ Per frame:
 Thresholds and the marker source come from the model's ``.json`` sidecar (``threshold``,
 ``marker_threshold``, ``min_area_px``, ``split``, ``sep_sigma``, ``fill_holes_px``,
 ``min_score``: the lowest mean particle probability kept, compared as a mean logit;
+``marker_dynamics``: touching particles are split at the h-maxima of the separation map;
 ``min_detectability``: small particles (<= 24 px) whose contrast in the frame an observer could
 not see (d' below it, :mod:`emstream.process.visibility`) are dropped; ``views``:
 1, 2 or 4 mirror images of the frame whose logits are averaged, test-time augmentation that
@@ -141,7 +142,8 @@ class LearnedSegmenter:
                  fill_holes_px: int | None = None, min_score: float | None = None,
                  views: int | None = None, local_background_sigma: float | None = None,
                  coarse_looks: tuple[float, ...] | None = None,
-                 min_detectability: float | None = None):
+                 min_detectability: float | None = None,
+                 marker_dynamics: float | None = None):
         info = dict(model_card_info or {})
         self.backend = backend
         self.info = info
@@ -167,6 +169,8 @@ class LearnedSegmenter:
         self.sep_sigma = float(sep_sigma if sep_sigma is not None else info.get("sep_sigma", 0.0))
         self.fill_holes_px = int(fill_holes_px if fill_holes_px is not None
                                  else info.get("fill_holes_px", 0))
+        self.marker_dynamics = float(marker_dynamics if marker_dynamics is not None
+                                     else info.get("marker_dynamics", 0.0))
         self.views = int(views if views is not None else info.get("views", 1))
         if self.views not in _VIEWS:
             raise ValueError(f"views must be one of {sorted(_VIEWS)}, got {self.views}")
@@ -379,7 +383,8 @@ class LearnedSegmenter:
 
     def instances(self, logits: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Particles from the network's logit maps (thresholds and split mode of this model)."""
-        if self.split == "map":  # logits straight in, thresholds in logit space
+        if self.split == "map" and not self.marker_dynamics:
+            # logits straight in, thresholds in logit space
             sep, marker = logits[1], _logit(self.marker_threshold)
         else:
             sep = 1.0 / (1.0 + np.exp(-np.clip(logits[1], -30, 30)))
@@ -388,7 +393,8 @@ class LearnedSegmenter:
             logits[0], sep, valid=valid, threshold=_logit(self.threshold),
             marker_threshold=marker, min_area_px=self.min_area_px, split=self.split,
             sep_sigma=self.sep_sigma, fill_holes_px=self.fill_holes_px,
-            min_mean=None if self.min_score is None else _logit(self.min_score))
+            min_mean=None if self.min_score is None else _logit(self.min_score),
+            marker_dynamics=self.marker_dynamics)
 
     def close(self) -> None:
         self.backend.close()

@@ -12,7 +12,12 @@ deepest point). Touching or sintering particles meet at a neck where the distanc
 4. a blob with several markers (touching / sintering particles) is split by a marker-controlled
    watershed on ``-distance`` (8-connected) restricted to the blob, along the distance valleys.
    Running the watershed only on such clusters gives the same result as one watershed over the
-   whole frame, several times faster;
+   whole frame, several times faster. With ``marker_dynamics`` = h > 0, the markers of every
+   blob that holds several markers (of the separation map, or of the network's distance map
+   alone) are instead its **h-maxima**: peaks that rise at least h above every path to a higher
+   one. A close-packed layer of particles is one blob whose shape distance is a single hill as
+   wide as the layer; the network's per-particle peaks sit on that hill and a threshold sees one
+   marker, the peaks' own height above the hill does not;
 5. particles smaller than ``min_area_px`` are dropped, and so are particles whose mean
    ``foreground`` value is below ``min_mean`` (faint, texture-like detections the network was
    unsure of); labels are renumbered 1..N in raster order of their first pixel, so the result
@@ -44,6 +49,7 @@ def instances_from_maps(
     split: str = "map",
     fill_holes_px: int = 0,
     min_mean: float | None = None,
+    marker_dynamics: float = 0.0,
 ) -> np.ndarray:
     """Turn foreground and normalised-distance maps into an int32 instance label image.
 
@@ -67,6 +73,9 @@ def instances_from_maps(
         the particle mask become particle pixels (0 = none).
     min_mean : particles whose mean ``fg`` value (same space as ``threshold``) is below this are
         dropped (None = keep all).
+    marker_dynamics : h > 0: markers of the blobs with several markers are the h-maxima of the
+        (smoothed) separation map, peaks above ``MARKER_FLOOR`` (step 4 of the module
+        docstring; ``sep`` must then be a probability, 0..1); 0 = threshold markers only.
 
     Returns
     -------
@@ -98,15 +107,16 @@ def instances_from_maps(
     # per-particle sums and extremes over the particle pixels only (a fraction of the frame):
     # their flat indices in raster order, once
     nz = np.flatnonzero(m)
+    net = s if split == "both" and marker_dynamics > 0 else None
     if split != "map":
         shape_map = blob_normalised_distance(m, (blobs, n_blobs), nz)
         s = shape_map if split == "shape" else 0.5 * (s + shape_map)
     if sep_sigma > 0:
-        k = 2 * int(np.ceil(3.0 * sep_sigma)) + 1  # as ndi.gaussian_filter(truncate=3), faster
-        s = cv2.GaussianBlur(np.ascontiguousarray(s, np.float32), (k, k), sep_sigma,
-                             borderType=cv2.BORDER_REPLICATE)
+        s = _smooth(s, sep_sigma)
+        net = None if net is None else _smooth(net, sep_sigma)
 
-    labels = _split_touching(m, s, marker_threshold, (blobs, n_blobs), nz)
+    labels = _split_touching(m, s, marker_threshold, (blobs, n_blobs), nz,
+                             dynamics=marker_dynamics, net=net)
     on = labels.ravel()[nz]
     n = int(on.max()) if on.size else 0
     area = np.bincount(on, minlength=n + 1)
@@ -125,6 +135,12 @@ def instances_from_maps(
     final.ravel()[nz] = lut[on]
     out[box] = final
     return out
+
+
+def _smooth(a: np.ndarray, sigma: float) -> np.ndarray:
+    k = 2 * int(np.ceil(3.0 * sigma)) + 1  # as ndi.gaussian_filter(truncate=3), faster
+    return cv2.GaussianBlur(np.ascontiguousarray(a, np.float32), (k, k), sigma,
+                            borderType=cv2.BORDER_REPLICATE)
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
@@ -188,22 +204,67 @@ def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int],
     return edt * scale[blobs]
 
 
+#: h-maxima markers (``marker_dynamics``) must also reach this separation value: a dip in the
+#: rim of a particle is no particle
+MARKER_FLOOR = 0.2
+
+
+def _markers_per_blob(markers: tuple[np.ndarray, int], blobs: np.ndarray, n_blobs: int,
+                      nz: np.ndarray) -> np.ndarray:
+    """How many markers each blob holds (a marker lies inside exactly one blob, so any of its
+    pixels says which)."""
+    markers, n_markers = markers
+    blob_of_marker = np.zeros(n_markers + 1, np.int32)
+    blob_of_marker[markers.ravel()[nz]] = blobs.ravel()[nz]
+    return np.bincount(blob_of_marker[1:], minlength=n_blobs + 1)
+
+
+def _h_maxima_markers(sep: np.ndarray, region: np.ndarray, h: float) -> np.ndarray:
+    """Labelled regional maxima of the h-maxima transform of ``sep`` (0..1) inside ``region``:
+    one marker per peak that rises at least ``h`` above the highest saddle to a higher peak,
+    a dip shallower than ``h`` on its top included (``skimage.morphology.h_maxima`` would cut
+    the top at such a dip into two markers). Quantised to 1/1000, so that the result does not
+    depend on float rounding."""
+    from skimage.morphology import reconstruction
+
+    q = np.where(region, np.round(np.clip(sep, 0.0, 1.0) * 1000.0), 0.0)
+    hq = max(round(h * 1000.0), 1)
+    residue = q - reconstruction(np.maximum(q - hq, 0.0), q, method="dilation")
+    tops, n = label_blobs(residue > 0)
+    if n == 0:
+        return tops
+    height = np.zeros(n + 1)
+    np.maximum.at(height, tops.ravel(), residue.ravel())
+    peak = np.zeros(n + 1)
+    np.maximum.at(peak, tops.ravel(), q.ravel())
+    keep = (height >= hq) & (peak > MARKER_FLOOR * 1000.0)
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[tops]
+
+
 def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
-                    blobs: tuple[np.ndarray, int], nz: np.ndarray) -> np.ndarray:
+                    blobs: tuple[np.ndarray, int], nz: np.ndarray, *, dynamics: float = 0.0,
+                    net: np.ndarray | None = None) -> np.ndarray:
     """Label particle pixels; watershed only the connected blobs that hold several markers.
 
     Equivalent to one marker-controlled watershed (8-connected) over the whole mask, followed by
     connected-component labelling of unreached pixels, but a blob with at most one marker is
     simply one particle, so the (comparatively slow) watershed runs only on touching clusters.
+    With ``dynamics`` > 0, a blob with several threshold markers of ``sep`` or of ``net`` (the
+    network's own distance map, when ``sep`` mixes it with the shape) gets the h-maxima of
+    ``sep`` as its markers instead (module docstring, step 4).
     """
     blobs, n_blobs = blobs  # the mask's label_blobs; nz: the mask's flat nonzero indices
-    markers, n_markers = label_blobs((sep > marker_threshold) & mask)
+    markers = label_blobs((sep > marker_threshold) & mask)
     if n_blobs == 0:
         return blobs
-    # markers per blob (each marker lies inside exactly one blob, so any of its pixels says which)
-    blob_of_marker = np.zeros(n_markers + 1, np.int32)
-    blob_of_marker[markers.ravel()[nz]] = blobs.ravel()[nz]
-    per_blob = np.bincount(blob_of_marker[1:], minlength=n_blobs + 1)
+    per_blob = _markers_per_blob(markers, blobs, n_blobs, nz)
+    if dynamics > 0 and net is not None:
+        per_blob = np.maximum(per_blob, _markers_per_blob(
+            label_blobs((net > marker_threshold) & mask), blobs, n_blobs, nz))
+    markers = markers[0]
     out = blobs.astype(np.int32, copy=True)
     next_id = n_blobs + 1
     clusters = np.flatnonzero(per_blob >= 2)
@@ -211,7 +272,12 @@ def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
     for b in clusters:
         sl = slices[b - 1]
         region = blobs[sl] == b
-        mk = np.where(region, markers[sl], 0)
+        if dynamics > 0:
+            mk = _h_maxima_markers(sep[sl], region, dynamics)
+            if mk.max() < 2:
+                continue  # one peak: one particle (the blob keeps its label)
+        else:
+            mk = np.where(region, markers[sl], 0)
         ws = watershed(-sep[sl], mk, mask=region, connectivity=2)
         ids = np.unique(ws[ws > 0])
         lut = np.zeros(int(ws.max()) + 1, dtype=np.int32)

@@ -165,3 +165,72 @@ def test_fill_small_holes_equals_a_scipy_reference(seed, density, max_area, shap
         if k not in border and region.sum() <= max_area:
             ref |= region
     assert np.array_equal(fill_small_holes(mask, max_area), ref)
+
+
+def _close_packed(rows=16, cols=18, r=5.0):
+    """A close-packed (hexagonal) layer of touching disks whose foreground is one blob, gaps
+    included, as the network paints a monolayer of spheres; the distance map peaks once per
+    disk."""
+    specs = [(14 + i * r * 1.75, 14 + j * 2 * r + (r if i % 2 else 0), r)
+             for i in range(rows) for j in range(cols)]
+    shape = (int(28 + rows * r * 1.75), int(28 + (cols + 1) * 2 * r))
+    truth, _, dist = disks(shape, specs)
+    hull = ndi.binary_closing(truth > 0, np.ones((5, 5), bool), iterations=2)
+    return truth, hull.astype(np.float32), dist, len(specs)
+
+
+def test_h_maxima_markers_split_a_close_packed_layer_that_thresholds_see_as_one():
+    truth, fg, dist, n = _close_packed()
+    assert ndi.label(fg > 0.5)[1] == 1
+    # the shape distance of the whole layer is one hill: threshold markers merge the interior
+    merged = instances_from_maps(fg, dist, split="both")
+    assert merged.max() < 0.85 * n
+    out = instances_from_maps(fg, dist, split="both", marker_dynamics=0.1)
+    assert out.max() == n
+    # one label per disk, each on its own disk
+    for k in range(1, n + 1):
+        ids, counts = np.unique(out[truth == k], return_counts=True)
+        assert ids[np.argmax(counts)] > 0 and counts.max() > 0.8 * (truth == k).sum()
+    assert len({int(np.bincount(out[truth == k]).argmax()) for k in range(1, n + 1)}) == n
+
+
+def test_h_maxima_markers_ignore_shallow_dips_and_low_rims():
+    # an elongated particle: its distance map has a flat ridge along its axis
+    fg = np.zeros((48, 96), np.float32)
+    fg[9:39, 18:78] = 1
+    ridge = ndi.distance_transform_edt(fg > 0)
+    ridge = (ridge / ridge.max()).astype(np.float32)
+    _, xx = np.mgrid[0:48, 0:96]
+
+    def dipped(depth):
+        return np.where(fg > 0, ridge - depth * np.exp(-((xx - 48) / 3.0) ** 2), 0).astype(
+            np.float32)
+
+    # a shallow dip (0.05) across the ridge: two threshold markers, one particle
+    assert instances_from_maps(fg, dipped(0.05), marker_threshold=0.97).max() == 2
+    assert instances_from_maps(fg, dipped(0.05), marker_threshold=0.97,
+                               marker_dynamics=0.1).max() == 1
+    # a deep one (0.3) is a neck
+    assert instances_from_maps(fg, dipped(0.3), marker_threshold=0.97,
+                               marker_dynamics=0.1).max() == 2
+    # peaks below MARKER_FLOOR are no markers
+    assert instances_from_maps(fg, 0.15 * dipped(0.3), marker_threshold=0.1,
+                               marker_dynamics=0.01).max() == 1
+    # a touching pair is still split, as by threshold markers
+    truth, fg, dist = disks((80, 120), [(40, 40, 20), (40, 78, 19)])
+    for split in ("map", "both"):
+        assert instances_from_maps(fg, dist, split=split, marker_dynamics=0.1).max() == 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(5, 58), st.integers(5, 58), st.integers(2, 9)),
+                min_size=0, max_size=8), st.sampled_from([0.05, 0.1, 0.3]))
+def test_h_maxima_labels_lie_inside_foreground_and_split_only(specs, h):
+    truth, fg, dist = disks((64, 64), specs)
+    plain = instances_from_maps(fg, dist, min_area_px=1, split="both")
+    out = instances_from_maps(fg, dist, min_area_px=1, split="both", marker_dynamics=h)
+    assert np.array_equal(out > 0, plain > 0)  # the same particle pixels, only split otherwise
+    ids = np.unique(out)
+    assert np.array_equal(ids, np.arange(ids.size))
+    assert np.array_equal(out, instances_from_maps(fg, dist, min_area_px=1, split="both",
+                                                   marker_dynamics=h))

@@ -44,7 +44,9 @@ def test_detectability_ignores_gain_and_offset(gain, offset, seed):
     img, labels = _frame([5, 15], seed=seed)
     a = contrast_to_noise(img, labels)
     b = contrast_to_noise(img.astype(np.float64) * gain + offset, labels)
-    np.testing.assert_allclose(a[1:], b[1:], rtol=5e-3)
+    # d' near 0 (a particle lost in the noise) differs by float rounding alone: an absolute
+    # tolerance far below the decision level (3) covers it
+    np.testing.assert_allclose(a[1:], b[1:], rtol=5e-3, atol=0.01)
 
 
 def test_drop_faint_removes_only_small_invisible_particles_and_relabels():

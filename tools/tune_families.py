@@ -2,8 +2,9 @@
 
 A fold model is run once on the images it was TRAINED on (``--fold F``: the images of fold F of
 every family; the EMPS figures every ``--emps-step``-th), its logit maps are kept, and the
-post-processing settings (``threshold``, ``min_score``, ``marker_threshold``) are swept over a
-grid; the score is the mean over the families of the detection F1 (``tools/families.py``), so
+post-processing settings (``threshold``, ``min_score``, ``marker_threshold``; ``--grid`` replaces
+or adds a setting's values, e.g. ``--grid marker_dynamics=0,0.08,0.1 --grid sep_sigma=0,2``) are
+swept over a grid; the score is the mean over the families of the detection F1 (``tools/families.py``), so
 each family weighs the same whatever its number of images. The held-out fold stays untouched for
 ``tools/evaluate_families.py``.
 
@@ -43,7 +44,13 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", type=int, required=True, help="the fold the model TRAINED on")
     ap.add_argument("--emps-step", type=int, default=3)
     ap.add_argument("--write", nargs="*", type=Path, default=[], help="sidecars to update")
+    ap.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="sweep these values of a LearnedSegmenter setting (JSON numbers, null)")
     a = ap.parse_args(argv)
+    grid = dict(GRID)
+    for spec in a.grid:
+        key, values = spec.split("=", 1)
+        grid[key] = [json.loads(v) for v in values.split(",")]
     seg = ef.learned(a.model)
     data = {}
     for fam in families.FAMILIES:
@@ -54,8 +61,8 @@ def main(argv=None) -> int:
             data[fam] = (items, [(seg.logits(p), p.valid)
                                  for p in (prepare(it["raw"]) for it in items)])
     rows = []
-    for values in itertools.product(*GRID.values()):
-        settings = dict(zip(GRID, values, strict=True))
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values, strict=True))
         for k, v in settings.items():
             setattr(seg, k, v)
         f1 = {fam: ef.score(items, [seg.instances(m, v) for m, v in maps])["detection"]["f1"]
@@ -66,7 +73,7 @@ def main(argv=None) -> int:
     print("best:", json.dumps(best))
     for sidecar in a.write:
         info = json.loads(sidecar.read_text())
-        info.update({k: best[k] for k in GRID})
+        info.update({k: best[k] for k in grid})
         info["tuned_on"] = (f"tools/tune_families.py {Path(a.model).name} --fold {a.fold}: mean "
                             f"detection F1 {best['mean_f1']} on the fold model's own training images")
         sidecar.write_text(json.dumps(info, indent=2) + "\n")

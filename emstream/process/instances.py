@@ -64,7 +64,10 @@ def instances_from_maps(
         (one connected core = one particle).
     min_area_px : particles with fewer pixels are dropped.
     sep_sigma : Gaussian smoothing (px) of the separation map before markers are taken, so that
-        noise in a particle's core does not split it into several markers (0 = none).
+        noise in a particle's core does not split it into several markers (0 = none). With
+        ``marker_dynamics``, the most smoothing: each blob's map is smoothed by 1/16 of the
+        diameter of the particles it holds (its area over its markers), at most this much, since
+        a fixed blur fills the necks between particles of a few px.
     split : where the markers come from: ``"map"`` = ``sep`` as given; ``"shape"`` = the
         particle mask's own Euclidean distance transform divided by its maximum in each blob
         (``sep`` ignored; touching round particles split at their neck, as in classical
@@ -111,12 +114,11 @@ def instances_from_maps(
     if split != "map":
         shape_map = blob_normalised_distance(m, (blobs, n_blobs), nz)
         s = shape_map if split == "shape" else 0.5 * (s + shape_map)
-    if sep_sigma > 0:
+    if sep_sigma > 0 and marker_dynamics <= 0:
         s = _smooth(s, sep_sigma)
-        net = None if net is None else _smooth(net, sep_sigma)
 
     labels = _split_touching(m, s, marker_threshold, (blobs, n_blobs), nz,
-                             dynamics=marker_dynamics, net=net)
+                             dynamics=marker_dynamics, net=net, sigma_max=sep_sigma)
     on = labels.ravel()[nz]
     n = int(on.max()) if on.size else 0
     area = np.bincount(on, minlength=n + 1)
@@ -207,6 +209,9 @@ def blob_normalised_distance(mask: np.ndarray, blobs: tuple[np.ndarray, int],
 #: h-maxima markers (``marker_dynamics``) must also reach this separation value: a dip in the
 #: rim of a particle is no particle
 MARKER_FLOOR = 0.2
+#: ... and are taken on the separation map smoothed by the blob's particle diameter / this
+#: (chosen with ``marker_dynamics`` on the real families' training images; engines/MODEL_CARD.md)
+SMOOTH_PER_D = 16.0
 
 
 def _markers_per_blob(markers: tuple[np.ndarray, int], blobs: np.ndarray, n_blobs: int,
@@ -246,7 +251,7 @@ def _h_maxima_markers(sep: np.ndarray, region: np.ndarray, h: float) -> np.ndarr
 
 def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
                     blobs: tuple[np.ndarray, int], nz: np.ndarray, *, dynamics: float = 0.0,
-                    net: np.ndarray | None = None) -> np.ndarray:
+                    net: np.ndarray | None = None, sigma_max: float = 0.0) -> np.ndarray:
     """Label particle pixels; watershed only the connected blobs that hold several markers.
 
     Equivalent to one marker-controlled watershed (8-connected) over the whole mask, followed by
@@ -254,7 +259,8 @@ def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
     simply one particle, so the (comparatively slow) watershed runs only on touching clusters.
     With ``dynamics`` > 0, a blob with several threshold markers of ``sep`` or of ``net`` (the
     network's own distance map, when ``sep`` mixes it with the shape) gets the h-maxima of
-    ``sep`` as its markers instead (module docstring, step 4).
+    ``sep`` as its markers instead (module docstring, step 4), ``sep`` smoothed there by
+    1/``SMOOTH_PER_D`` of the blob's particle diameter, at most ``sigma_max``.
     """
     blobs, n_blobs = blobs  # the mask's label_blobs; nz: the mask's flat nonzero indices
     markers = label_blobs((sep > marker_threshold) & mask)
@@ -264,6 +270,9 @@ def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
     if dynamics > 0 and net is not None:
         per_blob = np.maximum(per_blob, _markers_per_blob(
             label_blobs((net > marker_threshold) & mask), blobs, n_blobs, nz))
+    if dynamics > 0 and sigma_max > 0:  # the diameter of a blob's particles: its area / markers
+        blob_area = np.bincount(blobs.ravel()[nz], minlength=n_blobs + 1)
+        d_blob = np.sqrt(4.0 * blob_area / (np.pi * np.maximum(per_blob, 1)))
     markers = markers[0]
     out = blobs.astype(np.int32, copy=True)
     next_id = n_blobs + 1
@@ -272,13 +281,17 @@ def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
     for b in clusters:
         sl = slices[b - 1]
         region = blobs[sl] == b
+        surface = sep[sl]
         if dynamics > 0:
-            mk = _h_maxima_markers(sep[sl], region, dynamics)
+            sigma = min(sigma_max, d_blob[b] / SMOOTH_PER_D) if sigma_max > 0 else 0.0
+            if sigma >= 0.3:  # below that a blur changes nothing on a pixel grid
+                surface = _smooth(surface, sigma)
+            mk = _h_maxima_markers(surface, region, dynamics)
             if mk.max() < 2:
                 continue  # one peak: one particle (the blob keeps its label)
         else:
             mk = np.where(region, markers[sl], 0)
-        ws = watershed(-sep[sl], mk, mask=region, connectivity=2)
+        ws = watershed(-surface, mk, mask=region, connectivity=2)
         ids = np.unique(ws[ws > 0])
         lut = np.zeros(int(ws.max()) + 1, dtype=np.int32)
         lut[ids] = np.arange(next_id, next_id + ids.size, dtype=np.int32)

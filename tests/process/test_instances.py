@@ -234,3 +234,18 @@ def test_h_maxima_labels_lie_inside_foreground_and_split_only(specs, h):
     assert np.array_equal(ids, np.arange(ids.size))
     assert np.array_equal(out, instances_from_maps(fg, dist, min_area_px=1, split="both",
                                                    marker_dynamics=h))
+
+
+def test_h_maxima_smoothing_follows_the_particle_size():
+    from emstream.process.instances import _h_maxima_markers, _smooth
+
+    # two overlapping 8 px particles: a 2 px blur fills their neck, 1/16 of their size does not
+    truth, fg, dist = disks((32, 40), [(16, 14, 4), (16, 21, 4)])
+    region = fg > 0
+    assert _h_maxima_markers(_smooth(dist, 2.0), region, 0.08).max() == 1
+    assert instances_from_maps(fg, dist, split="both", marker_dynamics=0.08, sep_sigma=2.0,
+                               min_area_px=1).max() == 2
+    # a close-packed layer is still split with the same cap
+    truth, fg, dist, n = _close_packed()
+    assert instances_from_maps(fg, dist, split="both", marker_dynamics=0.08,
+                               sep_sigma=2.0).max() == n

@@ -16,8 +16,8 @@ deepest point). Touching or sintering particles meet at a neck where the distanc
    blob that holds several markers (of the separation map, or of the network's distance map
    alone) are instead its **h-maxima**: peaks that rise at least h above every path to a higher
    one. A close-packed layer of particles is one blob whose shape distance is a single hill as
-   wide as the layer; the network's per-particle peaks sit on that hill and a threshold sees one
-   marker, the peaks' own height above the hill does not;
+   wide as the layer, with the network's per-particle peaks on it: a threshold finds one marker
+   there, while each peak's height above its saddles still tells the particles apart;
 5. particles smaller than ``min_area_px`` are dropped, and so are particles whose mean
    ``foreground`` value is below ``min_mean`` (faint, texture-like detections the network was
    unsure of); labels are renumbered 1..N in raster order of their first pixel, so the result

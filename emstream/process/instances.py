@@ -270,9 +270,11 @@ def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
     if dynamics > 0 and net is not None:
         per_blob = np.maximum(per_blob, _markers_per_blob(
             label_blobs((net > marker_threshold) & mask), blobs, n_blobs, nz))
+    sigma = np.zeros(n_blobs + 1)  # each blob's smoothing (h-maxima markers only)
     if dynamics > 0 and sigma_max > 0:  # the diameter of a blob's particles: its area / markers
         blob_area = np.bincount(blobs.ravel()[nz], minlength=n_blobs + 1)
         d_blob = np.sqrt(4.0 * blob_area / (np.pi * np.maximum(per_blob, 1)))
+        sigma = np.minimum(sigma_max, d_blob / SMOOTH_PER_D)
     markers = markers[0]
     out = blobs.astype(np.int32, copy=True)
     next_id = n_blobs + 1
@@ -283,9 +285,8 @@ def _split_touching(mask: np.ndarray, sep: np.ndarray, marker_threshold: float,
         region = blobs[sl] == b
         surface = sep[sl]
         if dynamics > 0:
-            sigma = min(sigma_max, d_blob[b] / SMOOTH_PER_D) if sigma_max > 0 else 0.0
-            if sigma >= 0.3:  # below that a blur changes nothing on a pixel grid
-                surface = _smooth(surface, sigma)
+            if sigma[b] >= 0.3:  # below that a blur changes nothing on a pixel grid
+                surface = _smooth(surface, float(sigma[b]))
             mk = _h_maxima_markers(surface, region, dynamics)
             if mk.max() < 2:
                 continue  # one peak: one particle (the blob keeps its label)

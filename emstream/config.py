@@ -14,7 +14,7 @@ from typing import Any
 #: Packages whose versions are recorded with every session (those not installed are omitted).
 VERSIONED_PACKAGES = (
     "emstream", "numpy", "scipy", "scikit-image", "opencv-python-headless", "tifffile", "mrcfile",
-    "pyzmq", "watchdog", "onnxruntime", "torch", "tensorrt", "PySide6", "pyqtgraph", "ncempy",
+    "pyzmq", "watchdog", "onnxruntime", "torch", "tensorrt", "PySide6-Essentials", "pyqtgraph", "ncempy",
     "rosettasciio", "distributed",
 )
 

@@ -19,11 +19,11 @@ setup() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "emstream: installing into $venv (first run or changed dependencies: a few minutes;" \
          "pip's progress follows)" >&2
-    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q --no-cache-dir --upgrade pip
     # torch is pinned to a CPU wheel in constraints.txt: an open range pulls a multi-GB CUDA build.
     # One line per package (not -q): a quiet install looks hung for minutes.
     # (pipefail: a failing pip stops here; grep finding nothing does not)
-    "$venv/bin/python" -m pip install --progress-bar off -c tools/constraints.txt -e ".[all,test]" \
+    "$venv/bin/python" -m pip install --no-cache-dir --progress-bar off -c tools/constraints.txt -e ".[all,test]" \
       | { grep --line-buffered -E "^(Collecting|Successfully installed)" || true; } >&2
     echo "$want" > "$stamp"
     echo "emstream: installed" >&2

@@ -23,6 +23,16 @@ back until then), so they lag live frames by that much but carry the frame they 
   lasted ``nucleation_frames`` frames and been seen in each of the ``min_frames`` frames before
   it ended (a fragment that flickers in and out of a particle is not a particle), and they and
   the product are clear of the frame edge (cut particles say nothing of their area).
+  A pair the segmenter never separated (touching particles joined into one outline before their
+  neck formed) cannot end two tracks; its coalescence shows as the outline **rounding up**: for
+  ``neck_frames`` frames a concave, elongated outline (solidity at most ``NECK_SOLIDITY``,
+  aspect ratio at least ``NECK_ASPECT``: two lobes and a neck), then for ``ROUND_FRAMES`` frames
+  a convex one (solidity higher by ``ROUND_GAIN`` at least), with the projected area shrinking as
+  a merged particle that rounds up does (``ROUND_AREA``: conserved volume puts the product at
+  0.79–1 of the pair's area; a pair the segmenter splits again halves it). That event has one
+  track, ``into`` itself, and ``merged`` empty (the count did not change); it is not called for
+  a track that was the product of a coalescence in the ``gap_frames`` before (the same merger
+  finishing).
 - ``left_field``: the track ended touching the frame edge (or within the drift of it).
 - ``dissolution``: the track ended away from the edge after shrinking (last diameter below
   ``dissolve_ratio`` of its largest).
@@ -69,6 +79,15 @@ EVENT_KINDS = ("coalescence", "nucleation", "dissolution", "left_field")
 
 #: most (t, diameter) points kept per track for its growth-rate fit
 HISTORY = 64
+#: a touching pair's outline (module docstring, "rounding up"): solidity at most this ...
+NECK_SOLIDITY = 0.93
+#: ... and aspect ratio at least this (median over the ``neck_frames``)
+NECK_ASPECT = 1.3
+#: frames the rounded outline must hold, each with solidity above the neck's highest by ...
+ROUND_FRAMES = 3
+ROUND_GAIN = 0.02
+#: ... and median area after / before within this range
+ROUND_AREA = (0.75, 0.97)
 
 
 @dataclass
@@ -103,6 +122,7 @@ class TrackSettings:
     summary_every: int = 50
     gap_frames: int = 20
     confirm_frames: int = 4
+    neck_frames: int = 5
 
 
 @dataclass
@@ -138,6 +158,9 @@ class TrackEvent:
 
     def message(self) -> str:
         ids = ", ".join(f"#{i}" for i in self.tracks)
+        if self.kind == "coalescence" and self.data.get("rounded"):
+            return (f"frame {self.seq}: track {ids} rounded up: a touching pair seen as one "
+                    "particle coalesced")
         if self.kind == "coalescence":
             return f"frame {self.seq}: tracks {ids} coalesced into #{self.data.get('into')}"
         return f"frame {self.seq}: {self.kind.replace('_', ' ')} of track {ids}"
@@ -195,7 +218,7 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
 class _Track:
     __slots__ = ("id", "first_seq", "last_seq", "t_first", "t_last", "n", "d_first", "d_last",
                  "d_max", "began", "ended", "into", "hist_t", "hist_d", "path", "y", "x",
-                 "touch", "near_gap", "split_from", "unit", "run")
+                 "touch", "near_gap", "split_from", "unit", "run", "outline", "merged_at")
 
     def __init__(self, tid: int, seq: int, t: float, began: str, unit: str):
         self.id, self.first_seq, self.last_seq = tid, seq, seq
@@ -212,6 +235,10 @@ class _Track:
         self.split_from: int | None = None  # a fragment that broke off this track at birth
         self.unit = unit
         self.run = 0  # frames seen in a row up to last_seq
+        # (seq, t, area px, solidity, aspect ratio) of the last frames seen, for the rounding-up
+        # rule; None where the particle table has no shape columns
+        self.outline: deque | None = None
+        self.merged_at = -(10**9)  # frame of the last coalescence into this track
 
     def add(self, seq: int, t: float, y: float, x: float, d: float, touch: bool,
             unit_per_px: float) -> None:
@@ -338,6 +365,12 @@ class Tracker:
         touch = np.asarray(particles.get("touches_border", np.zeros(0, bool)), bool)
         d_px = 2.0 * np.sqrt(np.maximum(area, 0.0) / math.pi)
         n = len(y_img)
+        shape_cols = s.neck_frames > 0 and "solidity" in particles and "aspect_ratio" in particles
+        if shape_cols:
+            solidity = np.asarray(particles["solidity"], float).tolist()
+            aspect = np.asarray(particles["aspect_ratio"], float).tolist()
+            area_l = area.tolist()
+        rounded: list[_Track] = []
         # particles cut by the frame edge move their centroids as they slide out: not for drift
         inside = ~touch
         drift = self.drift.update(np.column_stack([y_img[inside], x_img[inside], d_px[inside]]),
@@ -380,6 +413,12 @@ class Tracker:
                     born.append((i, tr))
                 tr.add(seq, t, yi, xi, di, ti, unit_per_px)
                 ids[i] = tid
+                if shape_cols:
+                    if tr.outline is None:
+                        tr.outline = deque(maxlen=s.neck_frames + ROUND_FRAMES)
+                    tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
+                    if self._rounds_up(tr):
+                        rounded.append(tr)
             self._seed = None  # the linker holds the restart's last frame now
         if born and prev is not None and len(prev.ids):
             self._births(born, prev, ids, y, x, area, d_px)
@@ -387,6 +426,9 @@ class Tracker:
         self._recent.append(seen)
         self._frames += 1
         events = self._decide(seq, seen, unit_per_px)
+        events += [self._rounding_event(tr, unit_per_px) for tr in rounded
+                   if seq - tr.merged_at > s.gap_frames and
+                   not any(ev.data["into"] == tr.id for _, ev, _ in self._pending)]
         summaries = []
         for tid in [k for k, tr in self._tracks.items() if tr.ended != "active"]:
             tr = self._tracks.pop(tid)
@@ -538,10 +580,37 @@ class Tracker:
             ev.data["merged"] = gone
             out.append(ev)
             product = self._tracks.get(into)
+            if product is not None:
+                product.merged_at = ev.seq
             if product is not None and into not in ev.tracks and product.began == "appeared":
                 product.began = "from_coalescence"
         self._pending = keep
         return out
+
+    def _rounds_up(self, tr: _Track) -> bool:
+        """Has this track's outline just rounded up after ``neck_frames`` frames of a neck
+        (module docstring)? Cheap tests first: it runs for every particle of every frame."""
+        o, nb = tr.outline, self.settings.neck_frames
+        if len(o) < nb + ROUND_FRAMES or o[-1][0] - o[0][0] != nb + ROUND_FRAMES - 1 or \
+                o[nb - 1][3] > NECK_SOLIDITY or o[nb][3] <= o[nb - 1][3]:
+            return False
+        neck, after = list(o)[:nb], list(o)[nb:]
+        if any(p[5] for p in o) or max(p[3] for p in neck) > NECK_SOLIDITY or \
+                min(p[3] for p in after) < max(p[3] for p in neck) + ROUND_GAIN or \
+                float(np.median([p[4] for p in neck])) < NECK_ASPECT:
+            return False
+        ratio = float(np.median([p[2] for p in after]) / np.median([p[2] for p in neck]))
+        return ROUND_AREA[0] <= ratio <= ROUND_AREA[1]
+
+    def _rounding_event(self, tr: _Track, unit_per_px: float) -> TrackEvent:
+        o = list(tr.outline)
+        nb = self.settings.neck_frames
+        tr.merged_at = o[nb][0]
+        return TrackEvent("coalescence", o[nb][0], o[nb][1], [tr.id], {
+            "into": tr.id, "merged": [], "rounded": True,
+            "area_before_px": float(np.median([p[2] for p in o[:nb]])),
+            "area_after_px": float(np.median([p[2] for p in o[nb:]])),
+            **self._where(tr, unit_per_px)})
 
     def _where(self, tr: _Track, unit_per_px: float) -> dict[str, Any]:
         return {"y_px": round(tr.y, 2), "x_px": round(tr.x, 2), "d": tr.d_last,

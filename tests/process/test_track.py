@@ -226,3 +226,81 @@ def test_touching_pair_joined_for_a_few_frames_then_split_is_no_coalescence():
     steps = run(Tracker(), frames)
     assert not [e for s in steps for e in s.events if e.kind == "coalescence"]
     assert set(steps[-1].track_ids.tolist()) == set(steps[0].track_ids.tolist())
+
+
+def outline_table(yx, d, solidity, aspect) -> dict[str, np.ndarray]:
+    t = table(yx, d)
+    t["solidity"] = np.asarray(solidity, float)
+    t["aspect_ratio"] = np.asarray(aspect, float)
+    return t
+
+
+def run_outlines(tracker, frames, dt=0.5):
+    return [tracker.update(k, k * dt, outline_table(*f), shape=SHAPE)
+            for k, f in enumerate(frames)]
+
+
+def test_a_joined_pair_that_rounds_up_is_one_coalescence_dated_to_the_round_outline():
+    """A touching pair the segmenter never separated: one outline with a neck (concave,
+    elongated), then the merged particle (convex, ~0.88 of the pair's area: volume conserved)."""
+    other = ([400.0, 400.0], 15.0, 0.99, 1.05)
+    pair_d, round_d = 40.0, 40.0 * math.sqrt(0.88)
+    frames = [([[200.0, 200.0], other[0]], [pair_d, other[1]], [0.89, 0.99], [1.8, 1.05])] * 12
+    frames += [([[200.0, 200.0], other[0]], [round_d, other[1]], [0.99, 0.99], [1.4, 1.05])] * 10
+    steps = run_outlines(Tracker(), frames)
+    coal = [e for s in steps for e in s.events if e.kind == "coalescence"]
+    assert len(coal) == 1
+    ev = coal[0]
+    tid = int(steps[0].track_ids[0])
+    assert ev.seq == 12 and ev.tracks == [tid]
+    assert ev.data["into"] == tid and ev.data["merged"] == [] and ev.data["rounded"]
+    assert ev.data["area_after_px"] / ev.data["area_before_px"] == pytest.approx(0.88, rel=0.01)
+    assert "rounded up" in ev.message()
+    # the same frames without the shape columns (or with the rule off): nothing to see
+    assert not [e for s in run(Tracker(), [(f[0], f[1]) for f in frames]) for e in s.events]
+    off = run_outlines(Tracker(TrackSettings(neck_frames=0)), frames)
+    assert not [e for s in off for e in s.events]
+
+
+@pytest.mark.parametrize("case", ["short_neck", "split_again", "round_to_start", "no_gain",
+                                  "flicker"])
+def test_outlines_that_are_not_a_pair_rounding_up_make_no_event(case):
+    pair, after = (40.0, 0.89, 1.8), (40.0 * math.sqrt(0.88), 0.99, 1.4)
+    if case == "short_neck":  # 3 frames of a neck are not enough
+        seq = [pair] * 3 + [after] * 10
+    elif case == "split_again":  # area halves: the segmenter cut the pair (not a merger)
+        seq = [pair] * 10 + [(40.0 * math.sqrt(0.5), 0.99, 1.4)] * 10
+    elif case == "round_to_start":  # a round particle with a rough outline: no neck (aspect)
+        seq = [(40.0, 0.89, 1.1)] * 10 + [after] * 10
+    elif case == "no_gain":  # still concave afterwards
+        seq = [pair] * 10 + [(40.0 * math.sqrt(0.88), 0.90, 1.4)] * 10
+    else:  # a rough outline flickering between concave and convex, frame to frame
+        seq = [pair if k % 2 else (40.0 * math.sqrt(0.88), 0.97, 1.4) for k in range(30)]
+    frames = [([[200.0, 200.0]], [d], [s], [a]) for d, s, a in seq]
+    steps = run_outlines(Tracker(), frames)
+    assert not [e for s in steps for e in s.events if e.kind == "coalescence"]
+
+
+def test_a_pair_joined_at_its_neck_then_rounding_up_is_one_coalescence_not_two():
+    """The segmenter separates the pair until the neck forms (two tracks end into one: called
+    then) and the product then rounds up: the same merger, one event."""
+    a, b = np.array([200.0, 200.0]), np.array([200.0, 224.0])
+    frames = [([a, b], [24.0, 20.0], [0.99, 0.99], [1.05, 1.05])] * 10
+    joined_d = math.sqrt(24.0**2 + 20.0**2)
+    frames += [([[200.0, 209.0]], [joined_d], [0.88], [1.8])] * 8
+    frames += [([[200.0, 209.0]], [joined_d * math.sqrt(0.9)], [0.99], [1.3])] * 10
+    steps = run_outlines(Tracker(), frames)
+    coal = [e for s in steps for e in s.events if e.kind == "coalescence"]
+    assert len(coal) == 1 and coal[0].seq == 10 and not coal[0].data.get("rounded")
+
+
+def test_rough_round_particles_never_round_up():
+    """200 frames of 25 particles whose outlines are measured with noise (solidity 0.9-1,
+    aspect ratio 1-1.35, area +-8 %): no coalescence."""
+    rng = np.random.default_rng(3)
+    base = grid()
+    frames = [(base, 24.0 * np.sqrt(rng.uniform(0.92, 1.08, len(base))),
+               rng.uniform(0.90, 1.0, len(base)), rng.uniform(1.0, 1.35, len(base)))
+              for _ in range(200)]
+    steps = run_outlines(Tracker(), frames)
+    assert not [e for s in steps for e in s.events if e.kind == "coalescence"]

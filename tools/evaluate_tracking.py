@@ -298,6 +298,8 @@ def main(argv=None) -> int:
     ap.add_argument("--detail", action="store_true", help="list every event in the JSON")
     ap.add_argument("--visible-only", action="store_true",
                     help="score only truth particles an observer could see (d' >= VISIBLE_D)")
+    ap.add_argument("--neck-frames", type=int, default=TrackSettings().neck_frames,
+                    help="the tracker's rounding-up coalescence rule (0: off)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     from emstream.pipeline import make_segmenter
@@ -307,7 +309,8 @@ def main(argv=None) -> int:
     for mode in a.modes:
         for seed in a.seeds:
             t0 = time.time()
-            r = run_session(seed, mode, a.frames, seg, TrackSettings(), a.truth_labels, a.size,
+            r = run_session(seed, mode, a.frames, seg, TrackSettings(neck_frames=a.neck_frames),
+                            a.truth_labels, a.size,
                             a.detail, a.visible_only)
             r["visible_only"] = a.visible_only
             r["segmenter"] = "truth labels" if a.truth_labels else getattr(seg, "name", "?")

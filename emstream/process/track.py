@@ -27,11 +27,12 @@ back until then), so they lag live frames by that much but carry the frame they 
   neck formed) cannot end two tracks; its coalescence shows as the outline **rounding up**: for
   ``neck_frames`` frames a concave, elongated outline (solidity at most ``NECK_SOLIDITY``,
   aspect ratio at least ``NECK_ASPECT``: two lobes and a neck), then for ``ROUND_FRAMES`` frames
-  a convex one (solidity higher by ``ROUND_GAIN`` at least), with the projected area shrinking as
-  a merged particle that rounds up does (``ROUND_AREA``: conserved volume puts the product at
-  0.79–1 of the pair's area; a pair the segmenter splits again halves it). That event has one
-  track, ``into`` itself, and ``merged`` empty (the count did not change); it is not called for
-  a track that was the product of a coalescence in the ``gap_frames`` before (the same merger
+  a convex one (solidity above the neck's highest by ``ROUND_GAIN``), the projected area
+  shrinking as a merged particle's does when it rounds up (``ROUND_AREA``: conserved volume puts
+  the product at 0.79–1 of the pair's area; a pair the segmenter splits again halves it). It is
+  dated to the first round frame and called ``ROUND_FRAMES - 1`` frames later, with one track,
+  ``into`` itself, and ``merged`` empty (the count did not change); it is not called for a
+  track that was the product of a coalescence in the ``gap_frames`` before (the same merger
   finishing).
 - ``left_field``: the track ended touching the frame edge (or within the drift of it).
 - ``dissolution``: the track ended away from the edge after shrinking (last diameter below
@@ -84,7 +85,7 @@ NECK_SOLIDITY = 0.93
 #: ... and aspect ratio at least this (median over the ``neck_frames``)
 NECK_ASPECT = 1.3
 #: frames the rounded outline must hold, each with solidity above the neck's highest by ...
-ROUND_FRAMES = 3
+ROUND_FRAMES = 5
 ROUND_GAIN = 0.02
 #: ... and median area after / before within this range
 ROUND_AREA = (0.75, 0.97)
@@ -235,8 +236,8 @@ class _Track:
         self.split_from: int | None = None  # a fragment that broke off this track at birth
         self.unit = unit
         self.run = 0  # frames seen in a row up to last_seq
-        # (seq, t, area px, solidity, aspect ratio) of the last frames seen, for the rounding-up
-        # rule; None where the particle table has no shape columns
+        # (seq, t, area px, solidity, aspect ratio, touches edge) of the last frames seen, for
+        # the rounding-up rule; None where the particle table has no shape columns
         self.outline: deque | None = None
         self.merged_at = -(10**9)  # frame of the last coalescence into this track
 

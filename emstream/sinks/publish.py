@@ -39,7 +39,8 @@ built-in alert). ``event``: ``{"kind", "message", "t", "data"}``; the tracking e
 (``process.track``) have ``kind`` ``coalescence`` | ``nucleation`` | ``dissolution`` |
 ``left_field`` and ``data`` ``{"seq": frame it happened on, "tracks": [ids], "into": id
 (coalescence), "merged": [ids], "y_px", "x_px": drift-corrected position, "d": diameter,
-"unit": "nm" | "px"}``. ``session``:
+"unit": "nm" | "px"}``; a coalescence seen as a joined pair's outline rounding up has
+``"rounded": true``, ``"merged": []`` and ``"area_before_px"`` / ``"area_after_px"``. ``session``:
 ``{"state": "open"|"close", "session_dir", "source", "backend", "t"}``. ``heartbeat``
 (when nothing else went out for a second): ``{"t", "session_dir", "source"}``.
 

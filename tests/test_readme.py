@@ -33,7 +33,7 @@ def test_every_option_the_readme_names_exists():
                  "--real-model", "--edges", "--scene-sessions", "--init", "--synthetic",
                  "--steps", "--family-weights", "--detail", "--fold", "--real-train",
                  "--real-fraction", "--lr", "--threads", "--val", "--index-url", "--no-deps",
-                 "--only-binary", "--extra-index-url", "--kills", "--visible-only",
+                 "--only-binary", "--extra-index-url", "--kills", "--visible-only", "--neck-frames",
                  "--host", "--port", "--nthreads"}  # the last three: `dask scheduler/worker`
     unknown = named - known - tool_only
     assert not unknown, f"the README names options no command has: {sorted(unknown)}"

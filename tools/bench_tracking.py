@@ -50,6 +50,7 @@ class Scene:
         self.pos = self.rng.uniform(0, size, (n, 2))
         self.d = self.rng.lognormal(np.log(0.35 * size / np.sqrt(n)), 0.25, n)
         self.offset = np.zeros(2)
+        self.concave = self.rng.random(n) < 0.3
         self.texture = ndimage.gaussian_filter(self.rng.normal(size=(size, size)), 2).astype(
             np.float32)
 
@@ -63,13 +64,18 @@ class Scene:
         self.d[renew] = np.median(self.d) * 0.6
         img_pos = (self.pos + self.offset) % self.size
         seen = rng.random(n) > 0.03
+        flip = rng.random(n) < np.where(self.concave, 0.233, 0.1)
+        self.concave ^= flip
         area = np.pi * self.d[seen] ** 2 / 4
         m = int(seen.sum())
         table = {"centroid_y_px": img_pos[seen, 0], "centroid_x_px": img_pos[seen, 1],
                  "area_px": area, "touches_border": np.zeros(m, bool),
                  "equivalent_diameter_nm": self.d[seen] * 0.25,
-                 # outlines measured with noise (the tracker's rounding-up rule reads them)
-                 "solidity": rng.uniform(0.85, 1.0, m),
+                 # rough outlines (the tracker's rounding-up rule reads them), as the classical
+                 # segmenter measures them on grainy bright field: concave in 30 % of the frames,
+                 # the state kept from frame to frame with 86 % probability
+                 "solidity": np.where(self.concave[seen], rng.uniform(0.86, 0.93, m),
+                                      rng.uniform(0.93, 1.0, m)),
                  "aspect_ratio": 1.0 + np.abs(rng.normal(0, 0.3, m))}
         image = np.roll(self.texture, tuple(int(round(v)) for v in self.offset), axis=(0, 1))
         return table, image

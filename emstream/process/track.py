@@ -65,6 +65,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -219,7 +220,8 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
 class _Track:
     __slots__ = ("id", "first_seq", "last_seq", "t_first", "t_last", "n", "d_first", "d_last",
                  "d_max", "began", "ended", "into", "hist_t", "hist_d", "path", "y", "x",
-                 "touch", "near_gap", "split_from", "unit", "run", "outline", "merged_at")
+                 "touch", "near_gap", "split_from", "unit", "run", "outline", "neck_seq",
+                 "merged_at")
 
     def __init__(self, tid: int, seq: int, t: float, began: str, unit: str):
         self.id, self.first_seq, self.last_seq = tid, seq, seq
@@ -237,8 +239,10 @@ class _Track:
         self.unit = unit
         self.run = 0  # frames seen in a row up to last_seq
         # (seq, t, area px, solidity, aspect ratio, touches edge) of the last frames seen, for
-        # the rounding-up rule; None where the particle table has no shape columns
+        # the rounding-up rule, from a concave outline (frame neck_seq) to ROUND_FRAMES after it;
+        # None otherwise, or where the particle table has no shape columns
         self.outline: deque | None = None
+        self.neck_seq = 0
         self.merged_at = -(10**9)  # frame of the last coalescence into this track
 
     def add(self, seq: int, t: float, y: float, x: float, d: float, touch: bool,
@@ -414,12 +418,19 @@ class Tracker:
                     born.append((i, tr))
                 tr.add(seq, t, yi, xi, di, ti, unit_per_px)
                 ids[i] = tid
-                if shape_cols:
-                    if tr.outline is None:
-                        tr.outline = deque(maxlen=s.neck_frames + ROUND_FRAMES)
-                    tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
-                    if self._rounds_up(tr):
-                        rounded.append(tr)
+                if shape_cols:  # outlines kept only around a neck: most are never concave
+                    if solidity[i] <= NECK_SOLIDITY:
+                        if tr.outline is None:
+                            tr.outline = deque(maxlen=s.neck_frames + ROUND_FRAMES)
+                        tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
+                        tr.neck_seq = seq
+                    elif tr.outline is not None:
+                        if seq - tr.neck_seq > ROUND_FRAMES:
+                            tr.outline = None
+                        else:
+                            tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
+                            if self._rounds_up(tr):
+                                rounded.append(tr)
             self._seed = None  # the linker holds the restart's last frame now
         if born and prev is not None and len(prev.ids):
             self._births(born, prev, ids, y, x, area, d_px)
@@ -590,7 +601,8 @@ class Tracker:
 
     def _rounds_up(self, tr: _Track) -> bool:
         """Has this track's outline just rounded up after ``neck_frames`` frames of a neck
-        (module docstring)? Cheap tests first: it runs for every particle of every frame."""
+        (module docstring)? Called for each frame of a track's ROUND_FRAMES after a concave
+        outline; cheap tests first."""
         o, nb = tr.outline, self.settings.neck_frames
         if len(o) < nb + ROUND_FRAMES or o[-1][0] - o[0][0] != nb + ROUND_FRAMES - 1 or \
                 o[nb - 1][3] > NECK_SOLIDITY or o[nb][3] <= o[nb - 1][3]:
@@ -598,9 +610,9 @@ class Tracker:
         neck, after = list(o)[:nb], list(o)[nb:]
         if any(p[5] for p in o) or max(p[3] for p in neck) > NECK_SOLIDITY or \
                 min(p[3] for p in after) < max(p[3] for p in neck) + ROUND_GAIN or \
-                float(np.median([p[4] for p in neck])) < NECK_ASPECT:
+                median(p[4] for p in neck) < NECK_ASPECT:
             return False
-        ratio = float(np.median([p[2] for p in after]) / np.median([p[2] for p in neck]))
+        ratio = median(p[2] for p in after) / median(p[2] for p in neck)
         return ROUND_AREA[0] <= ratio <= ROUND_AREA[1]
 
     def _rounding_event(self, tr: _Track, unit_per_px: float) -> TrackEvent:
@@ -609,8 +621,8 @@ class Tracker:
         tr.merged_at = o[nb][0]
         return TrackEvent("coalescence", o[nb][0], o[nb][1], [tr.id], {
             "into": tr.id, "merged": [], "rounded": True,
-            "area_before_px": float(np.median([p[2] for p in o[:nb]])),
-            "area_after_px": float(np.median([p[2] for p in o[nb:]])),
+            "area_before_px": float(median(p[2] for p in o[:nb])),
+            "area_after_px": float(median(p[2] for p in o[nb:])),
             **self._where(tr, unit_per_px)})
 
     def _where(self, tr: _Track, unit_per_px: float) -> dict[str, Any]:

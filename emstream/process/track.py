@@ -17,12 +17,14 @@ back until then), so they lag live frames by that much but carry the frame they 
 
 - ``coalescence``: the track ended next to a track that, on the next frame, holds about the
   matter of both (projected area, or volume as ``area^1.5`` for particles that round up, within
-  ``area_tolerance``); or two or more tracks ended where one began with their summed matter. The continuing (or new) track is ``into``; every ended one is
-  ``merged into N``. It is called ``confirm_frames`` later if the merged tracks stayed gone
-  (touching particles the segmenter joins for a few frames and splits again are not one), had
-  lasted ``nucleation_frames`` frames and been seen in each of the ``min_frames`` frames before
-  it ended (a fragment that flickers in and out of a particle is not a particle), and they and
-  the product are clear of the frame edge (cut particles say nothing of their area).
+  ``area_tolerance``); or two or more tracks ended where one began with their summed matter.
+  The continuing (or new) track is ``into``; every ended one is ``merged into N``. It is called
+  ``confirm_frames`` later if the merged tracks stayed gone (touching particles the segmenter
+  joins for a few frames and splits again are not one), had lasted ``nucleation_frames`` frames
+  (or been seen in every frame since the session began) and been seen in each of the
+  ``min_frames`` frames before it ended (a fragment that flickers in and out of a particle is not
+  a particle), and they and the product are clear of the frame edge (cut particles say nothing
+  of their area).
   A pair the segmenter never separated (touching particles joined into one outline before their
   neck formed) cannot end two tracks; its coalescence shows as the outline **rounding up**: for
   ``neck_frames`` frames a concave, elongated outline (solidity at most ``NECK_SOLIDITY``,
@@ -422,15 +424,13 @@ class Tracker:
                     if solidity[i] <= NECK_SOLIDITY:
                         if tr.outline is None:
                             tr.outline = deque(maxlen=s.neck_frames + ROUND_FRAMES)
-                        tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
                         tr.neck_seq = seq
-                    elif tr.outline is not None:
-                        if seq - tr.neck_seq > ROUND_FRAMES:
-                            tr.outline = None
-                        else:
-                            tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
-                            if self._rounds_up(tr):
-                                rounded.append(tr)
+                    elif tr.outline is not None and seq - tr.neck_seq > ROUND_FRAMES:
+                        tr.outline = None
+                    if tr.outline is not None:
+                        tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
+                        if self._rounds_up(tr):
+                            rounded.append(tr)
             self._seed = None  # the linker holds the restart's last frame now
         if born and prev is not None and len(prev.ids):
             self._births(born, prev, ids, y, x, area, d_px)
@@ -582,7 +582,8 @@ class Tracker:
             # a fragment the segmenter cut off and joins again is no coalescence
             gone = [tr.id for tr in parts if tr.ended == "merged" and tr.split_from != into
                     and not (product is not None and product.split_from == tr.id)
-                    and tr.n >= s.nucleation_frames and tr.run >= s.min_frames
+                    and (tr.n >= s.nucleation_frames or tr.n == tr.run and
+                         tr.began == "present_at_start") and tr.run >= s.min_frames
                     and not tr.touch]
             if product is None or product.touch:  # cut by the edge: areas say nothing
                 gone = []

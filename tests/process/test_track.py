@@ -304,3 +304,17 @@ def test_rough_round_particles_never_round_up():
               for _ in range(200)]
     steps = run_outlines(Tracker(), frames)
     assert not [e for s in steps for e in s.events if e.kind == "coalescence"]
+
+
+def test_a_merger_in_the_first_frames_of_a_session_counts():
+    """Tracks seen in every frame since the session began are established before they have
+    lasted ``nucleation_frames`` (a pair sintering when the monitor starts)."""
+    a, b = np.array([200.0, 200.0]), np.array([200.0, 224.0])
+    frames = [(np.array([a, b]), [24.0, 20.0])] * 5
+    frames += [(np.array([[200.0, 208.0]]), [math.sqrt(24.0**2 + 20.0**2)])] * 12
+    steps = run(Tracker(), frames)
+    coal = [e for s in steps for e in s.events if e.kind == "coalescence"]
+    assert len(coal) == 1 and coal[0].seq == 5
+    # the same tracks starting mid-session, after an empty frame: too young to count
+    steps = run(Tracker(), [(np.zeros((0, 2)), [])] + frames)
+    assert not [e for s in steps for e in s.events if e.kind == "coalescence"]

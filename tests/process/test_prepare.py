@@ -102,7 +102,11 @@ def test_polarity_on_simulator_training_frames():
     import emstream.sources.simulate.training as training
     rng = np.random.default_rng(11)
     right = total = 0
-    for _ in range(30):
+    # until 60 frames count (how many draws that takes varies with the host's floating point:
+    # the generator's own choices depend on what it rendered); measured: 56-57 of 60 right
+    for _ in range(400):
+        if total == 60:
+            break
         img, labels, meta = training.training_sample(rng, 256)
         if meta["coverage"] < 0.02 or meta["support"]:
             # nearly empty frames: polarity hardly matters and is not defined well; on a thick
@@ -110,7 +114,7 @@ def test_polarity_on_simulator_training_frames():
             continue
         total += 1
         right += prepare(img).polarity == meta["polarity"]
-    assert total >= 15
+    assert total == 60
     assert right / total >= 0.85
 
 

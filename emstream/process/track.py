@@ -374,6 +374,7 @@ class Tracker:
         n = len(y_img)
         shape_cols = s.neck_frames > 0 and "solidity" in particles and "aspect_ratio" in particles
         if shape_cols:
+            nb = s.neck_frames
             solidity = np.asarray(particles["solidity"], float).tolist()
             aspect = np.asarray(particles["aspect_ratio"], float).tolist()
             area_l = area.tolist()
@@ -427,9 +428,12 @@ class Tracker:
                         tr.neck_seq = seq
                     elif tr.outline is not None and seq - tr.neck_seq > ROUND_FRAMES:
                         tr.outline = None
-                    if tr.outline is not None:
-                        tr.outline.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
-                        if self._rounds_up(tr):
+                    o = tr.outline
+                    if o is not None:
+                        o.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
+                        # the cheapest of _rounds_up's tests first, inline
+                        if len(o) == o.maxlen and o[nb][3] > o[nb - 1][3] <= NECK_SOLIDITY \
+                                and self._rounds_up(tr):
                             rounded.append(tr)
             self._seed = None  # the linker holds the restart's last frame now
         if born and prev is not None and len(prev.ids):
@@ -602,18 +606,15 @@ class Tracker:
 
     def _rounds_up(self, tr: _Track) -> bool:
         """Has this track's outline just rounded up after ``neck_frames`` frames of a neck
-        (module docstring)? Called for each frame of a track's ROUND_FRAMES after a concave
-        outline; cheap tests first."""
-        o, nb = tr.outline, self.settings.neck_frames
-        if len(o) < nb + ROUND_FRAMES or o[-1][0] - o[0][0] != nb + ROUND_FRAMES - 1 or \
-                o[nb - 1][3] > NECK_SOLIDITY or o[nb][3] <= o[nb - 1][3]:
+        (module docstring)? Called for the frames after a concave outline; cheap tests first."""
+        o, nb = list(tr.outline), self.settings.neck_frames
+        if len(o) < nb + ROUND_FRAMES or o[-1][0] - o[0][0] != nb + ROUND_FRAMES - 1:
             return False
-        neck, after = list(o)[:nb], list(o)[nb:]
-        if any(p[5] for p in o) or max(p[3] for p in neck) > NECK_SOLIDITY or \
-                min(p[3] for p in after) < max(p[3] for p in neck) + ROUND_GAIN or \
-                median(p[4] for p in neck) < NECK_ASPECT:
+        neck_max = max([p[3] for p in o[:nb]])
+        if neck_max > NECK_SOLIDITY or min([p[3] for p in o[nb:]]) < neck_max + ROUND_GAIN or \
+                any([p[5] for p in o]) or median([p[4] for p in o[:nb]]) < NECK_ASPECT:
             return False
-        ratio = median(p[2] for p in after) / median(p[2] for p in neck)
+        ratio = median([p[2] for p in o[nb:]]) / median([p[2] for p in o[:nb]])
         return ROUND_AREA[0] <= ratio <= ROUND_AREA[1]
 
     def _rounding_event(self, tr: _Track, unit_per_px: float) -> TrackEvent:

@@ -310,8 +310,7 @@ def main(argv=None) -> int:
         for seed in a.seeds:
             t0 = time.time()
             r = run_session(seed, mode, a.frames, seg, TrackSettings(neck_frames=a.neck_frames),
-                            a.truth_labels, a.size,
-                            a.detail, a.visible_only)
+                            a.truth_labels, a.size, a.detail, a.visible_only)
             r["visible_only"] = a.visible_only
             r["segmenter"] = "truth labels" if a.truth_labels else getattr(seg, "name", "?")
             r["seconds"] = round(time.time() - t0, 1)

@@ -424,7 +424,7 @@ class Tracker:
                 if shape_cols:  # outlines kept only around a neck: most are never concave
                     if solidity[i] <= NECK_SOLIDITY:
                         if tr.outline is None:
-                            tr.outline = deque(maxlen=s.neck_frames + ROUND_FRAMES)
+                            tr.outline = deque(maxlen=nb + ROUND_FRAMES)
                         tr.neck_seq = seq
                     elif tr.outline is not None and seq - tr.neck_seq > ROUND_FRAMES:
                         tr.outline = None

@@ -12,13 +12,15 @@ from emstream.process.track import HISTORY, Tracker, TrackSettings, TrackState, 
 SHAPE = (512, 512)
 
 
-def table(yx, d, touch=None) -> dict[str, np.ndarray]:
+def table(yx, d, touch=None, **columns) -> dict[str, np.ndarray]:
+    """A particle table; ``columns``: more of them (``solidity``, ``aspect_ratio``)."""
     yx = np.asarray(yx, float).reshape(-1, 2)
     d = np.asarray(d, float)
     return {
         "centroid_y_px": yx[:, 0], "centroid_x_px": yx[:, 1],
         "area_px": math.pi * d**2 / 4,
         "touches_border": np.zeros(len(d), bool) if touch is None else np.asarray(touch, bool),
+        **{k: np.asarray(v, float) for k, v in columns.items()},
     }
 
 
@@ -228,16 +230,10 @@ def test_touching_pair_joined_for_a_few_frames_then_split_is_no_coalescence():
     assert set(steps[-1].track_ids.tolist()) == set(steps[0].track_ids.tolist())
 
 
-def outline_table(yx, d, solidity, aspect) -> dict[str, np.ndarray]:
-    t = table(yx, d)
-    t["solidity"] = np.asarray(solidity, float)
-    t["aspect_ratio"] = np.asarray(aspect, float)
-    return t
-
-
 def run_outlines(tracker, frames, dt=0.5):
-    return [tracker.update(k, k * dt, outline_table(*f), shape=SHAPE)
-            for k, f in enumerate(frames)]
+    """``run`` for frames of (yx, d, solidity, aspect ratio)."""
+    return [tracker.update(k, k * dt, table(yx, d, solidity=sol, aspect_ratio=ar), shape=SHAPE)
+            for k, (yx, d, sol, ar) in enumerate(frames)]
 
 
 def test_a_joined_pair_that_rounds_up_is_one_coalescence_dated_to_the_round_outline():

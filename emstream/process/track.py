@@ -31,7 +31,12 @@ back until then), so they lag live frames by that much but carry the frame they 
   aspect ratio at least ``NECK_ASPECT``: two lobes and a neck), then for ``ROUND_FRAMES`` frames
   a convex one (solidity above the neck's highest by ``ROUND_GAIN``), the projected area
   shrinking as a merged particle's does when it rounds up (``ROUND_AREA``: conserved volume puts
-  the product at 0.79–1 of the pair's area; a pair the segmenter splits again halves it). It is
+  the product at 0.79–1 of the pair's area; a pair the segmenter splits again halves it). An
+  outline that rounds up *fully* (solidity at least ``ROUND_SOLIDITY`` in every round frame)
+  needs only a looser neck: solidity up to ``NECK_SHALLOW`` (a large particle and a small one),
+  any aspect ratio (two elongated particles side by side), one neck frame that breaks it
+  (``NECK_OUTLIERS``: the segmenter cut the pair apart) and up to ``ROUND_GAPS`` frames missing
+  (joined to a neighbour for a frame); grainy outlines seldom stay that round. It is
   dated to the first round frame and called ``ROUND_FRAMES - 1`` frames later, with one track,
   ``into`` itself, and ``merged`` empty (the count did not change); it is not called for a
   track that was the product of a coalescence in the ``gap_frames`` before (the same merger
@@ -83,15 +88,25 @@ EVENT_KINDS = ("coalescence", "nucleation", "dissolution", "left_field")
 
 #: most (t, diameter) points kept per track for its growth-rate fit
 HISTORY = 64
-#: a touching pair's outline (module docstring, "rounding up"): solidity at most this ...
+#: a touching pair's outline (module docstring, "rounding up"): solidity at most this and
+#: aspect ratio at least ``NECK_ASPECT`` (median over the ``neck_frames``) ...
 NECK_SOLIDITY = 0.93
-#: ... and aspect ratio at least this (median over the ``neck_frames``)
 NECK_ASPECT = 1.3
+#: ... or, where the outline then rounds up fully (every round frame's solidity at least
+#: ``ROUND_SOLIDITY``), solidity at most this and any aspect ratio (a large particle and a
+#: small one make a shallow neck, two elongated ones side by side a short outline)
+NECK_SHALLOW = 0.96
+ROUND_SOLIDITY = 0.985
+#: neck frames that may break the neck (the segmenter cut the pair apart for a frame)
+NECK_OUTLIERS = 1
 #: frames the rounded outline must hold, each with solidity above the neck's highest by ...
 ROUND_FRAMES = 5
 ROUND_GAIN = 0.02
 #: ... and median area after / before within this range
 ROUND_AREA = (0.75, 0.97)
+#: frames the outline may be missing within the neck and round frames (the segmenter joined it
+#: to a neighbour, or lost it, for a frame)
+ROUND_GAPS = 2
 
 
 @dataclass
@@ -422,17 +437,18 @@ class Tracker:
                 tr.add(seq, t, yi, xi, di, ti, unit_per_px)
                 ids[i] = tid
                 if shape_cols:  # outlines kept only around a neck: most are never concave
-                    if solidity[i] <= NECK_SOLIDITY:
+                    if solidity[i] <= NECK_SHALLOW:
                         if tr.outline is None:
                             tr.outline = deque(maxlen=nb + ROUND_FRAMES)
                         tr.neck_seq = seq
-                    elif tr.outline is not None and seq - tr.neck_seq > ROUND_FRAMES:
+                    elif tr.outline is not None and \
+                            seq - tr.neck_seq > ROUND_FRAMES + ROUND_GAPS:
                         tr.outline = None
                     o = tr.outline
                     if o is not None:
                         o.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
                         # the cheapest of _rounds_up's tests first, inline
-                        if len(o) == o.maxlen and o[nb][3] > o[nb - 1][3] <= NECK_SOLIDITY \
+                        if len(o) == o.maxlen and o[nb][3] > o[nb - 1][3] <= NECK_SHALLOW \
                                 and self._rounds_up(tr):
                             rounded.append(tr)
             self._seed = None  # the linker holds the restart's last frame now
@@ -608,11 +624,18 @@ class Tracker:
         """Has this track's outline just rounded up after ``neck_frames`` frames of a neck
         (module docstring)? Called for the frames after a concave outline; cheap tests first."""
         o, nb = list(tr.outline), self.settings.neck_frames
-        if len(o) < nb + ROUND_FRAMES or o[-1][0] - o[0][0] != nb + ROUND_FRAMES - 1:
+        if len(o) < nb + ROUND_FRAMES:
             return False
-        neck_max = max([p[3] for p in o[:nb]])
-        if neck_max > NECK_SOLIDITY or min([p[3] for p in o[nb:]]) < neck_max + ROUND_GAIN or \
-                any([p[5] for p in o]) or median([p[4] for p in o[:nb]]) < NECK_ASPECT:
+        span = o[-1][0] - o[0][0] - (nb + ROUND_FRAMES - 1)  # frames missing in between
+        round_min = min([p[3] for p in o[nb:]])
+        neck = sorted([p[3] for p in o[:nb]])
+        if round_min >= ROUND_SOLIDITY:  # rounded up fully: a looser neck will do
+            top, limit, gaps = neck[-1 - min(NECK_OUTLIERS, nb - 1)], NECK_SHALLOW, ROUND_GAPS
+        elif median([p[4] for p in o[:nb]]) < NECK_ASPECT:
+            return False
+        else:
+            top, limit, gaps = neck[-1], NECK_SOLIDITY, 0
+        if span > gaps or top > limit or round_min < top + ROUND_GAIN or any([p[5] for p in o]):
             return False
         ratio = median([p[2] for p in o[nb:]]) / median([p[2] for p in o[:nb]])
         return ROUND_AREA[0] <= ratio <= ROUND_AREA[1]

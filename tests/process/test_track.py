@@ -259,15 +259,17 @@ def test_a_joined_pair_that_rounds_up_is_one_coalescence_dated_to_the_round_outl
 
 
 @pytest.mark.parametrize("case", ["short_neck", "split_again", "round_to_start", "no_gain",
-                                  "flicker"])
+                                  "flicker", "shallow_not_round"])
 def test_outlines_that_are_not_a_pair_rounding_up_make_no_event(case):
     pair, after = (40.0, 0.89, 1.8), (40.0 * math.sqrt(0.88), 0.99, 1.4)
     if case == "short_neck":  # 3 frames of a neck are not enough
         seq = [pair] * 3 + [after] * 10
     elif case == "split_again":  # area halves: the segmenter cut the pair (not a merger)
         seq = [pair] * 10 + [(40.0 * math.sqrt(0.5), 0.99, 1.4)] * 10
-    elif case == "round_to_start":  # a round particle with a rough outline: no neck (aspect)
-        seq = [(40.0, 0.89, 1.1)] * 10 + [after] * 10
+    elif case == "round_to_start":  # a round particle, rough outline: no neck (aspect) and
+        seq = [(40.0, 0.89, 1.1)] * 10 + [(40.0 * math.sqrt(0.88), 0.97, 1.1)] * 10  # not round
+    elif case == "shallow_not_round":  # a shallow neck is a pair only if it rounds up fully
+        seq = [(40.0, 0.95, 1.8)] * 10 + [(40.0 * math.sqrt(0.88), 0.98, 1.4)] * 10
     elif case == "no_gain":  # still concave afterwards
         seq = [pair] * 10 + [(40.0 * math.sqrt(0.88), 0.90, 1.4)] * 10
     else:  # a rough outline flickering between concave and convex, frame to frame
@@ -275,6 +277,33 @@ def test_outlines_that_are_not_a_pair_rounding_up_make_no_event(case):
     frames = [([[200.0, 200.0]], [d], [s], [a]) for d, s, a in seq]
     steps = run_outlines(Tracker(), frames)
     assert not [e for s in steps for e in s.events if e.kind == "coalescence"]
+
+
+@pytest.mark.parametrize("case", ["shallow", "short", "cut_once", "gaps"])
+def test_an_outline_that_rounds_up_fully_needs_only_a_loose_neck(case):
+    """Where the outline rounds up fully (solidity >= ROUND_SOLIDITY in every round frame), the
+    neck may be shallow (a large particle and a small one), short (two elongated particles side
+    by side), broken for one frame (the segmenter cut the pair apart), and the outline missing
+    for two frames (joined to a neighbour); a partial rounding needs the strict neck."""
+    other = ([400.0, 400.0], 15.0, 0.99, 1.05)
+    neck = {"shallow": (40.0, 0.95, 1.8), "short": (40.0, 0.84, 1.2)}.get(case, (40.0, 0.89, 1.8))
+    seq = [neck] * 12
+    if case == "cut_once":
+        seq[9] = (40.0 * math.sqrt(0.6), 0.99, 1.1)  # the larger particle alone for a frame
+    seq += [(40.0 * math.sqrt(0.88), 0.995, 1.4)] * 10
+    missing = {8, 10} if case == "gaps" else set()
+
+    def frames(rows):
+        return [([[200.0, 200.0], other[0]], [d, other[1]], [sol, other[2]], [ar, other[3]])
+                if k not in missing else ([other[0]], [other[1]], [other[2]], [other[3]])
+                for k, (d, sol, ar) in enumerate(rows)]
+
+    coal = [e for s in run_outlines(Tracker(), frames(seq)) for e in s.events
+            if e.kind == "coalescence"]
+    assert len(coal) == 1 and coal[0].seq == 12 and coal[0].data["rounded"]
+    partly = seq[:12] + [(40.0 * math.sqrt(0.88), 0.975, 1.4)] * 10
+    assert not [e for s in run_outlines(Tracker(), frames(partly)) for e in s.events
+                if e.kind == "coalescence"]
 
 
 def test_a_pair_joined_at_its_neck_then_rounding_up_is_one_coalescence_not_two():

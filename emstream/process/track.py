@@ -34,7 +34,8 @@ back until then), so they lag live frames by that much but carry the frame they 
   the product at 0.79–1 of the pair's area; a pair the segmenter splits again halves it). An
   outline that rounds up *fully* (solidity at least ``ROUND_SOLIDITY`` in every round frame)
   needs only a looser neck: solidity up to ``NECK_SHALLOW`` (a large particle and a small one),
-  any aspect ratio (two elongated particles side by side), one neck frame that breaks it
+  any aspect ratio if the neck is deep (two elongated particles side by side), one neck frame
+  that breaks it
   (``NECK_OUTLIERS``: the segmenter cut the pair apart) and up to ``ROUND_GAPS`` frames missing
   (joined to a neighbour for a frame); grainy outlines seldom stay that round. It is
   dated to the first round frame and called ``ROUND_FRAMES - 1`` frames later, with one track,
@@ -93,8 +94,8 @@ HISTORY = 64
 NECK_SOLIDITY = 0.93
 NECK_ASPECT = 1.3
 #: ... or, where the outline then rounds up fully (every round frame's solidity at least
-#: ``ROUND_SOLIDITY``), solidity at most this and any aspect ratio (a large particle and a
-#: small one make a shallow neck, two elongated ones side by side a short outline)
+#: ``ROUND_SOLIDITY``), solidity at most this (a large particle and a small one make a shallow
+#: neck), and any aspect ratio where the neck is deep (two elongated particles side by side)
 NECK_SHALLOW = 0.96
 ROUND_SOLIDITY = 0.985
 #: neck frames that may break the neck (the segmenter cut the pair apart for a frame)
@@ -328,6 +329,7 @@ class Tracker:
         self._seed: TrackState | None = state
         self._lost: dict[int, _Track] = {}  # lost / merged tracks that may be found again
         self._pending: list[tuple[int, TrackEvent, list[_Track]]] = []  # coalescences to confirm
+        self._held: list[TrackEvent] = []  # roundings waiting for a pending coalescence
         self.drift = DriftEstimator()
         if state is not None:
             self._next_id = max(int(state.next_id), 1)
@@ -437,7 +439,8 @@ class Tracker:
                 tr.add(seq, t, yi, xi, di, ti, unit_per_px)
                 ids[i] = tid
                 if shape_cols:  # outlines kept only around a neck: most are never concave
-                    if solidity[i] <= NECK_SHALLOW:
+                    if solidity[i] <= NECK_SOLIDITY or \
+                            solidity[i] <= NECK_SHALLOW and aspect[i] >= NECK_ASPECT:
                         if tr.outline is None:
                             tr.outline = deque(maxlen=nb + ROUND_FRAMES)
                         tr.neck_seq = seq
@@ -447,10 +450,13 @@ class Tracker:
                     o = tr.outline
                     if o is not None:
                         o.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
-                        # the cheapest of _rounds_up's tests first, inline
-                        if len(o) == o.maxlen and o[nb][3] > o[nb - 1][3] <= NECK_SHALLOW \
-                                and self._rounds_up(tr):
-                            rounded.append(tr)
+                        # the cheapest of _rounds_up's tests first, inline: the first and
+                        # the last round frame round enough, fully or above a deep neck
+                        if len(o) == o.maxlen:
+                            r, neck = min(o[nb][3], solidity[i]), o[nb - 1][3]
+                            if (r >= ROUND_SOLIDITY or neck <= NECK_SOLIDITY and
+                                    r >= neck + ROUND_GAIN) and self._rounds_up(tr):
+                                rounded.append(tr)
             self._seed = None  # the linker holds the restart's last frame now
         if born and prev is not None and len(prev.ids):
             self._births(born, prev, ids, y, x, area, d_px)
@@ -458,9 +464,13 @@ class Tracker:
         self._recent.append(seen)
         self._frames += 1
         events = self._decide(seq, seen, unit_per_px)
-        events += [self._rounding_event(tr, unit_per_px) for tr in rounded
-                   if seq - tr.merged_at > s.gap_frames and
-                   not any(ev.data["into"] == tr.id for _, ev, _ in self._pending)]
+        for tr in rounded:
+            if seq - tr.merged_at > s.gap_frames:
+                ev = self._rounding_event(tr, unit_per_px)
+                # a coalescence into this track still to confirm may be the same merger: the
+                # rounding waits for it, and is called only if it is not confirmed
+                waiting = any(p.data["into"] == tr.id for _, p, _ in self._pending)
+                (self._held if waiting else events).append(ev)
         summaries = []
         for tid in [k for k, tr in self._tracks.items() if tr.ended != "active"]:
             tr = self._tracks.pop(tid)
@@ -618,6 +628,13 @@ class Tracker:
             if product is not None and into not in ev.tracks and product.began == "appeared":
                 product.began = "from_coalescence"
         self._pending = keep
+        held, self._held = self._held, []
+        for ev in held:
+            into = ev.data["into"]
+            if any(p.data["into"] == into for _, p, _ in keep):
+                self._held.append(ev)
+            elif not any(e.data["into"] == into for e in out):
+                out.append(ev)
         return out
 
     def _rounds_up(self, tr: _Track) -> bool:
@@ -626,19 +643,22 @@ class Tracker:
         o, nb = list(tr.outline), self.settings.neck_frames
         if len(o) < nb + ROUND_FRAMES:
             return False
+        # the area first: outlines that do not shrink, most of them, fail here
+        ratio = median([p[2] for p in o[nb:]]) / median([p[2] for p in o[:nb]])
+        if not ROUND_AREA[0] <= ratio <= ROUND_AREA[1]:
+            return False
         span = o[-1][0] - o[0][0] - (nb + ROUND_FRAMES - 1)  # frames missing in between
         round_min = min([p[3] for p in o[nb:]])
         neck = sorted([p[3] for p in o[:nb]])
-        if round_min >= ROUND_SOLIDITY:  # rounded up fully: a looser neck will do
+        full = round_min >= ROUND_SOLIDITY  # rounded up fully: a looser neck will do
+        if full:
             top, limit, gaps = neck[-1 - min(NECK_OUTLIERS, nb - 1)], NECK_SHALLOW, ROUND_GAPS
-        elif median([p[4] for p in o[:nb]]) < NECK_ASPECT:
-            return False
         else:
             top, limit, gaps = neck[-1], NECK_SOLIDITY, 0
         if span > gaps or top > limit or round_min < top + ROUND_GAIN or any([p[5] for p in o]):
             return False
-        ratio = median([p[2] for p in o[nb:]]) / median([p[2] for p in o[:nb]])
-        return ROUND_AREA[0] <= ratio <= ROUND_AREA[1]
+        # an elongated outline, unless a deep neck rounded up fully
+        return full and top <= NECK_SOLIDITY or median([p[4] for p in o[:nb]]) >= NECK_ASPECT
 
     def _rounding_event(self, tr: _Track, unit_per_px: float) -> TrackEvent:
         o = list(tr.outline)

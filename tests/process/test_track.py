@@ -259,7 +259,7 @@ def test_a_joined_pair_that_rounds_up_is_one_coalescence_dated_to_the_round_outl
 
 
 @pytest.mark.parametrize("case", ["short_neck", "split_again", "round_to_start", "no_gain",
-                                  "flicker", "shallow_not_round"])
+                                  "flicker", "shallow_not_round", "shallow_not_long"])
 def test_outlines_that_are_not_a_pair_rounding_up_make_no_event(case):
     pair, after = (40.0, 0.89, 1.8), (40.0 * math.sqrt(0.88), 0.99, 1.4)
     if case == "short_neck":  # 3 frames of a neck are not enough
@@ -270,6 +270,8 @@ def test_outlines_that_are_not_a_pair_rounding_up_make_no_event(case):
         seq = [(40.0, 0.89, 1.1)] * 10 + [(40.0 * math.sqrt(0.88), 0.97, 1.1)] * 10  # not round
     elif case == "shallow_not_round":  # a shallow neck is a pair only if it rounds up fully
         seq = [(40.0, 0.95, 1.8)] * 10 + [(40.0 * math.sqrt(0.88), 0.98, 1.4)] * 10
+    elif case == "shallow_not_long":  # ... and is elongated
+        seq = [(40.0, 0.95, 1.1)] * 10 + [(40.0 * math.sqrt(0.88), 0.995, 1.05)] * 10
     elif case == "no_gain":  # still concave afterwards
         seq = [pair] * 10 + [(40.0 * math.sqrt(0.88), 0.90, 1.4)] * 10
     else:  # a rough outline flickering between concave and convex, frame to frame
@@ -304,6 +306,21 @@ def test_an_outline_that_rounds_up_fully_needs_only_a_loose_neck(case):
     partly = seq[:12] + [(40.0 * math.sqrt(0.88), 0.975, 1.4)] * 10
     assert not [e for s in run_outlines(Tracker(), frames(partly)) for e in s.events
                 if e.kind == "coalescence"]
+
+
+def test_a_rounding_waits_for_a_coalescence_to_confirm_and_is_called_if_that_fails():
+    """The segmenter joins a pair, splits it for one frame, joins it again and the product
+    rounds up: the partner's second end is a coalescence to confirm when the rounding is seen.
+    It fails (the partner was back for one frame only), and the rounding is then called."""
+    a, b = [200.0, 200.0], [200.0, 224.0]
+    pair_d = math.sqrt(24.0**2 + 20.0**2)
+    apart = ([a, b], [24.0, 20.0], [0.99, 0.99], [1.05, 1.05])
+    joined = ([[200.0, 210.0]], [pair_d], [0.89], [1.8])
+    frames = [apart] * 10 + [joined] * 5 + [apart] + [joined]
+    frames += [([[200.0, 210.0]], [pair_d * math.sqrt(0.88)], [0.995], [1.3])] * 10
+    coal = [e for s in run_outlines(Tracker(), frames) for e in s.events
+            if e.kind == "coalescence"]
+    assert len(coal) == 1 and coal[0].data["rounded"] and coal[0].seq == 17
 
 
 def test_a_pair_joined_at_its_neck_then_rounding_up_is_one_coalescence_not_two():

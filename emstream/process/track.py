@@ -238,7 +238,7 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
 class _Track:
     __slots__ = ("id", "first_seq", "last_seq", "t_first", "t_last", "n", "d_first", "d_last",
                  "d_max", "began", "ended", "into", "hist_t", "hist_d", "path", "y", "x",
-                 "touch", "near_gap", "split_from", "unit", "run", "outline", "neck_seq",
+                 "touch", "near_gap", "split_from", "unit", "run", "outline", "since_neck",
                  "merged_at")
 
     def __init__(self, tid: int, seq: int, t: float, began: str, unit: str):
@@ -257,10 +257,11 @@ class _Track:
         self.unit = unit
         self.run = 0  # frames seen in a row up to last_seq
         # (seq, t, area px, solidity, aspect ratio, touches edge) of the last frames seen, for
-        # the rounding-up rule, from a concave outline (frame neck_seq) to ROUND_FRAMES after it;
+        # the rounding-up rule, from a concave outline to ROUND_FRAMES frames seen after it
+        # (since_neck counts them);
         # None otherwise, or where the particle table has no shape columns
         self.outline: deque | None = None
-        self.neck_seq = 0
+        self.since_neck = 0
         self.merged_at = -(10**9)  # frame of the last coalescence into this track
 
     def add(self, seq: int, t: float, y: float, x: float, d: float, touch: bool,
@@ -439,21 +440,24 @@ class Tracker:
                 tr.add(seq, t, yi, xi, di, ti, unit_per_px)
                 ids[i] = tid
                 if shape_cols:  # outlines kept only around a neck: most are never concave
-                    if solidity[i] <= NECK_SOLIDITY or \
-                            solidity[i] <= NECK_SHALLOW and aspect[i] >= NECK_ASPECT:
+                    sol = solidity[i]
+                    if sol <= NECK_SOLIDITY or sol <= NECK_SHALLOW and aspect[i] >= NECK_ASPECT:
                         if tr.outline is None:
                             tr.outline = deque(maxlen=nb + ROUND_FRAMES)
-                        tr.neck_seq = seq
-                    elif tr.outline is not None and \
-                            seq - tr.neck_seq > ROUND_FRAMES + ROUND_GAPS:
-                        tr.outline = None
+                        tr.since_neck = 0
+                    elif tr.outline is not None:
+                        tr.since_neck += 1
+                        if tr.since_neck > ROUND_FRAMES:
+                            tr.outline = None
                     o = tr.outline
                     if o is not None:
-                        o.append((seq, t, area_l[i], solidity[i], aspect[i], ti))
+                        o.append((seq, t, area_l[i], sol, aspect[i], ti))
                         # the cheapest of _rounds_up's tests first, inline: the first and
                         # the last round frame round enough, fully or above a deep neck
                         if len(o) == o.maxlen:
-                            r, neck = min(o[nb][3], solidity[i]), o[nb - 1][3]
+                            r, neck = o[nb][3], o[nb - 1][3]
+                            if sol < r:
+                                r = sol
                             if (r >= ROUND_SOLIDITY or neck <= NECK_SOLIDITY and
                                     r >= neck + ROUND_GAIN) and self._rounds_up(tr):
                                 rounded.append(tr)

@@ -238,7 +238,7 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
 class _Track:
     __slots__ = ("id", "first_seq", "last_seq", "t_first", "t_last", "n", "d_first", "d_last",
                  "d_max", "began", "ended", "into", "hist_t", "hist_d", "path", "y", "x",
-                 "touch", "near_gap", "split_from", "unit", "run", "outline", "since_neck",
+                 "touch", "near_gap", "split_from", "unit", "run", "outline", "neck_seq",
                  "merged_at")
 
     def __init__(self, tid: int, seq: int, t: float, began: str, unit: str):
@@ -257,11 +257,11 @@ class _Track:
         self.unit = unit
         self.run = 0  # frames seen in a row up to last_seq
         # (seq, t, area px, solidity, aspect ratio, touches edge) of the last frames seen, for
-        # the rounding-up rule, from a concave outline to ROUND_FRAMES frames seen after it
-        # (since_neck counts them);
+        # the rounding-up rule, from a concave outline (frame neck_seq) to ROUND_FRAMES +
+        # ROUND_GAPS frames after it;
         # None otherwise, or where the particle table has no shape columns
         self.outline: deque | None = None
-        self.since_neck = 0
+        self.neck_seq = 0
         self.merged_at = -(10**9)  # frame of the last coalescence into this track
 
     def add(self, seq: int, t: float, y: float, x: float, d: float, touch: bool,
@@ -397,6 +397,7 @@ class Tracker:
             aspect = np.asarray(particles["aspect_ratio"], float).tolist()
             area_l = area.tolist()
         rounded: list[_Track] = []
+        keep_after = ROUND_FRAMES + ROUND_GAPS  # frames an outline is kept after a neck
         # particles cut by the frame edge move their centroids as they slide out: not for drift
         inside = ~touch
         drift = self.drift.update(np.column_stack([y_img[inside], x_img[inside], d_px[inside]]),
@@ -444,11 +445,9 @@ class Tracker:
                     if sol <= NECK_SOLIDITY or sol <= NECK_SHALLOW and aspect[i] >= NECK_ASPECT:
                         if tr.outline is None:
                             tr.outline = deque(maxlen=nb + ROUND_FRAMES)
-                        tr.since_neck = 0
-                    elif tr.outline is not None:
-                        tr.since_neck += 1
-                        if tr.since_neck > ROUND_FRAMES:
-                            tr.outline = None
+                        tr.neck_seq = seq
+                    elif tr.outline is not None and seq - tr.neck_seq > keep_after:
+                        tr.outline = None
                     o = tr.outline
                     if o is not None:
                         o.append((seq, t, area_l[i], sol, aspect[i], ti))

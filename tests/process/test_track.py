@@ -281,17 +281,21 @@ def test_outlines_that_are_not_a_pair_rounding_up_make_no_event(case):
     assert not [e for s in steps for e in s.events if e.kind == "coalescence"]
 
 
-@pytest.mark.parametrize("case", ["shallow", "short", "cut_once", "gaps"])
+@pytest.mark.parametrize("case", ["shallow", "short", "cut_once", "gaps", "loose_last"])
 def test_an_outline_that_rounds_up_fully_needs_only_a_loose_neck(case):
     """Where the outline rounds up fully (solidity >= ROUND_SOLIDITY in every round frame), the
     neck may be shallow (a large particle and a small one), short (two elongated particles side
-    by side), broken for one frame (the segmenter cut the pair apart), and the outline missing
-    for two frames (joined to a neighbour); a partial rounding needs the strict neck."""
+    by side), broken for one frame (the segmenter cut the pair apart, or the neck filling just
+    before the merge), and the outline missing for two frames (joined to a neighbour); a partial
+    rounding needs the strict neck."""
     other = ([400.0, 400.0], 15.0, 0.99, 1.05)
-    neck = {"shallow": (40.0, 0.95, 1.8), "short": (40.0, 0.84, 1.2)}.get(case, (40.0, 0.89, 1.8))
+    neck = {"shallow": (40.0, 0.95, 1.8), "short": (40.0, 0.84, 1.2),
+            "loose_last": (40.0, 0.95, 1.8)}.get(case, (40.0, 0.89, 1.8))
     seq = [neck] * 12
     if case == "cut_once":
         seq[9] = (40.0 * math.sqrt(0.6), 0.99, 1.1)  # the larger particle alone for a frame
+    elif case == "loose_last":  # the neck already filling on the last frame before the merge
+        seq[11] = (40.0, 0.963, 1.75)
     seq += [(40.0 * math.sqrt(0.88), 0.995, 1.4)] * 10
     missing = {8, 10} if case == "gaps" else set()
 

@@ -35,9 +35,10 @@ back until then), so they lag live frames by that much but carry the frame they 
   outline that rounds up *fully* (solidity at least ``ROUND_SOLIDITY`` in every round frame)
   needs only a looser neck: solidity up to ``NECK_SHALLOW`` (a large particle and a small one),
   any aspect ratio if the neck is deep (two elongated particles side by side), one neck frame
-  that breaks it
-  (``NECK_OUTLIERS``: the segmenter cut the pair apart) and up to ``ROUND_GAPS`` frames missing
-  (joined to a neighbour for a frame); grainy outlines seldom stay that round. It is
+  that breaks it (``NECK_OUTLIERS``: the segmenter cut the pair apart) and up to ``ROUND_GAPS``
+  frames missing (joined to a neighbour for a frame); grainy outlines seldom stay that round.
+  A rounding seen while a coalescence into the same track is still to confirm waits for it and
+  is called if that one is not confirmed. It is
   dated to the first round frame and called ``ROUND_FRAMES - 1`` frames later, with one track,
   ``into`` itself, and ``merged`` empty (the count did not change); it is not called for a
   track that was the product of a coalescence in the ``gap_frames`` before (the same merger

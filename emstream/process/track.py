@@ -38,11 +38,10 @@ back until then), so they lag live frames by that much but carry the frame they 
   that breaks it (``NECK_OUTLIERS``: the segmenter cut the pair apart) and up to ``ROUND_GAPS``
   frames missing (joined to a neighbour for a frame); grainy outlines seldom stay that round.
   A rounding seen while a coalescence into the same track is still to confirm waits for it and
-  is called if that one is not confirmed. It is
-  dated to the first round frame and called ``ROUND_FRAMES - 1`` frames later, with one track,
-  ``into`` itself, and ``merged`` empty (the count did not change); it is not called for a
-  track that was the product of a coalescence in the ``gap_frames`` before (the same merger
-  finishing).
+  is called if that one is not confirmed. It is dated to the first round frame and called
+  ``ROUND_FRAMES - 1`` frames later, with one track, ``into`` itself, and ``merged`` empty (the
+  count did not change); it is not called for a track that was the product of a coalescence in
+  the ``gap_frames`` before (the same merger finishing).
 - ``left_field``: the track ended touching the frame edge (or within the drift of it).
 - ``dissolution``: the track ended away from the edge after shrinking (last diameter below
   ``dissolve_ratio`` of its largest).
@@ -394,11 +393,11 @@ class Tracker:
         shape_cols = s.neck_frames > 0 and "solidity" in particles and "aspect_ratio" in particles
         if shape_cols:
             nb = s.neck_frames
+            keep_after = ROUND_FRAMES + ROUND_GAPS  # frames an outline is kept after a neck
             solidity = np.asarray(particles["solidity"], float).tolist()
             aspect = np.asarray(particles["aspect_ratio"], float).tolist()
             area_l = area.tolist()
         rounded: list[_Track] = []
-        keep_after = ROUND_FRAMES + ROUND_GAPS  # frames an outline is kept after a neck
         # particles cut by the frame edge move their centroids as they slide out: not for drift
         inside = ~touch
         drift = self.drift.update(np.column_stack([y_img[inside], x_img[inside], d_px[inside]]),
@@ -473,8 +472,7 @@ class Tracker:
                 ev = self._rounding_event(tr, unit_per_px)
                 # a coalescence into this track still to confirm may be the same merger: the
                 # rounding waits for it, and is called only if it is not confirmed
-                waiting = any(p.data["into"] == tr.id for _, p, _ in self._pending)
-                (self._held if waiting else events).append(ev)
+                (self._held if self._awaits(tr.id) else events).append(ev)
         summaries = []
         for tid in [k for k, tr in self._tracks.items() if tr.ended != "active"]:
             tr = self._tracks.pop(tid)
@@ -635,11 +633,15 @@ class Tracker:
         held, self._held = self._held, []
         for ev in held:
             into = ev.data["into"]
-            if any(p.data["into"] == into for _, p, _ in keep):
+            if self._awaits(into):
                 self._held.append(ev)
             elif not any(e.data["into"] == into for e in out):
                 out.append(ev)
         return out
+
+    def _awaits(self, into: int) -> bool:
+        """Is a coalescence into this track still to confirm?"""
+        return any(ev.data["into"] == into for _, ev, _ in self._pending)
 
     def _rounds_up(self, tr: _Track) -> bool:
         """Has this track's outline just rounded up after ``neck_frames`` frames of a neck
